@@ -1,0 +1,119 @@
+"""The `salmonn-compress` command line: user errors are printed without a traceback and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: same exit code as ours
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from .loaders import SPEC_HELP
+
+    p.add_argument("--model", required=True, help=f"model SPEC: {SPEC_HELP}")
+    p.add_argument("--dtype", default=None, help="cast the model to float32 / float16 / bfloat16")
+    p.add_argument("--allow-unsafe-pickle", action="store_true",
+                   help="allow checkpoints that need arbitrary unpickling (can run code; only for files you trust)")
+    p.add_argument("--qformer-config", default=None,
+                   help="a bert-base-uncased style directory or config.json for the Q-Former settings")
+    p.add_argument("--seed", type=int, default=0, help="seed for presets' random weights")
+
+
+def _load(args):
+    from .loaders import load_model
+
+    return load_model(args.model, allow_unsafe_pickle=args.allow_unsafe_pickle, dtype=args.dtype,
+                      qformer_config=args.qformer_config, seed=args.seed)
+
+
+def cmd_inspect(args) -> int:
+    from .inspect_model import inspect_table, part_stats
+
+    model = _load(args)
+    if args.json:
+        print(json.dumps({"parts": part_stats(model), "load_report": getattr(model, "load_report", {})},
+                         indent=1, default=str))
+    else:
+        print(f"model: {args.model}")
+        print(inspect_table(model))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from .audio import load_audio
+    from .errors import AudioError
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    waves, names, failed = [], [], 0
+    for path in args.audio:  # a bad file is reported and skipped; the rest still run
+        try:
+            waves.append(load_audio(path, too_long=args.too_long))
+            names.append(path)
+        except AudioError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+    if not waves:
+        raise UserError("no usable audio input")
+    model = _load(args)
+    outs = model.generate(waves, args.task, instruction=args.prompt, num_beams=args.beams,
+                          max_new_tokens=args.max_new_tokens)
+    for name, o in zip(names, outs):
+        print(json.dumps({"audio": name, "task": args.task, "text": o.text}) if args.json else f"{name}\t{o.text}")
+    return 2 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = _Parser(prog="salmonn-compress", description="Compression workbench for SALMONN-family audio LLMs.")
+    p.add_argument("--version", action="version", version=f"salmonn-compress {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    s = sub.add_parser("inspect", help="per-part parameters, dtype, bytes, sparsity and weight source")
+    _add_model_args(s)
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(fn=cmd_inspect)
+
+    s = sub.add_parser("generate", help="transcribe or caption audio files")
+    _add_model_args(s)
+    s.add_argument("--audio", nargs="+", required=True, help="audio file(s) (wav, flac, ...)")
+    s.add_argument("--task", choices=["asr", "caption"], default="asr")
+    s.add_argument("--prompt", default=None, help="override the task's instruction text")
+    s.add_argument("--beams", type=int, default=None, help="beam width (default: the model's generate config)")
+    s.add_argument("--max-new-tokens", type=int, default=None)
+    s.add_argument("--too-long", choices=["error", "cut"], default="error",
+                   help="what to do with audio longer than 30 s")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    s.add_argument("--json", action="store_true", help="one JSON object per clip")
+    s.set_defaults(fn=cmd_generate)
+    return p
+
+
+def main(argv=None) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

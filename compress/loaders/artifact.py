@@ -1,0 +1,190 @@
+"""This project's artifact format: a directory of config + safetensors + tokenizer + manifest, written atomically.
+
+Layout:  DIR/config.json  DIR/model.safetensors  DIR/tokenizer/  DIR/manifest.json (written last).
+A directory without manifest.json is never treated as an artifact, so a crash mid-write leaves
+nothing that looks complete; writing goes to a hidden sibling directory that is renamed at the end.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+from typing import Callable, Optional
+
+import torch
+
+from ..errors import CheckpointError, UserError
+
+FORMAT = "salmonn-compress-artifact"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+
+
+def sha256_file(path: str, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def split_shared(state: dict) -> tuple:
+    """safetensors refuses aliased tensors: keep one name per storage, map the other names to it."""
+    unique, aliases, seen = {}, {}, {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype) if t.device.type != "meta" else None
+        if key is not None and key in seen:
+            aliases[name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = name
+        unique[name] = t.detach().contiguous()
+    return unique, aliases
+
+
+def package_versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("salmonn-compress", "torch", "transformers", "peft", "safetensors", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def atomic_directory(out_dir: str, write: Callable[[str], None], *, overwrite: bool = False) -> str:
+    """Run write(tmp_dir), then move tmp_dir to out_dir; on any failure (or Ctrl-C) remove tmp_dir."""
+    out_dir = os.path.abspath(out_dir)
+    parent, name = os.path.split(out_dir)
+    if os.path.exists(out_dir) and not overwrite:
+        raise UserError(f"output {out_dir!r} already exists; choose another path or pass --overwrite")
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        write(tmp)
+        _fsync_tree(tmp)
+        if os.path.exists(out_dir):
+            old = os.path.join(parent, f".{name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _fsync_tree(root: str) -> None:
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def save_artifact(model, out_dir: str, *, manifest_extra: Optional[dict] = None, overwrite: bool = False) -> str:
+    """Write `model` (a Salmonn) as an artifact directory; returns its absolute path."""
+    from safetensors.torch import save_file
+
+    def write(tmp: str) -> None:
+        unique, aliases = split_shared(model.state_dict())
+        save_file(unique, os.path.join(tmp, WEIGHTS), metadata={"format": FORMAT})
+        cfg = model.cfg.to_dict()
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump({"model": cfg, "aliases": aliases}, f, indent=1, default=str)
+        model.tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
+        files = {}
+        for dirpath, _, names in os.walk(tmp):
+            for n in sorted(names):
+                p = os.path.join(dirpath, n)
+                files[os.path.relpath(p, tmp)] = {"sha256": sha256_file(p), "bytes": os.path.getsize(p)}
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "packages": package_versions(),
+            "files": files,
+            **(manifest_extra or {}),
+        }
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=1, default=str)
+
+    return atomic_directory(out_dir, write, overwrite=overwrite)
+
+
+def read_manifest(path: str) -> dict:
+    mpath = os.path.join(path, MANIFEST)
+    if not os.path.isfile(mpath):
+        raise CheckpointError(
+            f"{path!r} is not a salmonn-compress artifact: no {MANIFEST} (incomplete write or another format)"
+        )
+    try:
+        with open(mpath) as f:
+            m = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"artifact {path!r}: unreadable {MANIFEST}: {e}") from None
+    if m.get("format") != FORMAT:
+        raise CheckpointError(f"artifact {path!r}: manifest format is {m.get('format')!r}, expected {FORMAT!r}")
+    if m.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"artifact {path!r} has format_version {m.get('format_version')}; this tool reads up to "
+            f"{FORMAT_VERSION}: upgrade salmonn-compress"
+        )
+    return m
+
+
+def verify_files(path: str, manifest: dict, *, hashes: bool = True) -> None:
+    for rel, info in manifest.get("files", {}).items():
+        p = os.path.join(path, rel)
+        if not os.path.isfile(p):
+            raise CheckpointError(f"artifact {path!r}: file {rel!r} listed in the manifest is missing")
+        if os.path.getsize(p) != info["bytes"]:
+            raise CheckpointError(f"artifact {path!r}: {rel!r} has {os.path.getsize(p)} bytes, manifest says {info['bytes']}")
+        if hashes and sha256_file(p) != info["sha256"]:
+            raise CheckpointError(f"artifact {path!r}: {rel!r} does not match its sha256 in the manifest (corrupt?)")
+
+
+def load_artifact(path: str, *, verify: bool = True, dtype=None):
+    """Artifact directory -> Salmonn with `load_report` and `manifest` attached."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from ..models.build import build_modules
+    from ..models.config import SalmonnConfig
+
+    manifest = read_manifest(path)
+    verify_files(path, manifest, hashes=verify)
+    with open(os.path.join(path, "config.json")) as f:
+        conf = json.load(f)
+    cfg = SalmonnConfig.from_dict(conf["model"])
+    tok = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"), local_files_only=True)
+    model = build_modules(cfg, tok, seed=None)
+    state = load_file(os.path.join(path, WEIGHTS))
+    for alias, canonical in conf.get("aliases", {}).items():
+        state[alias] = state[canonical]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"artifact {path!r} does not match its config: missing {sorted(missing)[:5]} "
+            f"({len(missing)}), unexpected {sorted(unexpected)[:5]} ({len(unexpected)})"
+        )
+    if dtype is not None:
+        model.to(dtype)
+    model.manifest = manifest
+    model.load_report = {part: {"source": os.path.join(path, WEIGHTS)} for part in model.parts()}
+    return model.eval()
+
+
+def tensor_bytes(state: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))

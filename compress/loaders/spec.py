@@ -1,0 +1,44 @@
+"""Resolve a model SPEC (preset name, artifact directory, or official config YAML) to a loaded model."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from ..errors import UserError, choices
+
+SPEC_HELP = "a preset name (tiny, sized-1b, sized-3b), an artifact directory, or an official SALMONN config YAML"
+
+DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+          "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def parse_dtype(name: Optional[str]):
+    import torch
+
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype {name!r}; valid: {choices(DTYPES)}")
+    return getattr(torch, DTYPES[name])
+
+
+def load_model(spec: str, *, allow_unsafe_pickle: bool = False, dtype: Optional[str] = None,
+               qformer_config: Optional[str] = None, seed: int = 0):
+    from ..models.presets import PRESETS, build_preset
+    from .artifact import MANIFEST, load_artifact
+    from .official import load_official
+
+    dt = parse_dtype(dtype)
+    if spec in PRESETS:
+        model = build_preset(spec, seed=seed, dtype=dt)
+        model.load_report = {p: {"source": f"preset {spec!r}, seeded random weights (seed {seed})"}
+                             for p in model.parts()}
+        return model
+    if os.path.isdir(spec):
+        if not os.path.isfile(os.path.join(spec, MANIFEST)):
+            raise UserError(f"model {spec!r} is a directory without {MANIFEST}: not a (complete) artifact")
+        return load_artifact(spec, dtype=dt)
+    if os.path.isfile(spec) and spec.endswith((".yaml", ".yml")):
+        return load_official(spec, allow_unsafe_pickle=allow_unsafe_pickle, qformer_config=qformer_config, dtype=dt)
+    raise UserError(f"cannot resolve model {spec!r}: expected {SPEC_HELP}; presets: {choices(PRESETS)}")

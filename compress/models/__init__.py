@@ -1,0 +1,1 @@
+"""The SALMONN model and its parts, with the released checkpoints' parameter names."""

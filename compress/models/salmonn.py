@@ -1,0 +1,206 @@
+"""SALMONN: Whisper + BEATs -> window-level Q-Former -> projection -> LoRA LLM, as the reference computes it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .config import SPEECH_PLACEHOLDER, SalmonnConfig, resolve_task
+from .qformer import SpeechQFormer, window_frames
+
+# Parameter-name prefixes of each part; the first match wins.
+PART_PREFIXES = {
+    "speech_encoder": ("speech_encoder.", "ln_speech."),
+    "beats": ("beats.", "ln_audio."),
+    "qformer": ("speech_Qformer.", "speech_query_tokens"),
+    "proj": ("speech_llama_proj.",),
+    "llm": ("llama_model.",),
+}
+PARTS = tuple(PART_PREFIXES)
+
+
+def part_of(name: str) -> str:
+    for part, prefixes in PART_PREFIXES.items():
+        if name.startswith(prefixes):
+            return part
+    raise KeyError(f"parameter {name!r} belongs to no part")
+
+
+@dataclass
+class GenerationOutput:
+    text: str
+    token_ids: list
+
+
+class Salmonn(nn.Module):
+    """The module tree with the released checkpoints' attribute names.
+
+    Built empty by `build_modules`; loaders fill the weights. `tokenizer` is attached by the loader.
+    """
+
+    def __init__(self, cfg: SalmonnConfig, speech_encoder: nn.Module, llama_model: nn.Module,
+                 beats: Optional[nn.Module], tokenizer):
+        super().__init__()
+        self.cfg = cfg
+        d_whisper = speech_encoder.config.d_model
+        self.speech_encoder = speech_encoder
+        self.ln_speech = nn.LayerNorm(d_whisper)
+        self.beats = beats
+        beats_dim = 0
+        if beats is not None:
+            beats_dim = beats.cfg.encoder_embed_dim
+            self.ln_audio = nn.LayerNorm(beats_dim)
+        if cfg.qformer.encoder_width != d_whisper + beats_dim:
+            raise ConfigError(
+                f"qformer.encoder_width is {cfg.qformer.encoder_width} but the Whisper encoder ({d_whisper}) "
+                f"+ BEATs ({beats_dim}) give {d_whisper + beats_dim}"
+            )
+        self.speech_Qformer = SpeechQFormer(cfg.qformer)
+        self.speech_query_tokens = nn.Parameter(torch.zeros(1, cfg.num_speech_query_token, cfg.qformer.hidden_size))
+        llm_hidden = llama_model.get_input_embeddings().embedding_dim
+        self.speech_llama_proj = nn.Linear(cfg.qformer.hidden_size, llm_hidden)
+        self.llama_model = llama_model
+        self.tokenizer = tokenizer
+        self._prompt_cache: dict = {}
+
+    # ----------------------------------------------------------------- parts and dtypes
+    @property
+    def device(self) -> torch.device:
+        return self.speech_query_tokens.device
+
+    @property
+    def n_mels(self) -> int:
+        return self.speech_encoder.config.num_mel_bins
+
+    def parts(self) -> dict:
+        """Part name -> module, for targeting and per-part accounting."""
+        out = {"speech_encoder": self.speech_encoder}
+        if self.beats is not None:
+            out["beats"] = self.beats
+        out.update(qformer=self.speech_Qformer, proj=self.speech_llama_proj, llm=self.llama_model)
+        return out
+
+    def llm_base(self) -> nn.Module:
+        """The causal LM without the PEFT wrapper (its `.model.layers` etc.)."""
+        m = self.llama_model
+        return m.get_base_model() if hasattr(m, "get_base_model") else m
+
+    # ----------------------------------------------------------------- audio path
+    def encode_audio(self, spectrogram: torch.Tensor, wav: Optional[torch.Tensor] = None,
+                     padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, n_mels, 3000) log-mel [+ (B, T) 16 kHz wav] -> (B, L, llm_hidden) speech embeddings."""
+        enc_dtype = self.ln_speech.weight.dtype
+        speech = self.speech_encoder(spectrogram.to(self.device, enc_dtype)).last_hidden_state  # (B, 1500, Dw)
+        speech = self.ln_speech(speech)
+        if self.beats is not None and wav is not None:
+            pm = padding_mask.to(self.device) if padding_mask is not None else None
+            audio, _ = self.beats.extract_features(wav.to(self.device, torch.float32), padding_mask=pm)
+            audio = self.ln_audio(audio.to(self.ln_audio.weight.dtype))  # (B, N, 768)
+            speech, audio = _pad_to_same_length(speech, audio.to(speech.dtype))
+            speech = torch.cat([speech, audio], dim=-1)  # (B, T, Dw + 768)
+        b = speech.shape[0]
+        windows = window_frames(speech, self.cfg.window_kernel, self.cfg.window_stride)  # (B*L, k, C)
+        queries = self.speech_query_tokens.expand(windows.shape[0], -1, -1)
+        mask = torch.ones(windows.shape[:2], dtype=torch.long, device=windows.device)
+        q = self.speech_Qformer(queries.to(windows.dtype), windows, mask)  # (B*L, Q, H)
+        q = self.speech_llama_proj(q.to(self.speech_llama_proj.weight.dtype))  # (B*L, Q, D)
+        return q.reshape(b, -1, q.shape[-1])  # (B, L*Q, D)
+
+    def prepare_audio(self, waveforms: list) -> dict:
+        """Host arrays -> model inputs (features on the model's device)."""
+        from ..audio import batch_waveforms, whisper_features
+
+        spec = whisper_features(waveforms, self.n_mels)
+        wav, pad = batch_waveforms(waveforms) if self.beats is not None else (None, None)
+        return {"spectrogram": spec, "wav": wav, "padding_mask": pad}
+
+    # ----------------------------------------------------------------- prompt
+    def instruction_for(self, task: str) -> str:
+        return self.cfg.instructions[resolve_task(task)]
+
+    def _prompt_ids(self, instruction: str) -> tuple:
+        if instruction not in self._prompt_cache:
+            text = self.cfg.prompt_template.format(f"{SPEECH_PLACEHOLDER} {instruction}")
+            before, after = text.split("<SpeechHere>")
+            tok = self.tokenizer
+            ids_b = tok(before, add_special_tokens=False)["input_ids"]
+            ids_a = tok(after, add_special_tokens=False)["input_ids"]
+            self._prompt_cache[instruction] = (ids_b, ids_a)
+        return self._prompt_cache[instruction]
+
+    def build_inputs(self, speech: torch.Tensor, instruction: str) -> tuple:
+        """(B, L, D) speech embeddings -> inputs_embeds (B, S, D) = [BOS, prompt-before, speech, prompt-after]."""
+        ids_b, ids_a = self._prompt_ids(instruction)
+        bos = self.tokenizer.bos_token_id
+        b = speech.shape[0]
+        ids_b = ([bos] if bos is not None else []) + list(ids_b)
+        emb = self.llama_model.get_input_embeddings()
+        dev = speech.device
+        eb = emb(torch.tensor(ids_b, device=dev)).unsqueeze(0).expand(b, -1, -1)
+        ea = emb(torch.tensor(ids_a, device=dev)).unsqueeze(0).expand(b, -1, -1)
+        embeds = torch.cat([eb, speech.to(eb.dtype), ea], dim=1)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=dev)
+        return embeds, mask
+
+    def eos_ids(self) -> list:
+        ids = set()
+        gc = getattr(self.llm_base(), "generation_config", None)
+        e = getattr(gc, "eos_token_id", None) if gc is not None else None
+        if e is not None:
+            ids.update(e if isinstance(e, (list, tuple)) else [e])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return sorted(ids)
+
+    # ----------------------------------------------------------------- generation
+    @torch.inference_mode()
+    def generate(self, audios: list, task: str = "asr", *, instruction: Optional[str] = None,
+                 max_new_tokens: Optional[int] = None, num_beams: Optional[int] = None,
+                 ignore_eos: bool = False, on_token: Optional[Callable[[int], None]] = None,
+                 min_length: Optional[int] = None, repetition_penalty: Optional[float] = None,
+                 length_penalty: Optional[float] = None) -> list:
+        """Raw 16 kHz float waveforms (host) -> generated text per clip.
+
+        `on_token(step)` is called after each generated token id of the batch is on the host.
+        """
+        from ..generation import DecodeOptions, decode
+
+        g = self.cfg.generate
+        opts = DecodeOptions(
+            max_new_tokens=max_new_tokens or g.max_new_tokens,
+            num_beams=num_beams or g.num_beams,
+            min_length=g.min_length if min_length is None else min_length,
+            repetition_penalty=g.repetition_penalty if repetition_penalty is None else repetition_penalty,
+            length_penalty=g.length_penalty if length_penalty is None else length_penalty,
+            eos_ids=[] if ignore_eos else self.eos_ids(),
+        )
+        inputs = self.prepare_audio(audios)
+        speech = self.encode_audio(**inputs)
+        embeds, mask = self.build_inputs(speech, instruction or self.instruction_for(task))
+        seqs = decode(self.llama_model, embeds, mask, opts, on_token=on_token)
+        return [GenerationOutput(text=self.decode_text(s), token_ids=s) for s in seqs]
+
+    def decode_text(self, ids: list) -> str:
+        n = len(self.tokenizer)
+        ids = [i for i in ids if i < n]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def _pad_to_same_length(a: torch.Tensor, b: torch.Tensor) -> tuple:
+    """Zero-pad the shorter of (B, Ta, C) / (B, Tb, C') on the time axis, as the reference does."""
+    ta, tb = a.shape[1], b.shape[1]
+    if tb < ta:
+        b = F.pad(b, (0, 0, 0, ta - tb))
+    elif tb > ta:
+        a = F.pad(a, (0, 0, 0, tb - ta))
+    return a, b
+
+
+def as_float_array(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32)

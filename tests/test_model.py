@@ -1,0 +1,140 @@
+"""The assembled model: presets, supported LLM families, artifact round trip, audio path shapes."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from bundle import tone
+from compress.errors import CheckpointError, ConfigError, UserError
+from compress.inspect_model import part_stats
+from compress.loaders import load_model
+from compress.loaders.artifact import MANIFEST, save_artifact
+from compress.models.build import build_modules
+from compress.models.presets import preset_config
+from compress.models.tokenizer import byte_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny")
+
+
+def test_preset_is_deterministic_from_seed():
+    a, b, c = load_model("tiny", seed=3), load_model("tiny", seed=3), load_model("tiny", seed=4)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_audio_path_shapes_and_window_count(tiny):
+    inputs = tiny.prepare_audio([tone(3.0), tone(1.0)])
+    assert inputs["spectrogram"].shape == (2, 80, 3000)
+    speech = tiny.encode_audio(**inputs)
+    assert speech.shape == (2, 88, 64)  # 1500 frames / 17 = 88 windows, one query each
+    emb, mask = tiny.build_inputs(speech, tiny.instruction_for("asr"))
+    ids_b, ids_a = tiny._prompt_ids(tiny.instruction_for("asr"))
+    assert emb.shape[1] == 1 + len(ids_b) + 88 + len(ids_a)
+    text = tiny.tokenizer.decode(ids_b) + "<SpeechHere>" + tiny.tokenizer.decode(ids_a)
+    assert text == "USER: <Speech><SpeechHere></Speech> Recognize the speech and give me the transcription.\nASSISTANT:"
+
+
+def test_beats_branch_is_used(tiny):
+    inputs = tiny.prepare_audio([tone(2.0)])
+    other = tiny.prepare_audio([tone(2.0, 3000.0)])
+    with torch.no_grad():
+        full = tiny.encode_audio(**inputs)
+        swapped = tiny.encode_audio(inputs["spectrogram"], other["wav"], other["padding_mask"])
+    assert not torch.allclose(full, swapped)  # same Whisper input, different BEATs input
+
+
+def test_generate_batch_greedy_and_beam(tiny):
+    clips = [tone(2.0), tone(1.2, 660.0)]
+    steps = []
+    outs = tiny.generate(clips, "caption", num_beams=1, max_new_tokens=5, ignore_eos=True, on_token=steps.append)
+    assert steps == [0, 1, 2, 3, 4] and all(len(o.token_ids) == 5 for o in outs)
+    single = tiny.generate(clips[1:], "caption", num_beams=1, max_new_tokens=5, ignore_eos=True)
+    assert single[0].token_ids == outs[1].token_ids
+    beams = tiny.generate(clips, "asr", num_beams=3, max_new_tokens=4)
+    assert len(beams) == 2 and all(isinstance(o.text, str) for o in beams)
+
+
+def test_unknown_task(tiny):
+    with pytest.raises(ConfigError, match="valid"):
+        tiny.generate([tone(1.0)], "translate")
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma2"])
+def test_other_llm_families(family):
+    cfg = preset_config("tiny")
+    base = {k: cfg.llm[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                     "num_key_value_heads", "intermediate_size", "vocab_size",
+                                     "bos_token_id", "eos_token_id", "pad_token_id")}
+    cfg.llm = {"model_type": family, "max_position_embeddings": 512, **base}
+    if family == "gemma2":
+        cfg.llm["head_dim"] = 16
+    m = build_modules(cfg, byte_tokenizer(), seed=0)
+    lora = [n for n, _ in m.named_parameters() if "lora_A" in n]
+    assert lora and all(("q_proj" in n or "v_proj" in n) for n in lora)
+    out = m.generate([tone(1.0)], "asr", num_beams=2, max_new_tokens=3, ignore_eos=True)
+    assert len(out[0].token_ids) == 3
+
+
+def test_unsupported_llm_family():
+    cfg = preset_config("tiny")
+    cfg.llm = dict(cfg.llm, model_type="bert")
+    with pytest.raises(ConfigError, match="model_type 'bert'.*valid"):
+        build_modules(cfg, byte_tokenizer())
+
+
+def test_artifact_round_trip(tiny, tmp_path):
+    out = save_artifact(tiny, str(tmp_path / "art"), manifest_extra={"source": {"spec": "tiny"}})
+    assert os.path.isfile(os.path.join(out, MANIFEST))
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temp dir left behind
+    back = load_model(out)
+    sa, sb = tiny.state_dict(), back.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    clip = [tone(1.5)]
+    a = tiny.generate(clip, "asr", num_beams=1, max_new_tokens=6, ignore_eos=True)
+    b = back.generate(clip, "asr", num_beams=1, max_new_tokens=6, ignore_eos=True)
+    assert a[0].token_ids == b[0].token_ids
+    assert back.manifest["source"] == {"spec": "tiny"}
+    # BEATs shares one relative-position table across layers: stored once, restored as an alias.
+    conf = json.load(open(os.path.join(out, "config.json")))
+    assert any("relative_attention_bias" in k for k in conf["aliases"])
+    assert part_stats(back) == part_stats(tiny)
+
+
+def test_artifact_refuses_overwrite_and_cleans_up_on_failure(tiny, tmp_path, monkeypatch):
+    out = str(tmp_path / "art")
+    save_artifact(tiny, out)
+    with pytest.raises(UserError, match="already exists"):
+        save_artifact(tiny, out)
+    import compress.loaders.artifact as art
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(art, "sha256_file", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_artifact(tiny, str(tmp_path / "art2"))
+    assert sorted(os.listdir(tmp_path)) == ["art"]  # neither art2 nor a temp dir
+
+
+def test_artifact_corruption_detected(tiny, tmp_path):
+    out = save_artifact(tiny, str(tmp_path / "art"))
+    w = os.path.join(out, "model.safetensors")
+    data = bytearray(open(w, "rb").read())
+    data[-10] ^= 0xFF
+    open(w, "wb").write(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_model(out)
+    os.remove(os.path.join(out, MANIFEST))
+    with pytest.raises(UserError, match="manifest.json"):
+        load_model(out)
+
+
+def test_unknown_spec():
+    with pytest.raises(UserError, match="tiny"):
+        load_model("no-such-model")
