@@ -11,24 +11,20 @@ def part_stats(model) -> dict:
     """Part -> {params, bytes, dtypes, sparsity, lora_params}, counting each storage once (tied weights)."""
     stats = {p: {"params": 0, "bytes": 0, "dtypes": Counter(), "zeros": 0, "weight_elems": 0, "lora_params": 0}
              for p in PARTS}
-    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
-    seen = set()
-    for name, t in model.state_dict().items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        if key in seen:
-            continue
-        seen.add(key)
+    # named_parameters/named_buffers yield each shared tensor once (tied embeddings, BEATs' shared bias table).
+    tensors = [(n, t, True) for n, t in model.named_parameters()] + [(n, t, False) for n, t in model.named_buffers()]
+    for name, t, is_param in tensors:
         s = stats[part_of(name)]
         n = t.numel()
         s["bytes"] += n * t.element_size()
         s["dtypes"][str(t.dtype).replace("torch.", "")] += n
-        if name in params:
+        if is_param:
             s["params"] += n
         if "lora_" in name:
             s["lora_params"] += n
         elif t.is_floating_point() and t.dim() >= 2 and name.endswith("weight"):
-            s["zeros"] += int((t == 0).sum())
-            s["weight_elems"] += n
+            s["zeros"] += 0 if t.is_meta else int((t == 0).sum())
+            s["weight_elems"] += 0 if t.is_meta else n
     out = {}
     for p, s in stats.items():
         if s["params"] == 0 and s["bytes"] == 0:
@@ -37,7 +33,7 @@ def part_stats(model) -> dict:
             "params": s["params"],
             "bytes": s["bytes"],
             "dtype": "/".join(d for d, _ in s["dtypes"].most_common()),
-            "sparsity": s["zeros"] / s["weight_elems"] if s["weight_elems"] else 0.0,
+            "sparsity": s["zeros"] / s["weight_elems"] if s["weight_elems"] else None,
             "lora_params": s["lora_params"],
         }
     return out
@@ -58,7 +54,7 @@ def inspect_table(model) -> str:
     tot_p = tot_b = 0
     for p, s in stats.items():
         src = report.get(p, {}).get("source", "?")
-        rows.append((p, f"{s['params']:,}", s["dtype"], _fmt_bytes(s["bytes"]), f"{s['sparsity']:.2%}",
+        rows.append((p, f"{s['params']:,}", s["dtype"], _fmt_bytes(s["bytes"]), "n/a" if s["sparsity"] is None else f"{s['sparsity']:.2%}",
                      f"{s['lora_params']:,}", src))
         tot_p += s["params"]
         tot_b += s["bytes"]

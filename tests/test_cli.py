@@ -1,0 +1,74 @@
+"""The command line: inspect and generate on presets, per-file audio errors, bad arguments exit 2."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from compress.cli import main
+from compress.inspect_model import part_stats
+from compress.models.build import build_modules
+from compress.models.presets import preset_config
+from compress.models.tokenizer import byte_tokenizer
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "compress.cli", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("name,llm_params", [("sized-1b", 1_235_814_400), ("sized-3b", 3_212_749_824)])
+def test_sized_presets_have_real_shapes(name, llm_params):
+    m = build_modules(preset_config(name), byte_tokenizer(), device="meta")  # shapes only, no memory
+    s = part_stats(m)
+    assert s["speech_encoder"]["params"] == 636_968_960 + 2 * 1280  # whisper-large-v3-turbo encoder + ln_speech
+    assert s["beats"]["params"] > 90_000_000
+    assert s["llm"]["params"] - s["llm"]["lora_params"] == llm_params  # Llama-3.2-1B / -3B
+    assert s["llm"]["sparsity"] is None  # meta tensors: not measurable
+
+
+def test_inspect_tiny(capsys):
+    assert main(["inspect", "--model", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "speech_encoder" in out and "seeded random weights" in out
+
+
+def test_generate_good_and_bad_audio(tmp_path, capsys):
+    sr = 44100
+    t = np.arange(int(1.5 * sr)) / sr
+    stereo = np.stack([np.sin(2 * np.pi * 300 * t), np.sin(2 * np.pi * 500 * t)], 1) * 0.3
+    good = tmp_path / "stereo44k.wav"
+    sf.write(good, stereo, sr)
+    bad = {
+        "empty.wav": b"",
+        "garbage.wav": b"not audio at all" * 50,
+    }
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+    nan = tmp_path / "nan.wav"
+    x = np.zeros(16000, dtype=np.float32)
+    x[5] = np.nan
+    sf.write(nan, x, 16000, subtype="FLOAT")
+    long = tmp_path / "long45.wav"
+    sf.write(long, np.zeros(45 * 16000, dtype=np.float32), 16000)
+    files = [str(good)] + [str(tmp_path / n) for n in bad] + [str(nan), str(long)]
+    code = main(["generate", "--model", "tiny", "--audio", *files, "--beams", "1", "--max-new-tokens", "3"])
+    out, err = capsys.readouterr()
+    assert code == 2  # some inputs failed
+    assert "stereo44k.wav\t" in out  # the good clip still ran
+    for name in ("empty.wav", "garbage.wav", "nan.wav", "long45.wav"):
+        assert name in err
+    assert "30" in err and "non-finite" in err and "Traceback" not in err
+    code = main(["generate", "--model", "tiny", "--audio", str(long), "--too-long", "cut", "--beams", "1",
+                 "--max-new-tokens", "2"])
+    assert code == 0
+
+
+def test_bad_arguments_exit_2_without_traceback():
+    for args in (["inspect"], ["inspect", "--model", "nonexistent-model"], ["frobnicate"],
+                 ["generate", "--model", "tiny", "--audio", "x.wav", "--task", "translate"],
+                 ["inspect", "--model", "tiny", "--dtype", "int3"]):
+        r = run_cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr and "error" in r.stderr
