@@ -72,6 +72,67 @@ def cmd_generate(args) -> int:
     return 2 if failed else 0
 
 
+def cmd_bench(args) -> int:
+    from tqdm import tqdm
+
+    from .bench.harness import BenchSettings, run_benchmark
+    from .bench.results import markdown_table, summary_row, write_json
+
+    settings = BenchSettings(
+        tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()), num_beams=args.beams,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit,
+        latency_tokens=args.latency_tokens, latency_warmup=args.warmup, latency_repeats=args.repeats,
+        threads=args.threads, memory=not args.no_memory, corenlp_dir=args.corenlp_dir, hackathon=args.hackathon,
+        dtype=args.dtype)
+    result = run_benchmark(
+        args.model, args.data, settings,
+        model_kwargs={"allow_unsafe_pickle": args.allow_unsafe_pickle, "qformer_config": args.qformer_config,
+                      "seed": args.seed},
+        progress_factory=lambda n: tqdm(total=n, desc="accuracy", unit="clip", file=sys.stderr))
+    write_json(result, args.out)
+    result["_path"] = args.out
+    print(markdown_table([summary_row(result)]))
+    for task, t in result["tasks"].items():
+        for name, why in t["unavailable"].items():
+            print(f"{task}: {name} unavailable: {why}")
+    if args.hackathon:
+        from .bench.hackathon import validate_submission, write_submission
+
+        sub = args.out.rsplit(".", 1)[0] + ".submission.csv"
+        write_submission(result["samples"], sub)
+        problems = validate_submission(sub, [r.get("extra", {}).get("testset_id", r["id"]) for r in result["samples"]])
+        print(f"hackathon submission: {sub} ({'valid' if not problems else '; '.join(problems)})")
+    print(f"result written to {args.out}; failures: {result['summary']['failures']} of {result['summary']['samples']}")
+    return 0
+
+
+def cmd_table(args) -> int:
+    from .bench.results import csv_table, load_result, markdown_table, pareto_plot, summary_row
+
+    results = [load_result(p) for p in args.results]
+    rows = [summary_row(r) for r in results]
+    md = markdown_table(rows)
+    print(md)
+    if args.md:
+        open(args.md, "w").write(md)
+    if args.csv:
+        open(args.csv, "w").write(csv_table(rows))
+    if args.plot:
+        pareto_plot(results, args.plot)
+        print(f"Pareto plot written to {args.plot}")
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from .bench.results import diff, diff_text, load_result, write_json
+
+    d = diff(load_result(args.baseline), load_result(args.other), top=args.top)
+    print(diff_text(d))
+    if args.out:
+        write_json(d, args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -97,6 +158,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     s.add_argument("--json", action="store_true", help="one JSON object per clip")
     s.set_defaults(fn=cmd_generate)
+
+    s = sub.add_parser("bench", help="accuracy, latency, peak memory and the decode bound on an annotation file")
+    _add_model_args(s)
+    s.add_argument("--data", required=True, help="annotation JSON (SALMONN or hackathon format)")
+    s.add_argument("--tasks", default="asr,caption", help="comma-separated: asr, caption")
+    s.add_argument("--out", required=True, help="result JSON to write")
+    s.add_argument("--beams", type=int, default=None)
+    s.add_argument("--max-new-tokens", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=1)
+    s.add_argument("--limit", type=int, default=None, help="first N samples per task")
+    s.add_argument("--latency-tokens", type=int, default=32, help="fixed generated length for TTFT/TPOT")
+    s.add_argument("--warmup", type=int, default=2)
+    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--threads", type=int, default=None, help="CPU threads, recorded in the result")
+    s.add_argument("--no-memory", action="store_true", help="skip the clean-process peak-memory run")
+    s.add_argument("--corenlp-dir", default=None,
+                   help="Stanford CoreNLP 3.6.0 jars for SPICE/SPIDEr (or SALMONN_COMPRESS_CORENLP_DIR)")
+    s.add_argument("--hackathon", action="store_true",
+                   help="also report the hackathon evaluator's definitions, labelled, and write its CSV")
+    s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("table", help="Markdown/CSV tables and a Pareto plot from result files")
+    s.add_argument("results", nargs="+")
+    s.add_argument("--md", default=None)
+    s.add_argument("--csv", default=None)
+    s.add_argument("--plot", default=None, help="PNG path for the Pareto plot")
+    s.set_defaults(fn=cmd_table)
+
+    s = sub.add_parser("diff", help="compare a result against a baseline result")
+    s.add_argument("baseline")
+    s.add_argument("other")
+    s.add_argument("--top", type=int, default=5, help="how many most-changed samples to show")
+    s.add_argument("--out", default=None, help="also write the diff as JSON")
+    s.set_defaults(fn=cmd_diff)
     return p
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
@@ -52,21 +51,11 @@ def beats_from_cfg(beats_cfg: Optional[dict]):
     return BEATs(BEATsConfig(beats_cfg))
 
 
-@contextlib.contextmanager
-def _default_device(device):
-    prev = torch.get_default_device()
-    torch.set_default_device(device)
-    try:
-        yield
-    finally:
-        torch.set_default_device(prev)
-
-
 def build_modules(cfg: SalmonnConfig, tokenizer, *, device="cpu", seed: Optional[int] = 0) -> Salmonn:
     """Module tree with initialised weights (seeded), or uninitialised ones when device='meta'."""
     if seed is not None:
         torch.manual_seed(seed)
-    with _default_device(device):
+    with torch.device(device):  # scoped: no global default-device mode left behind
         speech = whisper_encoder_from_config(cfg.whisper)
         beats = beats_from_cfg(cfg.beats)
         llm = add_lora(llm_from_config(cfg.llm), cfg.lora)
