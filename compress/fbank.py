@@ -95,7 +95,9 @@ def kaldi_mel_banks(
     The returned array is read-only (it is cached).
     """
     _check_mel_options(num_bins, sample_frequency, low_freq, high_freq)
-    return _mel_banks_cached(int(num_bins), int(padded_window_size), float(sample_frequency), float(low_freq), float(high_freq))
+    return _mel_banks_cached(
+        int(num_bins), int(padded_window_size), float(sample_frequency), float(low_freq), float(high_freq)
+    )
 
 
 def povey_window(window_size: int, *, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:

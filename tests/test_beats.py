@@ -473,6 +473,7 @@ def test_config_round_trip_and_overrides():
     "change, field",
     [
         ({"input_patch_size": -1}, "input_patch_size"),
+        ({"input_patch_size": 256}, "input_patch_size"),
         ({"encoder_attention_heads": 5}, "encoder_attention_heads"),
         ({"conv_pos_groups": 5}, "conv_pos_groups"),
         ({"activation_fn": "swish"}, "activation_fn"),
@@ -497,3 +498,16 @@ def test_invalid_cfg_names_the_field(change, field):
 def test_cfg_must_be_a_mapping():
     with pytest.raises(ConfigError):
         BEATsConfig([("input_patch_size", 16)])
+
+
+def test_backward_runs_with_padding_and_gradient_decay():
+    # Trainable use (e.g. distillation): the in-place attention steps must not break autograd.
+    model = tiny_model(layer_wise_gradient_decay_ratio=0.6).train()
+    wav = waves(2, 1.0)
+    pm = torch.zeros_like(wav, dtype=torch.bool)
+    pm[1, 12000:] = True
+    x, _ = model.extract_features(wav, padding_mask=pm)
+    x.pow(2).mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.encoder.layers[0].self_attn.grep_a.grad.abs().sum() > 0

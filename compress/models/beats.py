@@ -112,8 +112,14 @@ class BEATsConfig:
         for name in positive:
             value = getattr(self, name)
             if value < 1:
-                hint = " (the official default -1 means unset; released checkpoints use 16)" if name == "input_patch_size" else ""
+                hint = ""
+                if name == "input_patch_size":
+                    hint = " (the official default -1 means unset; released checkpoints use 16)"
                 raise ConfigError(f"BEATs cfg field '{name}' must be a positive integer, got {value}{hint}")
+        if self.input_patch_size > 128:
+            raise ConfigError(
+                f"BEATs cfg field 'input_patch_size' must be at most 128 (the fbank's mel bins), got {self.input_patch_size}"
+            )
         for name in ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "dropout_input",
                      "predictor_dropout"):
             value = getattr(self, name)
@@ -121,7 +127,8 @@ class BEATsConfig:
                 raise ConfigError(f"BEATs cfg field '{name}' must be in [0, 1), got {value}")
         if self.layer_wise_gradient_decay_ratio < 0:
             raise ConfigError(
-                f"BEATs cfg field 'layer_wise_gradient_decay_ratio' must be >= 0, got {self.layer_wise_gradient_decay_ratio}"
+                "BEATs cfg field 'layer_wise_gradient_decay_ratio' must be >= 0, "
+                f"got {self.layer_wise_gradient_decay_ratio}"
             )
         if self.activation_fn not in ACTIVATIONS:
             raise ConfigError(
