@@ -1,0 +1,139 @@
+"""English sentences for the ASR data: a shipped pool taken from WordNet's usage examples, split without overlap.
+
+Source: the usage examples in the glosses of Princeton WordNet 3.0 (Debian package
+``wordnet-base``, files ``/usr/share/wordnet/data.{noun,verb,adj,adv}``): tens of thousands of
+short, real English sentences written by lexicographers, e.g. "the freshly brushed clothes hung
+in the closet". Licence: the WordNet 3.0 licence (permissive, BSD-like: use, copy, modify and
+distribute for any purpose, keeping the notice "WordNet 3.0 Copyright 2006 by Princeton
+University. All rights reserved." and its disclaimer). ``sentences.txt`` beside this module holds
+the selected pool (one sentence per line, original casing and punctuation, fed to the TTS), so
+the generator needs no WordNet at run time; ``python -m compress.data.sentences --rebuild``
+regenerates it from an installed ``wordnet-base``.
+
+Selection: 6 to 20 words, letters and simple punctuation only (no digits, no acronyms, no
+ellipses), a short block-list of sensitive words, unique after normalisation. Split: a stable
+hash of the normalised text puts 10 % in ``test``, 10 % in ``dev`` and 80 % in ``train``, so
+dev and test sentences never occur in training, whatever the seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import random
+import re
+from pathlib import Path
+
+from ..errors import ConfigError, choices
+
+POOL_FILE = Path(__file__).with_name("sentences.txt")
+WORDNET_DIR = Path("/usr/share/wordnet")
+POOL_SIZE = 4000
+MIN_WORDS, MAX_WORDS = 6, 20
+SPLITS = ("train", "dev", "test")
+LICENCE = ("WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved. "
+           "(usage examples from WordNet 3.0, WordNet licence)")
+
+_ALLOWED = re.compile(r"[A-Za-z][A-Za-z ,.'?!;:-]*")
+_BLOCK = set("""
+god gods jesus christ christian christians muslim muslims jew jews jewish islam islamic hindu
+catholic catholics protestant bible koran church negro negroes black blacks white whites nigger
+sex sexual sexy rape raped kill killed killing murder murdered suicide drug drugs cocaine heroin
+gay homosexual lesbian whore prostitute bitch damn hell nazi nazis hitler slave slaves slavery
+terrorist terrorists bomb bombs corpse naked nude breast breasts penis vagina drunk beer whiskey
+""".split())
+
+
+def normalise(text: str) -> str:
+    """Plain lower-case words: hyphens and punctuation become spaces, inner apostrophes stay."""
+    text = text.lower().replace("-", " ")
+    text = re.sub(r"[^a-z' ]+", " ", text)
+    words = [w.strip("'") for w in text.split()]
+    return " ".join(w for w in words if w)
+
+
+def split_of(sentence: str) -> str:
+    """The split a sentence belongs to, from a stable hash of its normalised text."""
+    bucket = int(hashlib.sha1(normalise(sentence).encode()).hexdigest()[:8], 16) % 10
+    return "test" if bucket == 0 else "dev" if bucket == 1 else "train"
+
+
+@functools.lru_cache(maxsize=1)
+def load_pool() -> tuple[str, ...]:
+    """All shipped sentences (as written, for the TTS)."""
+    if not POOL_FILE.is_file():
+        raise ConfigError(f"the sentence pool {POOL_FILE} is missing; rebuild it with "
+                          f"'python -m compress.data.sentences --rebuild' (needs apt-get install wordnet-base)")
+    lines = POOL_FILE.read_text(encoding="utf-8").splitlines()
+    return tuple(s for s in (line.strip() for line in lines) if s and not s.startswith("#"))
+
+
+def sentences_for(split: str) -> list[str]:
+    """The sentences of one split, in pool order."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; valid: {choices(SPLITS)}")
+    return [s for s in load_pool() if split_of(s) == split]
+
+
+def _acceptable(sentence: str) -> bool:
+    if not _ALLOWED.fullmatch(sentence) or ".." in sentence:
+        return False
+    words = sentence.replace("-", " ").split()
+    if not MIN_WORDS <= len(words) <= MAX_WORDS:
+        return False
+    if any(sum(c.isupper() for c in w) > 1 for w in words):  # acronyms are spelled out by a TTS
+        return False
+    return not (set(normalise(sentence).split()) & _BLOCK)
+
+
+def extract_wordnet_examples(wordnet_dir=WORDNET_DIR) -> list[str]:
+    """Every usage example (the quoted parts of the glosses) in WordNet's data files, in file order."""
+    wordnet_dir = Path(wordnet_dir)
+    files = [wordnet_dir / f"data.{pos}" for pos in ("noun", "verb", "adj", "adv")]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ConfigError(f"WordNet data files not found ({', '.join(missing)}); "
+                          f"install them with: apt-get install -y wordnet-base")
+    out = []
+    for f in files:
+        for line in f.read_text(encoding="latin-1").splitlines():
+            if line.startswith("  ") or " | " not in line:  # licence header / no gloss
+                continue
+            out.extend(q.strip() for q in re.findall(r'"([^"]+)"', line.split(" | ", 1)[1]))
+    return out
+
+
+def build_pool(wordnet_dir=WORDNET_DIR, size: int = POOL_SIZE, seed: int = 0) -> list[str]:
+    """Filter, de-duplicate and sample the pool; sorted for a readable file."""
+    seen, kept = set(), []
+    for s in extract_wordnet_examples(wordnet_dir):
+        s = s.rstrip(" ;:,")
+        key = normalise(s)
+        if _acceptable(s) and key not in seen:
+            seen.add(key)
+            kept.append(s)
+    random.Random(seed).shuffle(kept)
+    return sorted(kept[:size], key=str.lower)
+
+
+def write_pool(path=POOL_FILE, **kwargs) -> int:
+    pool = build_pool(**kwargs)
+    header = [f"# {len(pool)} English sentences: usage examples from Princeton WordNet 3.0 (Debian wordnet-base).",
+              f"# {LICENCE}",
+              "# Regenerate: python -m compress.data.sentences --rebuild"]
+    Path(path).write_text("\n".join(header + pool) + "\n", encoding="utf-8")
+    load_pool.cache_clear()
+    return len(pool)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rebuild", action="store_true", help="regenerate sentences.txt from wordnet-base")
+    ap.add_argument("--wordnet-dir", default=str(WORDNET_DIR))
+    args = ap.parse_args()
+    if args.rebuild:
+        print(f"wrote {write_pool(wordnet_dir=args.wordnet_dir)} sentences to {POOL_FILE}")
+    for split in SPLITS:
+        print(split, len(sentences_for(split)))
