@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import UserError
@@ -133,6 +134,27 @@ def cmd_diff(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from .recipe import load_recipe
+    from .runner import run_recipe
+
+    recipe = load_recipe(args.recipe)  # validated completely before any model is loaded
+    run_recipe(recipe, args.model, args.out, overwrite=args.overwrite, bench=not args.no_bench,
+               model_kwargs={"allow_unsafe_pickle": args.allow_unsafe_pickle, "dtype": args.dtype,
+                             "qformer_config": args.qformer_config, "seed": args.seed})
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from .recipe import load_recipe, shipped_recipes
+
+    for path in shipped_recipes():
+        r = load_recipe(path)
+        steps = " -> ".join(c.type for c in r.steps)
+        print(f"{os.path.relpath(path):40s} {r.name:24s} [{steps}] {r.description}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -178,6 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hackathon", action="store_true",
                    help="also report the hackathon evaluator's definitions, labelled, and write its CSV")
     s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("run", help="apply a recipe to a model and write the compressed artifact")
+    s.add_argument("recipe", help="recipe YAML (see `salmonn-compress recipes`)")
+    _add_model_args(s)
+    s.add_argument("--out", required=True, help="artifact directory to write (atomically)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --out")
+    s.add_argument("--no-bench", action="store_true", help="skip the recipe's benchmark section")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("recipes", help="list the shipped recipes")
+    s.set_defaults(fn=cmd_recipes)
 
     s = sub.add_parser("table", help="Markdown/CSV tables and a Pareto plot from result files")
     s.add_argument("results", nargs="+")

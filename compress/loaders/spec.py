@@ -7,7 +7,10 @@ from typing import Optional
 
 from ..errors import UserError, choices
 
-SPEC_HELP = "a preset name (tiny, sized-1b, sized-3b), an artifact directory, or an official SALMONN config YAML"
+SPEC_HELP = ("'demo' (the shipped trained model), a preset name (tiny, sized-1b, sized-3b), an artifact directory, "
+             "or an official SALMONN config YAML")
+# The embedded default: a trained tiny SALMONN shipped inside the package.
+DEMO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "demo")
 
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
           "bfloat16": "bfloat16", "bf16": "bfloat16"}
@@ -30,6 +33,11 @@ def load_model(spec: str, *, allow_unsafe_pickle: bool = False, dtype: Optional[
     from .official import load_official
 
     dt = parse_dtype(dtype)
+    if spec == "demo":
+        if not os.path.isfile(os.path.join(DEMO_DIR, MANIFEST)):
+            raise UserError(f"the demo model is not built in this checkout ({DEMO_DIR} has no {MANIFEST}); "
+                            "build it with: python -m compress.train.demo")
+        return load_artifact(DEMO_DIR, dtype=dt)
     if spec in PRESETS:
         model = build_preset(spec, seed=seed, dtype=dt)
         model.load_report = {p: {"source": f"preset {spec!r}, seeded random weights (seed {seed})"}

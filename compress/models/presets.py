@@ -39,7 +39,7 @@ def _tiny() -> SalmonnConfig:
     return SalmonnConfig(
         whisper=whisper,
         beats=beats,
-        llm=_llama(64, 2, 4, 2, 128, 260, max_position_embeddings=512, tie_word_embeddings=False),
+        llm=_llama(64, 4, 4, 2, 128, 260, max_position_embeddings=512, tie_word_embeddings=False),
         qformer=QFormerConfig(hidden_size=64, num_attention_heads=4, intermediate_size=128,
                               encoder_width=64 + beats["encoder_embed_dim"]),
         lora=LoraSettings(r=4, alpha=16, dropout=0.0),

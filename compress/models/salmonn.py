@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,8 +25,10 @@ PARTS = tuple(PART_PREFIXES)
 
 
 def part_of(name: str) -> str:
+    """Part of a parameter or module name (`speech_llama_proj` and `speech_llama_proj.weight` are both 'proj')."""
+    dotted = name + "."
     for part, prefixes in PART_PREFIXES.items():
-        if name.startswith(prefixes):
+        if dotted.startswith(prefixes):
             return part
     raise KeyError(f"parameter {name!r} belongs to no part")
 
@@ -200,7 +201,3 @@ def _pad_to_same_length(a: torch.Tensor, b: torch.Tensor) -> tuple:
     elif tb > ta:
         a = F.pad(a, (0, 0, 0, tb - ta))
     return a, b
-
-
-def as_float_array(x) -> np.ndarray:
-    return np.asarray(x, dtype=np.float32)

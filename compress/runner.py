@@ -1,0 +1,138 @@
+"""`run`: apply a recipe's steps to a model, write the artifact atomically, then benchmark baseline vs result."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+from .errors import ConfigError, UserError
+
+
+class RunContext:
+    """What steps may ask of the run: calibration clips, progress bars, errors naming the recipe."""
+
+    def __init__(self, model, recipe, *, progress: bool = True):
+        self.model = model
+        self.recipe = recipe
+        self.base_dir = recipe.base_dir
+        self.show = progress
+        self._calib = None
+
+    def calibration(self) -> list:
+        if self.recipe.calibration is None:
+            raise ConfigError(f"recipe {self.recipe.name!r} has no calibration section")
+        if self._calib is None:
+            from .steps.calibration import load_calibration
+
+            self._calib = load_calibration(self.recipe.calibration, self.base_dir)
+        return self._calib
+
+    def calibration_forward(self, sample) -> None:
+        from .steps.calibration import full_forward
+
+        full_forward(self.model, sample, self.recipe.calibration.with_reference)
+
+    def error(self, msg: str) -> ConfigError:
+        return ConfigError(f"recipe {self.recipe.name!r}: {msg}")
+
+    def bar(self, total: int, desc: str):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, file=sys.stderr, disable=not self.show, leave=False)
+
+    def progress(self, iterable, desc: str):
+        from tqdm import tqdm
+
+        return tqdm(iterable, desc=desc, file=sys.stderr, disable=not self.show, leave=False)
+
+
+def source_info(spec: str, model) -> dict:
+    """Provenance of the input model: preset name and seed, artifact file hashes, or checkpoint hash."""
+    from .loaders.artifact import sha256_file
+
+    info = {"spec": spec}
+    if getattr(model, "manifest", None):
+        info["artifact_files"] = {k: v["sha256"] for k, v in model.manifest.get("files", {}).items()}
+    rep = getattr(model, "load_report", {}) or {}
+    ckpt = rep.get("trainable", {}).get("source")
+    if ckpt and os.path.isfile(ckpt):
+        info["ckpt_sha256"] = sha256_file(ckpt)
+    if model.cfg.extra.get("preset"):
+        info["preset"] = model.cfg.extra["preset"]
+        info["seed"] = model.cfg.extra.get("seed")
+    info["sources"] = {p: r.get("source") for p, r in rep.items() if isinstance(r, dict) and "source" in r}
+    return info
+
+
+def run_recipe(recipe, spec: str, out: str, *, overwrite: bool = False, model_kwargs: Optional[dict] = None,
+               progress: bool = True, bench: bool = True, log=print) -> dict:
+    from .loaders import load_model
+    from .loaders.artifact import save_artifact
+
+    out = os.path.abspath(out)
+    if os.path.exists(out) and not overwrite:
+        raise UserError(f"output {out!r} already exists; choose another path or pass --overwrite")
+    steps = recipe.build_steps()
+    model = load_model(spec, **(model_kwargs or {}))
+    ctx = RunContext(model, recipe, progress=progress)
+    reports = []
+    for i, step in enumerate(steps):
+        log(f"[{i + 1}/{len(steps)}] {step.name} ...")
+        rep = step(model, ctx)
+        reports.append(rep)
+        log(f"[{i + 1}/{len(steps)}] {step.name}: {_summary(rep)}")
+    from .loaders.artifact import package_versions
+
+    save_artifact(model, out, overwrite=overwrite, manifest_extra={
+        "recipe": recipe.to_dict(), "recipe_sha256": recipe.sha256(), "source": source_info(spec, model),
+        "steps": reports, "created_by": "salmonn-compress run", "package_versions": package_versions()})
+    log(f"artifact written to {out}")
+    result = {"artifact": out, "steps": reports}
+    if bench and recipe.benchmark is not None:
+        result["bench"] = bench_pair(recipe, spec, out, model_kwargs or {}, log=log)
+    return result
+
+
+def _summary(rep: dict) -> str:
+    keys = ("measured_sparsity", "layers_removed", "layers_after", "pattern_holds", "seconds")
+    return ", ".join(f"{k}={rep[k]:.4f}" if isinstance(rep[k], float) else f"{k}={rep[k]}" for k in keys if k in rep)
+
+
+def bench_pair(recipe, spec: str, artifact: str, model_kwargs: dict, log=print) -> dict:
+    """Benchmark the baseline and the written artifact with the same settings; write results and the diff."""
+    from tqdm import tqdm
+
+    from .bench.harness import BenchSettings, run_benchmark
+    from .bench.results import diff, diff_text, markdown_table, summary_row, write_json
+    from .steps.calibration import resolve_data_path
+
+    b = recipe.benchmark
+    data = resolve_data_path(b.data, recipe.base_dir)
+    outdir = artifact.rstrip("/") + "-bench"
+    os.makedirs(outdir, exist_ok=True)
+    paths = {}
+    results = {}
+    for label, s in (("baseline", spec), ("result", artifact)):
+        settings = BenchSettings(tasks=tuple(b.tasks), num_beams=b.num_beams, max_new_tokens=b.max_new_tokens,
+                                 limit=b.limit, latency_tokens=b.latency_tokens, latency_warmup=b.warmup,
+                                 latency_repeats=b.repeats, memory=b.memory)
+        kw = model_kwargs if label == "baseline" else {}
+        r = run_benchmark(s, data, settings, model_kwargs=kw,
+                          progress_factory=lambda n, label=label: tqdm(total=n, desc=f"bench {label}",
+                                                                        file=sys.stderr, leave=False))
+        paths[label] = os.path.join(outdir, f"{label}.json")
+        write_json(r, paths[label])
+        r["_path"] = paths[label]
+        results[label] = r
+    d = diff(results["baseline"], results["result"])
+    write_json(d, os.path.join(outdir, "diff.json"))
+    text = diff_text(d)
+    with open(os.path.join(outdir, "diff.txt"), "w") as f:
+        f.write(text + "\n")
+    table = markdown_table([summary_row(results["baseline"]), summary_row(results["result"])])
+    with open(os.path.join(outdir, "table.md"), "w") as f:
+        f.write(table)
+    log(table)
+    log(text)
+    return {"dir": outdir, **paths}

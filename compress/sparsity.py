@@ -1,0 +1,87 @@
+"""Pruning math as pure tensor functions: scores, masks (unstructured, per-row, N:M), block influence, counting."""
+
+from __future__ import annotations
+
+import torch
+
+
+def magnitude_scores(w: torch.Tensor) -> torch.Tensor:
+    return w.detach().abs().float()
+
+
+def wanda_scores(w: torch.Tensor, input_sq_sum: torch.Tensor) -> torch.Tensor:
+    """|W_ij| * ||X_j||_2 (Wanda): w (out, in), input_sq_sum (in,) = sum over calibration tokens of x_j^2."""
+    return w.detach().abs().float() * input_sq_sum.float().sqrt()[None, :]
+
+
+def _prune_count(n: int, sparsity: float) -> int:
+    return int(n * sparsity)
+
+
+def mask_layer(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep-mask removing the lowest-scoring `sparsity` fraction of the whole matrix (ties broken by index)."""
+    k = _prune_count(scores.numel(), sparsity)
+    mask = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+    if k:
+        idx = torch.argsort(scores.flatten(), stable=True)[:k]
+        mask[idx] = False
+    return mask.view_as(scores)
+
+
+def mask_rows(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep-mask removing the lowest `sparsity` fraction within each output row (Wanda's comparison group)."""
+    k = _prune_count(scores.shape[1], sparsity)
+    mask = torch.ones_like(scores, dtype=torch.bool)
+    if k:
+        idx = torch.argsort(scores, dim=1, stable=True)[:, :k]
+        mask.scatter_(1, idx, False)
+    return mask
+
+
+def mask_n_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the top `n` of every `m` consecutive inputs in each row (N:M semi-structured sparsity)."""
+    out_f, in_f = scores.shape
+    if in_f % m:
+        raise ValueError(f"input width {in_f} is not a multiple of M={m}")
+    groups = scores.reshape(out_f, in_f // m, m)  # (out, in/m, m)
+    keep = torch.topk(groups, n, dim=-1).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
+    return mask.reshape(out_f, in_f)
+
+
+def global_threshold(all_scores: list, sparsity: float) -> float:
+    """The score below which `sparsity` of all entries across several matrices fall (global pruning)."""
+    flat = torch.cat([s.flatten() for s in all_scores])
+    k = _prune_count(flat.numel(), sparsity)
+    if k == 0:
+        return float("-inf")
+    return float(torch.kthvalue(flat, k).values)
+
+
+def apply_mask(w: torch.Tensor, keep: torch.Tensor) -> None:
+    with torch.no_grad():
+        w.mul_(keep.to(w.dtype))
+
+
+def zero_fraction(t: torch.Tensor) -> float:
+    return float((t == 0).sum()) / t.numel() if t.numel() else 0.0
+
+
+def is_n_m(w: torch.Tensor, n: int, m: int) -> bool:
+    """True when every group of m consecutive inputs in each row has at most n non-zeros."""
+    out_f, in_f = w.shape
+    if in_f % m:
+        return False
+    nz = (w.reshape(out_f, in_f // m, m) != 0).sum(-1)
+    return bool((nz <= n).all())
+
+
+def block_influence(x_in: torch.Tensor, x_out: torch.Tensor) -> torch.Tensor:
+    """ShortGPT's block influence per token: 1 - cos(x_in, x_out); (..., d) -> (...)."""
+    cos = torch.nn.functional.cosine_similarity(x_in.float(), x_out.float(), dim=-1)
+    return 1.0 - cos
+
+
+def round_sparsities(final: float, rounds: int) -> list:
+    """Iterative pruning schedule keeping a constant fraction per round: s_r = 1 - (1 - s)^(r / R)."""
+    return [1.0 - (1.0 - final) ** (r / rounds) for r in range(1, rounds + 1)]

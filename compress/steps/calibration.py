@@ -1,0 +1,156 @@
+"""Calibration through the real audio path, and the block-by-block driver that lets later blocks see pruned earlier ones."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..errors import ConfigError
+
+
+class CalibrationConfig(BaseModel):
+    """Recipe `calibration:` section: which annotation file, how many clips, which tasks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    data: str
+    samples: int = Field(32, ge=1, le=4096)
+    tasks: list = ["asr", "caption"]
+    seed: int = 0
+    with_reference: bool = True  # append the reference answer (teacher forcing) so output tokens are covered
+
+
+@dataclass
+class CalibSample:
+    id: str
+    audio: object  # np.ndarray, 16 kHz mono
+    task: str
+    reference: str
+
+
+def resolve_data_path(path: str, base_dir: Optional[str]) -> str:
+    for cand in (os.path.join(base_dir, path) if base_dir else None, path):
+        if cand and os.path.isfile(cand):
+            return os.path.abspath(cand)
+    raise ConfigError(f"data file {path!r} not found (looked relative to {base_dir!r} and the working directory)")
+
+
+def load_calibration(cfg: CalibrationConfig, base_dir: Optional[str] = None) -> list:
+    """`samples` clips drawn (seeded) from the annotation file, balanced over the tasks."""
+    from ..audio import load_audio
+    from ..data.annotations import read_annotations
+    from ..models.config import resolve_task
+
+    path = resolve_data_path(cfg.data, base_dir)
+    tasks = [resolve_task(t) for t in cfg.tasks]
+    pool = {t: [s for s in read_annotations(path) if s.task == t] for t in tasks}
+    rng = random.Random(cfg.seed)
+    chosen = []
+    for i, t in enumerate(tasks):
+        n = cfg.samples // len(tasks) + (1 if i < cfg.samples % len(tasks) else 0)
+        if len(pool[t]) < n:
+            raise ConfigError(f"calibration: {path} has {len(pool[t])} {t} samples, {n} requested")
+        chosen += rng.sample(pool[t], n)
+    return [CalibSample(s.id, load_audio(s.path), s.task, s.text) for s in chosen]
+
+
+def reference_ids(model, text: str) -> list:
+    """Token ids of an answer as the LLM should produce it after the prompt, EOS included."""
+    ids = model.tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+    eos = model.tokenizer.eos_token_id
+    return ids + ([eos] if eos is not None else [])
+
+
+def llm_inputs(model, s: CalibSample, with_reference: bool = True) -> tuple:
+    """What the LLM sees in use: [BOS, prompt, speech tokens, prompt] (+ the reference answer and EOS)."""
+    speech = model.encode_audio(**model.prepare_audio([s.audio]))
+    emb, mask = model.build_inputs(speech, model.instruction_for(s.task))
+    if with_reference and s.reference:
+        ids = reference_ids(model, s.reference)
+        ref = model.llama_model.get_input_embeddings()(torch.tensor([ids], device=emb.device))
+        emb = torch.cat([emb, ref.to(emb.dtype)], dim=1)
+        mask = torch.ones(emb.shape[:2], dtype=mask.dtype, device=mask.device)
+    return emb, mask
+
+
+def full_forward(model, s: CalibSample, with_reference: bool = True) -> None:
+    emb, mask = llm_inputs(model, s, with_reference)
+    model.llama_model(inputs_embeds=emb, attention_mask=mask, use_cache=False)
+
+
+def part_blocks(model, part: str) -> Optional[nn.ModuleList]:
+    """The repeated blocks of a part, in order (None for parts without blocks)."""
+    if part == "llm":
+        return model.llm_base().model.layers
+    if part == "speech_encoder":
+        return model.speech_encoder.layers
+    if part == "beats":
+        return model.beats.encoder.layers if model.beats is not None else None
+    if part == "qformer":
+        return model.speech_Qformer.bert.encoder.layer
+    return None
+
+
+def _hidden(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def sequential_blocks(blocks: nn.ModuleList, samples: list, forward: Callable, visit: Callable,
+                      progress=None) -> None:
+    """Record each block's real inputs once, then for block i: visit(i, block, run), where run() feeds the
+    (already pruned) previous block's outputs through block i; after visit, its outputs feed block i+1."""
+    calls = [[] for _ in blocks]
+    first = []
+
+    def hook_for(i):
+        def hook(mod, args, kwargs):
+            if i == 0:
+                first.append(args[0].detach())
+            calls[i].append((args[1:], dict(kwargs)))
+
+        return hook
+
+    handles = [b.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    try:
+        for s in samples:
+            forward(s)
+    finally:
+        for h in handles:
+            h.remove()
+    hidden = first
+    for i, block in enumerate(blocks):
+        def run(block=block, i=i, hidden=hidden):
+            return [_hidden(block(h, *a, **k)) for h, (a, k) in zip(hidden, calls[i])]
+
+        visit(i, block, run)
+        hidden = run()
+        calls[i] = None  # free this block's records
+        if progress is not None:
+            progress.update(1)
+
+
+@torch.no_grad()
+def collect_input_norms(linears: dict, run: Callable) -> dict:
+    """Sum over all calibration tokens of x_j^2 for the input of each Linear, observed while run() executes."""
+    sums = {n: torch.zeros(m.in_features, dtype=torch.float64) for n, m in linears.items()}
+
+    def hook_for(name):
+        def hook(mod, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            sums[name] += (x * x).sum(0).cpu()
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in linears.items()]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return sums

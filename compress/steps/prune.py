@@ -1,0 +1,152 @@
+"""Pruning steps `magnitude` and `wanda`: glue around compress.sparsity, reporting the sparsity they measured."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+from pydantic import Field, field_validator
+
+from .. import sparsity as sp
+from ..models.salmonn import PARTS, part_of
+from .calibration import collect_input_norms, full_forward, part_blocks, sequential_blocks
+from .registry import Step, StepConfig, register
+from .targets import Targets, select_linears
+
+UNSTRUCTURED_NOTE = ("unstructured zeros are stored densely: the artifact and the running model are as large and "
+                     "as slow as before; only N:M patterns on sparse kernels, or sparse storage, save anything")
+
+
+def parse_pattern(p: Optional[str]):
+    if p is None:
+        return None
+    try:
+        n, m = (int(x) for x in p.split(":"))
+    except ValueError:
+        raise ValueError(f"pattern must look like 'N:M' (e.g. '2:4'), got {p!r}") from None
+    if not 0 < n < m:
+        raise ValueError(f"pattern {p!r}: need 0 < N < M")
+    return n, m
+
+
+class PruneConfig(StepConfig):
+    sparsity: float = Field(0.5, gt=0.0, lt=1.0)
+    pattern: Optional[str] = None  # "N:M" semi-structured; then `sparsity` is implied (1 - N/M)
+    targets: Targets = Targets()
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v):
+        parse_pattern(v)
+        return v
+
+
+def measure(model, linears: dict, pattern=None) -> dict:
+    """Zeros counted in the weights after acting: per targeted part, and over all targeted weights."""
+    per_part: dict = {}
+    for name, m in linears.items():
+        p = per_part.setdefault(part_of(name), [0, 0])
+        p[0] += int((m.weight == 0).sum())
+        p[1] += m.weight.numel()
+    zeros = sum(z for z, _ in per_part.values())
+    total = sum(n for _, n in per_part.values())
+    out = {
+        "layers_pruned": len(linears),
+        "measured_sparsity": zeros / total if total else 0.0,
+        "measured_sparsity_per_part": {p: z / n for p, (z, n) in per_part.items()},
+        "storage_note": UNSTRUCTURED_NOTE,
+    }
+    if pattern is not None:
+        out["pattern_holds"] = all(sp.is_n_m(m.weight, *pattern) for m in linears.values())
+    return out
+
+
+def _mask(scores: torch.Tensor, sparsity: float, pattern, per_row: bool) -> torch.Tensor:
+    if pattern is not None:
+        return sp.mask_n_m(scores, *pattern)
+    return sp.mask_rows(scores, sparsity) if per_row else sp.mask_layer(scores, sparsity)
+
+
+class MagnitudeConfig(PruneConfig):
+    type: Literal["magnitude"] = "magnitude"
+    scope: Literal["layer", "row", "global"] = "layer"
+
+
+@register("magnitude")
+class Magnitude(Step):
+    """|W| pruning: per layer, per output row, or one global threshold over all targeted layers; or N:M."""
+
+    Config = MagnitudeConfig
+
+    def run(self, model, ctx) -> dict:
+        c = self.config
+        pattern = parse_pattern(c.pattern)
+        linears = select_linears(model, c.targets)
+        if not linears:
+            raise ctx.error(f"no Linear matches the targets {c.targets.model_dump()}")
+        if c.scope == "global" and pattern is None:
+            thr = sp.global_threshold([sp.magnitude_scores(m.weight) for m in linears.values()], c.sparsity)
+            for m in linears.values():
+                sp.apply_mask(m.weight, sp.magnitude_scores(m.weight) > thr)
+        else:
+            for m in ctx.progress(linears.values(), "magnitude"):
+                sp.apply_mask(m.weight, _mask(sp.magnitude_scores(m.weight), c.sparsity, pattern, c.scope == "row"))
+        return measure(model, linears, pattern)
+
+
+class WandaConfig(PruneConfig):
+    type: Literal["wanda"] = "wanda"
+    sequential: bool = True  # prune block by block; later blocks calibrate on the pruned earlier ones
+
+
+@register("wanda")
+class Wanda(Step):
+    """Wanda: |W| x ||X||_2 compared within each output row, activations from real audio through the model."""
+
+    Config = WandaConfig
+
+    @classmethod
+    def needs_calibration(cls, config) -> bool:
+        return True
+
+    def run(self, model, ctx) -> dict:
+        c = self.config
+        pattern = parse_pattern(c.pattern)
+        linears = select_linears(model, c.targets)
+        if not linears:
+            raise ctx.error(f"no Linear matches the targets {c.targets.model_dump()}")
+        samples = ctx.calibration()
+        fwd = ctx.calibration_forward
+
+        def prune(group: dict, norms: dict) -> None:
+            for n, m in group.items():
+                sp.apply_mask(m.weight, _mask(sp.wanda_scores(m.weight, norms[n]), c.sparsity, pattern, True))
+
+        for part in PARTS:  # data-flow order: upstream parts are pruned before downstream ones calibrate
+            mine = {n: m for n, m in linears.items() if part_of(n) == part}
+            if not mine:
+                continue
+            blocks = part_blocks(model, part)
+            in_blocks = set()
+            if blocks is not None and c.sequential:
+                owner = {id(mod): n for n, mod in mine.items()}
+
+                def visit(i, block, run):
+                    group = {owner[id(m)]: m for m in block.modules() if id(m) in owner}
+                    in_blocks.update(group)
+                    if group:
+                        prune(group, collect_input_norms(group, run))
+
+                bar = ctx.bar(len(blocks), f"wanda {part}")
+                sequential_blocks(blocks, samples, fwd, visit, bar)
+                bar.close()
+            rest = {n: m for n, m in mine.items() if n not in in_blocks}
+            if rest:
+                prune(rest, collect_input_norms(rest, lambda: [fwd(s) for s in samples]))
+        report = measure(model, linears, pattern)
+        report["calibration_samples"] = len(samples)
+        return report
+
+
+def default_forward(model, with_reference=True):
+    return lambda s: full_forward(model, s, with_reference)

@@ -1,0 +1,77 @@
+"""Which modules a step acts on: parts plus include/ignore regular expressions; LoRA adapters are never targets."""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, field_validator
+from torch import nn
+
+from ..models.salmonn import PARTS, part_of
+
+LORA_MARKERS = (".lora_A.", ".lora_B.", ".lora_embedding_", ".lora_magnitude_vector")
+
+
+def display_name(name: str) -> str:
+    """PEFT wraps targeted Linears: `...q_proj.base_layer` is shown and matched as `...q_proj`."""
+    return name[: -len(".base_layer")] if name.endswith(".base_layer") else name
+
+
+def is_lora(name: str) -> bool:
+    return any(m in name + "." for m in LORA_MARKERS)
+
+
+class Targets(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    parts: list = ["llm"]
+    include: Optional[str] = None  # regex searched in the module name; None = every Linear of the parts
+    ignore: list = ["lm_head"]  # regexes; a match excludes the module
+
+    @field_validator("parts")
+    @classmethod
+    def _parts(cls, v):
+        bad = [p for p in v if p not in PARTS]
+        if bad or not v:
+            raise ValueError(f"unknown part(s) {bad}; valid: {', '.join(PARTS)}")
+        return v
+
+    @field_validator("include")
+    @classmethod
+    def _include(cls, v):
+        if v is not None:
+            _compile(v)
+        return v
+
+    @field_validator("ignore")
+    @classmethod
+    def _ignore(cls, v):
+        for p in v:
+            _compile(p)
+        return v
+
+
+def _compile(pattern: str):
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"invalid regular expression {pattern!r}: {e}") from None
+
+
+def select_linears(model: nn.Module, targets: Targets) -> dict:
+    """Display name -> nn.Linear for every targeted Linear, in module order (data-flow order within a part)."""
+    inc = re.compile(targets.include) if targets.include else None
+    ign = [re.compile(p) for p in targets.ignore]
+    out = {}
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Linear) or is_lora(name):
+            continue
+        shown = display_name(name)
+        if part_of(shown) not in targets.parts:
+            continue
+        if inc is not None and not inc.search(shown):
+            continue
+        if any(p.search(shown) for p in ign):
+            continue
+        out[shown] = mod
+    return out

@@ -1,0 +1,152 @@
+"""Recipes: every shipped recipe validates, round-trips and runs; bad recipes fail before any model loads."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from compress.cli import main
+from compress.errors import ConfigError
+from compress.loaders import load_model
+from compress.recipe import load_recipe, parse_recipe, recipe_from_dict, shipped_recipes
+from compress.runner import run_recipe
+from compress.steps.targets import Targets, select_linears
+
+RECIPES = shipped_recipes()
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CALIB = os.path.join(ROOT, "benchmarks", "data", "calib.json")
+
+
+def test_there_are_shipped_recipes():
+    names = {os.path.basename(p) for p in RECIPES}
+    assert {"magnitude-50.yaml", "wanda-50.yaml", "wanda-2of4.yaml", "lottery-50-3rounds.yaml",
+            "layer-drop-25.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
+def test_recipe_round_trips(path):
+    r = load_recipe(path)
+    again = parse_recipe(r.to_yaml(), "again", r.base_dir)
+    assert again.to_dict() == r.to_dict() and again.sha256() == r.sha256()
+
+
+def _zeros_in_saved(out: str, names: list) -> float:
+    """Sparsity counted independently, from the saved tensors."""
+    st = load_file(os.path.join(out, "model.safetensors"))
+    keys = [k for k in st if any(k == n + ".weight" or k == n + ".base_layer.weight" for n in names)]
+    assert len(keys) == len(names)
+    zeros = sum(int((st[k] == 0).sum()) for k in keys)
+    return zeros / sum(st[k].numel() for k in keys)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
+def test_recipe_runs_on_tiny(path, tmp_path):
+    r = load_recipe(path)
+    out = str(tmp_path / "art")
+    res = run_recipe(r, "tiny", out, progress=False, bench=False, log=lambda *a: None)
+    m = load_model(out)
+    manifest = m.manifest
+    assert manifest["recipe_sha256"] == r.sha256() and manifest["source"]["preset"] == "tiny"
+    assert manifest["steps"][0]["type"] == r.steps[0].type and manifest["steps"][0]["seconds"] >= 0
+    rep = res["steps"][-1]
+    if "measured_sparsity" in rep:
+        names = list(select_linears(m, r.steps[-1].targets))
+        assert _zeros_in_saved(out, names) == pytest.approx(rep["measured_sparsity"], abs=1e-12)
+        assert "stored densely" in rep["storage_note"]
+    if "pattern_holds" in rep:
+        assert rep["pattern_holds"] is True
+    if rep["type"] == "layer_drop":
+        assert rep["layers_after"] == len(m.llm_base().model.layers) < rep["layers_before"]
+    if rep["type"] == "lottery_ticket":
+        assert rep["lora_new_zeros"] == 0 and len(rep["rounds"]) == 3
+        assert rep["measured_sparsity"] == pytest.approx(0.5, abs=0.01)
+    out_ids = m.generate([torch.zeros(16000).numpy()], "asr", num_beams=1, max_new_tokens=3, ignore_eos=True)
+    assert len(out_ids[0].token_ids) == 3
+
+
+def test_lora_is_never_a_target():
+    m = load_model("tiny")
+    sel = select_linears(m, Targets(parts=["llm"], include=".*", ignore=[]))
+    assert sel and not any("lora" in n for n in sel)
+    assert any(n.endswith("q_proj") for n in sel)  # the base layer under the LoRA wrapper, shown by its name
+
+
+def test_wanda_sequential_sees_pruned_earlier_layers(tmp_path):
+    base = {"name": "w", "calibration": {"data": CALIB, "samples": 4}}
+    seq = recipe_from_dict({**base, "steps": [{"type": "wanda", "sparsity": 0.5}]})
+    par = recipe_from_dict({**base, "steps": [{"type": "wanda", "sparsity": 0.5, "sequential": False}]})
+    run_recipe(seq, "tiny", str(tmp_path / "a"), progress=False, bench=False, log=lambda *a: None)
+    run_recipe(par, "tiny", str(tmp_path / "b"), progress=False, bench=False, log=lambda *a: None)
+    a = load_file(str(tmp_path / "a" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model.safetensors"))
+    l0 = [k for k in a if ".layers.0." in k and k.startswith("llama_model") and "lora" not in k and k.endswith("weight")
+          and "norm" not in k]
+    l1 = [k.replace(".layers.0.", ".layers.1.") for k in l0]
+    assert all(torch.equal(a[k] == 0, b[k] == 0) for k in l0)  # first layer: same inputs either way
+    assert any(not torch.equal(a[k] == 0, b[k] == 0) for k in l1)  # second layer: pruned inputs differ
+
+
+def test_layer_drop_explicit_layers_and_renumbering(tmp_path):
+    r = recipe_from_dict({"name": "d", "steps": [{"type": "layer_drop", "part": "llm", "layers": [0]}]})
+    out = str(tmp_path / "d")
+    run_recipe(r, "tiny", out, progress=False, bench=False, log=lambda *a: None)
+    m = load_model(out)
+    layers = m.llm_base().model.layers
+    assert len(layers) == 3 and [l.self_attn.layer_idx for l in layers] == [0, 1, 2]
+    assert m.cfg.llm["num_hidden_layers"] == 3
+
+
+@pytest.mark.parametrize("doc,msg", [
+    ({"name": "x", "steps": [{"type": "prune-it"}]}, "unknown step type 'prune-it'; valid: 'layer_drop'"),
+    ({"name": "x", "steps": [{"type": "magnitude", "sparsity": 1.2}]}, "sparsity: Input should be less than 1"),
+    ({"name": "x", "steps": [{"type": "magnitude", "spars": 0.3}]}, "spars: unknown field; valid fields: pattern"),
+    ({"name": "x", "steps": [{"type": "wanda"}]}, "calibrate on real audio"),
+    ({"name": "x", "steps": []}, "non-empty list"),
+    ({"name": "x", "steps": [{"type": "magnitude", "targets": {"parts": ["lm"]}}]}, "valid: speech_encoder"),
+    ({"name": "x", "steps": [{"type": "magnitude", "targets": {"include": "(["}}]}, "invalid regular expression"),
+    ({"name": "x", "steps": [{"type": "layer_drop", "part": "beats", "count": 1}]}, "part: Input should be"),
+    ({"name": "x", "steps": [{"type": "lottery_ticket", "retrain": {"data": "x", "steps": 1}, "rewind": "early"}]},
+     "rewind: early needs train_base"),
+])
+def test_bad_recipes(doc, msg):
+    with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace("[", r"\[")):
+        recipe_from_dict(doc)
+
+
+def test_cli_bad_recipe_fails_before_loading(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("name: x\nsteps:\n  - {type: magnitude, sparsity: 2}\n")
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "compress.cli", "run", str(p), "--model", "/no/such/model.yaml",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2 and "sparsity" in r.stderr and "Traceback" not in r.stderr
+    assert "model.yaml" not in r.stderr  # the recipe was refused first
+    assert not out.exists()
+
+
+def test_cli_run_and_interrupt_leaves_nothing(tmp_path, monkeypatch, capsys):
+    p = tmp_path / "r.yaml"
+    p.write_text("name: m\nsteps:\n  - {type: magnitude, sparsity: 0.3}\n")
+    out = tmp_path / "art"
+    assert main(["run", str(p), "--model", "tiny", "--out", str(out)]) == 0
+    assert (out / "manifest.json").exists()
+    assert main(["run", str(p), "--model", "tiny", "--out", str(out)]) == 2  # exists, no --overwrite
+    import compress.loaders.artifact as art
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(art, "sha256_file", interrupted)
+    out2 = tmp_path / "art2"
+    assert main(["run", str(p), "--model", "tiny", "--out", str(out2)]) == 130
+    assert sorted(os.listdir(tmp_path)) == ["art", "r.yaml"]
+
+
+def test_cli_recipes_lists_all(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for path in RECIPES:
+        assert load_recipe(path).name in out
