@@ -139,9 +139,21 @@ def cmd_run(args) -> int:
     from .runner import run_recipe
 
     recipe = load_recipe(args.recipe)  # validated completely before any model is loaded
-    run_recipe(recipe, args.model, args.out, overwrite=args.overwrite, bench=not args.no_bench,
+    run_recipe(recipe, args.model, args.out, overwrite=args.overwrite, bench=not args.no_bench, storage=args.storage,
                model_kwargs={"allow_unsafe_pickle": args.allow_unsafe_pickle, "dtype": args.dtype,
                              "qformer_config": args.qformer_config, "seed": args.seed})
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .bench.harness import BenchSettings
+    from .demo import run_demo
+
+    settings = BenchSettings(tasks=tuple(args.tasks.split(",")), num_beams=args.beams,
+                             max_new_tokens=args.max_new_tokens, limit=args.limit,
+                             latency_tokens=args.latency_tokens, latency_warmup=1, latency_repeats=args.repeats,
+                             threads=args.threads)
+    run_demo(args.model, args.data, [r for r in args.recipes.split(",") if r], args.out, settings)
     return 0
 
 
@@ -207,7 +219,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="artifact directory to write (atomically)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --out")
     s.add_argument("--no-bench", action="store_true", help="skip the recipe's benchmark section")
+    s.add_argument("--storage", choices=["sparse", "dense"], default="sparse",
+                   help="sparse: pruned matrices stored as bitmask + non-zeros when smaller (default); dense: as is")
     s.set_defaults(fn=cmd_run)
+
+    from .demo import DEFAULT_RECIPES
+
+    s = sub.add_parser("demo", help="baseline + a default set of recipes, compared (the README's main job)")
+    s.add_argument("--model", default="demo", help="model SPEC (default: the shipped trained demo model)")
+    s.add_argument("--data", default=os.path.join("benchmarks", "data", "dev.json"))
+    s.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="comma-separated recipe names or files")
+    s.add_argument("--out", default=os.path.join("out", "demo"))
+    s.add_argument("--tasks", default="asr,caption")
+    s.add_argument("--limit", type=int, default=None, help="first N samples per task")
+    s.add_argument("--beams", type=int, default=None)
+    s.add_argument("--max-new-tokens", type=int, default=None)
+    s.add_argument("--latency-tokens", type=int, default=16)
+    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--threads", type=int, default=None)
+    s.set_defaults(fn=cmd_demo)
 
     s = sub.add_parser("recipes", help="list the shipped recipes")
     s.set_defaults(fn=cmd_recipes)

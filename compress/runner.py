@@ -66,7 +66,7 @@ def source_info(spec: str, model) -> dict:
 
 
 def run_recipe(recipe, spec: str, out: str, *, overwrite: bool = False, model_kwargs: Optional[dict] = None,
-               progress: bool = True, bench: bool = True, log=print) -> dict:
+               progress: bool = True, bench: bool = True, storage: str = "sparse", log=print) -> dict:
     from .loaders import load_model
     from .loaders.artifact import save_artifact
 
@@ -82,12 +82,14 @@ def run_recipe(recipe, spec: str, out: str, *, overwrite: bool = False, model_kw
         rep = step(model, ctx)
         reports.append(rep)
         log(f"[{i + 1}/{len(steps)}] {step.name}: {_summary(rep)}")
-    from .loaders.artifact import package_versions
-
-    save_artifact(model, out, overwrite=overwrite, manifest_extra={
+    save_artifact(model, out, overwrite=overwrite, storage=storage, manifest_extra={
         "recipe": recipe.to_dict(), "recipe_sha256": recipe.sha256(), "source": source_info(spec, model),
-        "steps": reports, "created_by": "salmonn-compress run", "package_versions": package_versions()})
-    log(f"artifact written to {out}")
+        "steps": reports, "created_by": "salmonn-compress run"})
+    from .loaders.artifact import read_manifest
+
+    st = read_manifest(out)["storage"]
+    log(f"artifact written to {out} ({st['mode']} storage: {st['stored_tensor_bytes']:,} tensor bytes, "
+        f"dense would be {st['dense_tensor_bytes']:,})")
     result = {"artifact": out, "steps": reports}
     if bench and recipe.benchmark is not None:
         result["bench"] = bench_pair(recipe, spec, out, model_kwargs or {}, log=log)

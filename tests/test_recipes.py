@@ -1,9 +1,11 @@
 """Recipes: every shipped recipe validates, round-trips and runs; bad recipes fail before any model loads."""
 
+import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -34,12 +36,21 @@ def test_recipe_round_trips(path):
 
 
 def _zeros_in_saved(out: str, names: list) -> float:
-    """Sparsity counted independently, from the saved tensors."""
+    """Sparsity counted independently, from the saved tensors (dense, or bitmask + values)."""
     st = load_file(os.path.join(out, "model.safetensors"))
-    keys = [k for k in st if any(k == n + ".weight" or k == n + ".base_layer.weight" for n in names)]
-    assert len(keys) == len(names)
-    zeros = sum(int((st[k] == 0).sum()) for k in keys)
-    return zeros / sum(st[k].numel() for k in keys)
+    sparse = json.load(open(os.path.join(out, "config.json")))["sparse"]
+    wanted = {k for n in names for k in (n + ".weight", n + ".base_layer.weight")}
+    zeros = total = found = 0
+    for k in wanted:
+        if k in st:
+            zeros, total, found = zeros + int((st[k] == 0).sum()), total + st[k].numel(), found + 1
+        elif k in sparse:
+            n = int(np.prod(sparse[k]["shape"]))
+            kept = int(np.unpackbits(st[k + ".__sparse_mask"].numpy())[:n].sum())
+            assert kept == st[k + ".__sparse_values"].numel()
+            zeros, total, found = zeros + n - kept, total + n, found + 1
+    assert found == len(names)
+    return zeros / total
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
@@ -65,6 +76,25 @@ def test_recipe_runs_on_tiny(path, tmp_path):
         assert rep["measured_sparsity"] == pytest.approx(0.5, abs=0.01)
     out_ids = m.generate([torch.zeros(16000).numpy()], "asr", num_beams=1, max_new_tokens=3, ignore_eos=True)
     assert len(out_ids[0].token_ids) == 3
+
+
+def test_sparse_storage_round_trip_and_size(tmp_path):
+    from compress.loaders.artifact import save_artifact
+
+    r = recipe_from_dict({"name": "m", "steps": [{"type": "magnitude", "sparsity": 0.6,
+                                                   "targets": {"parts": ["llm", "speech_encoder"]}}]})
+    res = run_recipe(r, "tiny", str(tmp_path / "s"), progress=False, bench=False, log=lambda *a: None)
+    assert res["steps"][0]["measured_sparsity"] == pytest.approx(0.6, abs=0.01)
+    sparse = load_model(str(tmp_path / "s"))
+    save_artifact(sparse, str(tmp_path / "d"), storage="dense")
+    dense = load_model(str(tmp_path / "d"))
+    a, b = sparse.state_dict(), dense.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ms, md = sparse.manifest["storage"], dense.manifest["storage"]
+    assert ms["sparse_tensors"] > 0 and md["sparse_tensors"] == 0
+    assert ms["stored_tensor_bytes"] < 0.8 * md["stored_tensor_bytes"]
+    size = lambda d: os.path.getsize(os.path.join(d, "model.safetensors"))  # noqa: E731
+    assert size(str(tmp_path / "s")) < size(str(tmp_path / "d"))
 
 
 def test_lora_is_never_a_target():
@@ -150,3 +180,16 @@ def test_cli_recipes_lists_all(capsys):
     out = capsys.readouterr().out
     for path in RECIPES:
         assert load_recipe(path).name in out
+
+
+def test_demo_command_on_tiny(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--model", "tiny", "--recipes", "magnitude-50,layer-drop-25", "--out", str(out),
+                 "--limit", "2", "--beams", "1", "--max-new-tokens", "3", "--latency-tokens", "3", "--repeats", "1"])
+    assert code == 0
+    for f in ("baseline.json", "magnitude-50.json", "layer-drop-25.json", "table.md", "table.csv", "pareto.png",
+              "diff-magnitude-50.txt"):
+        assert (out / f).exists(), f
+    table = (out / "table.md").read_text()
+    assert table.count("\n") == 5 and "layer-drop-25" in table
+    assert main(["demo", "--model", "tiny", "--recipes", "no-such-recipe", "--out", str(out)]) == 2

@@ -93,16 +93,32 @@ def _fsync_tree(root: str) -> None:
                 os.fsync(fh.fileno())
 
 
-def save_artifact(model, out_dir: str, *, manifest_extra: Optional[dict] = None, overwrite: bool = False) -> str:
-    """Write `model` (a Salmonn) as an artifact directory; returns its absolute path."""
+STORAGE = ("dense", "sparse")
+
+
+def save_artifact(model, out_dir: str, *, manifest_extra: Optional[dict] = None, overwrite: bool = False,
+                  storage: str = "dense") -> str:
+    """Write `model` (a Salmonn) as an artifact directory; returns its absolute path.
+
+    storage="sparse" stores each weight matrix as bitmask + non-zeros when that is smaller (pruned weights).
+    """
     from safetensors.torch import save_file
+
+    from .sparse_storage import encode
+
+    if storage not in STORAGE:
+        raise UserError(f"unknown storage {storage!r}; valid: {', '.join(STORAGE)}")
 
     def write(tmp: str) -> None:
         unique, aliases = split_shared(model.state_dict())
+        dense_bytes = tensor_bytes(unique)
+        sparse = {}
+        if storage == "sparse":
+            unique, sparse = encode(unique)
         save_file(unique, os.path.join(tmp, WEIGHTS), metadata={"format": FORMAT})
         cfg = model.cfg.to_dict()
         with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump({"model": cfg, "aliases": aliases}, f, indent=1, default=str)
+            json.dump({"model": cfg, "aliases": aliases, "sparse": sparse}, f, indent=1, default=str)
         model.tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
         files = {}
         for dirpath, _, names in os.walk(tmp):
@@ -115,6 +131,8 @@ def save_artifact(model, out_dir: str, *, manifest_extra: Optional[dict] = None,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "packages": package_versions(),
             "files": files,
+            "storage": {"mode": storage, "sparse_tensors": len(sparse), "dense_tensor_bytes": dense_bytes,
+                        "stored_tensor_bytes": tensor_bytes(unique)},
             **(manifest_extra or {}),
         }
         with open(os.path.join(tmp, MANIFEST), "w") as f:
@@ -171,6 +189,10 @@ def load_artifact(path: str, *, verify: bool = True, dtype=None):
     tok = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"), local_files_only=True)
     model = build_modules(cfg, tok, seed=None)
     state = load_file(os.path.join(path, WEIGHTS))
+    if conf.get("sparse"):
+        from .sparse_storage import decode
+
+        state = decode(state, conf["sparse"])
     for alias, canonical in conf.get("aliases", {}).items():
         state[alias] = state[canonical]
     missing, unexpected = model.load_state_dict(state, strict=False)
