@@ -30,7 +30,7 @@ class BenchSettings:
     latency_repeats: int = 5
     threads: Optional[int] = None
     memory: bool = True  # peak RSS of a clean process (costs one more model load)
-    bandwidth_mib: int = 256
+    bandwidth_mib: int = 1024  # well above any last-level cache
     corenlp_dir: Optional[str] = None
     hackathon: bool = False
     dtype: Optional[str] = None

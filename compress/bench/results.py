@@ -23,6 +23,9 @@ def write_json(obj: dict, path: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1, default=str)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are ordinary files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -118,7 +118,8 @@ def save_artifact(model, out_dir: str, *, manifest_extra: Optional[dict] = None,
         save_file(unique, os.path.join(tmp, WEIGHTS), metadata={"format": FORMAT})
         cfg = model.cfg.to_dict()
         with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump({"model": cfg, "aliases": aliases, "sparse": sparse}, f, indent=1, default=str)
+            json.dump({"model": cfg, "aliases": aliases, "sparse": sparse,
+                       "modules": getattr(model, "module_overrides", {})}, f, indent=1, default=str)
         model.tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
         files = {}
         for dirpath, _, names in os.walk(tmp):
@@ -188,6 +189,11 @@ def load_artifact(path: str, *, verify: bool = True, dtype=None):
     cfg = SalmonnConfig.from_dict(conf["model"])
     tok = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"), local_files_only=True)
     model = build_modules(cfg, tok, seed=None)
+    overrides = conf.get("modules") or {}
+    if overrides:  # modules a step replaced (e.g. quantized Linears): rebuild them empty before loading
+        from ..steps.overrides import restore_modules
+
+        restore_modules(model, overrides)
     state = load_file(os.path.join(path, WEIGHTS))
     if conf.get("sparse"):
         from .sparse_storage import decode
