@@ -96,8 +96,22 @@ def part_blocks(model, part: str) -> Optional[nn.ModuleList]:
     return None
 
 
-def _hidden(out):
+def block_output(out):
+    """Hidden states out of a block (some blocks return a tuple, e.g. BEATs' (x, position_bias))."""
     return out[0] if isinstance(out, tuple) else out
+
+
+def run_hooked(handles: list, fn: Callable) -> None:
+    """Run fn() with hooks installed, removing them whatever happens."""
+    try:
+        fn()
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def forward_all(forward: Callable, samples: list) -> Callable:
+    return lambda: [forward(s) for s in samples]
 
 
 @torch.no_grad()
@@ -117,16 +131,11 @@ def sequential_blocks(blocks: nn.ModuleList, samples: list, forward: Callable, v
         return hook
 
     handles = [b.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, b in enumerate(blocks)]
-    try:
-        for s in samples:
-            forward(s)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(handles, forward_all(forward, samples))
     hidden = first
     for i, block in enumerate(blocks):
         def run(block=block, i=i, hidden=hidden):
-            return [_hidden(block(h, *a, **k)) for h, (a, k) in zip(hidden, calls[i])]
+            return [block_output(block(h, *a, **k)) for h, (a, k) in zip(hidden, calls[i])]
 
         visit(i, block, run)
         hidden = run()
@@ -148,9 +157,5 @@ def collect_input_norms(linears: dict, run: Callable) -> dict:
         return hook
 
     handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in linears.items()]
-    try:
-        run()
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(handles, run)
     return sums

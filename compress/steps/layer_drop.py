@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..sparsity import block_influence
-from .calibration import part_blocks
+from .calibration import block_output, forward_all, part_blocks, run_hooked
 from .registry import Step, StepConfig, register
 
 
@@ -38,18 +38,12 @@ def measure_block_influence(blocks: nn.ModuleList, samples: list, forward) -> li
     handles = []
     for i, b in enumerate(blocks):
         def hook(mod, args, kwargs, out, i=i):
-            x_out = out[0] if isinstance(out, tuple) else out
-            bi = block_influence(args[0], x_out)
+            bi = block_influence(args[0], block_output(out))
             sums[i] += float(bi.sum())
             counts[i] += bi.numel()
 
         handles.append(b.register_forward_hook(hook, with_kwargs=True))
-    try:
-        for s in samples:
-            forward(s)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(handles, forward_all(forward, samples))
     return [s / c if c else float("nan") for s, c in zip(sums, counts)]
 
 

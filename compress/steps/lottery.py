@@ -10,9 +10,9 @@ from pydantic import Field, model_validator
 from .. import sparsity as sp
 from .calibration import CalibrationConfig, load_calibration
 from .finetune import TrainConfig, train_steps
-from .prune import measure
-from .registry import Step, StepConfig, register
-from .targets import Targets, select_linears
+from .prune import PruneStep, measure
+from .registry import StepConfig, register
+from .targets import Targets
 
 
 class LotteryConfig(StepConfig):
@@ -38,14 +38,12 @@ def _lora_zeros(model) -> int:
 
 
 @register("lottery_ticket")
-class LotteryTicket(Step):
+class LotteryTicket(PruneStep):
     Config = LotteryConfig
 
     def run(self, model, ctx) -> dict:
         c = self.config
-        linears = select_linears(model, c.targets)
-        if not linears:
-            raise ctx.error(f"no Linear matches the targets {c.targets.model_dump()}")
+        linears = self.targets(model, ctx)
         data = load_calibration(CalibrationConfig(data=c.retrain.data, samples=c.retrain.samples,
                                                   seed=c.retrain.seed), ctx.base_dir)
         lora_zeros_before = _lora_zeros(model)

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from .. import sparsity as sp
 from ..models.salmonn import PARTS, part_of
-from .calibration import collect_input_norms, full_forward, part_blocks, sequential_blocks
+from .calibration import collect_input_norms, forward_all, part_blocks, sequential_blocks
 from .registry import Step, StepConfig, register
 from .targets import Targets, select_linears
 
@@ -67,13 +67,21 @@ def _mask(scores: torch.Tensor, sparsity: float, pattern, per_row: bool) -> torc
     return sp.mask_rows(scores, sparsity) if per_row else sp.mask_layer(scores, sparsity)
 
 
+class PruneStep(Step):
+    def targets(self, model, ctx) -> dict:
+        linears = select_linears(model, self.config.targets)
+        if not linears:
+            raise ctx.error(f"no Linear matches the targets {self.config.targets.model_dump()}")
+        return linears
+
+
 class MagnitudeConfig(PruneConfig):
     type: Literal["magnitude"] = "magnitude"
     scope: Literal["layer", "row", "global"] = "layer"
 
 
 @register("magnitude")
-class Magnitude(Step):
+class Magnitude(PruneStep):
     """|W| pruning: per layer, per output row, or one global threshold over all targeted layers; or N:M."""
 
     Config = MagnitudeConfig
@@ -81,9 +89,7 @@ class Magnitude(Step):
     def run(self, model, ctx) -> dict:
         c = self.config
         pattern = parse_pattern(c.pattern)
-        linears = select_linears(model, c.targets)
-        if not linears:
-            raise ctx.error(f"no Linear matches the targets {c.targets.model_dump()}")
+        linears = self.targets(model, ctx)
         if c.scope == "global" and pattern is None:
             thr = sp.global_threshold([sp.magnitude_scores(m.weight) for m in linears.values()], c.sparsity)
             for m in linears.values():
@@ -100,7 +106,7 @@ class WandaConfig(PruneConfig):
 
 
 @register("wanda")
-class Wanda(Step):
+class Wanda(PruneStep):
     """Wanda: |W| x ||X||_2 compared within each output row, activations from real audio through the model."""
 
     Config = WandaConfig
@@ -112,9 +118,7 @@ class Wanda(Step):
     def run(self, model, ctx) -> dict:
         c = self.config
         pattern = parse_pattern(c.pattern)
-        linears = select_linears(model, c.targets)
-        if not linears:
-            raise ctx.error(f"no Linear matches the targets {c.targets.model_dump()}")
+        linears = self.targets(model, ctx)
         samples = ctx.calibration()
         fwd = ctx.calibration_forward
 
@@ -142,11 +146,7 @@ class Wanda(Step):
                 bar.close()
             rest = {n: m for n, m in mine.items() if n not in in_blocks}
             if rest:
-                prune(rest, collect_input_norms(rest, lambda: [fwd(s) for s in samples]))
+                prune(rest, collect_input_norms(rest, forward_all(fwd, samples)))
         report = measure(model, linears, pattern)
         report["calibration_samples"] = len(samples)
         return report
-
-
-def default_forward(model, with_reference=True):
-    return lambda s: full_forward(model, s, with_reference)
