@@ -1,0 +1,110 @@
+"""Wanda with audio calibration (ours) vs llm-compressor's Wanda with text-only calibration, same LLM, same harness.
+
+    .venv/bin/python benchmarks/tools/compare_wanda.py --model demo --data benchmarks/data/test.json \\
+        --out benchmarks/results/wanda-compare
+
+Runs: our wanda-50 and magnitude-50 recipes; llm-compressor Wanda 50% on the model's LLM (LoRA kept
+aside, base weights only) calibrated on the text of the calibration split; then benchmarks baseline
+and the three results with `salmonn-compress bench` settings given here, and writes a table + diffs.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+
+def export_plain_llm(model, out_dir: str) -> dict:
+    """Base LLM weights without the LoRA wrapper, as a plain HF directory; returns our-name -> plain-name map."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    llm = dict(model.cfg.llm)
+    plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(llm.pop("model_type"), **llm))
+    names = {}
+    ours = dict(model.llama_model.named_parameters())
+    for pn in plain.state_dict():
+        on = "base_model.model." + pn
+        on_wrapped = on.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        names[pn] = on if on in ours else on_wrapped
+    plain.load_state_dict({pn: ours[on].detach() for pn, on in names.items() if on in ours}, strict=False)
+    plain.save_pretrained(out_dir)
+    model.tokenizer.save_pretrained(out_dir)
+    return names
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="demo")
+    p.add_argument("--data", default=os.path.join(ROOT, "benchmarks", "data", "test.json"))
+    p.add_argument("--calib", default=os.path.join(ROOT, "benchmarks", "data", "calib.json"))
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "wanda-compare"))
+    p.add_argument("--llmc-python", default=os.path.join(ROOT, ".venv-llmc", "bin", "python"))
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--limit", type=int, default=None)
+    a = p.parse_args()
+
+    import torch
+    from safetensors.torch import load_file
+
+    from compress.bench.harness import BenchSettings, run_benchmark
+    from compress.bench.results import diff, diff_text, markdown_table, summary_row, write_json
+    from compress.data.annotations import read_annotations
+    from compress.loaders import load_model
+    from compress.loaders.artifact import save_artifact
+    from compress.recipe import load_recipe
+    from compress.runner import run_recipe
+
+    os.makedirs(a.out, exist_ok=True)
+    arts = {}
+    for name in ("wanda-50", "magnitude-50"):
+        arts[name] = os.path.join(a.out, "artifacts", name)
+        run_recipe(load_recipe(os.path.join(ROOT, "recipes", f"{name}.yaml")), a.model, arts[name],
+                   overwrite=True, bench=False)
+    # llm-compressor: text-only calibration on the same calibration split's sentences.
+    model = load_model(a.model)
+    plain_dir, pruned_dir = os.path.join(a.out, "plain-llm"), os.path.join(a.out, "llmc-llm")
+    names = export_plain_llm(model, plain_dir)
+    texts = [s.text for s in read_annotations(a.calib)][: a.samples]
+    with open(os.path.join(a.out, "calib-texts.json"), "w") as f:
+        json.dump(texts, f)
+    subprocess.run([a.llmc_python, os.path.join(ROOT, "benchmarks", "tools", "llmc_wanda.py"), "--model", plain_dir,
+                    "--texts", os.path.join(a.out, "calib-texts.json"), "--out", pruned_dir,
+                    "--samples", str(a.samples)], check=True)
+    pruned = {}
+    for f in os.listdir(pruned_dir):
+        if f.endswith(".safetensors"):
+            pruned.update(load_file(os.path.join(pruned_dir, f)))
+    ours = dict(model.llama_model.named_parameters())
+    with torch.no_grad():
+        n = 0
+        for pn, t in pruned.items():
+            if pn in names and names[pn] in ours and t.dim() == 2 and "embed" not in pn and "lm_head" not in pn:
+                ours[names[pn]].copy_(t)
+                n += 1
+    print(f"copied {n} pruned matrices from llm-compressor into the model (LoRA adapters kept)")
+    arts["llmc-wanda-50-text"] = os.path.join(a.out, "artifacts", "llmc-wanda-50-text")
+    save_artifact(model, arts["llmc-wanda-50-text"], overwrite=True, storage="sparse",
+                  manifest_extra={"source": {"spec": a.model}, "note": "llm-compressor 0.14 Wanda 50%, text calibration"})
+    settings = dict(tasks=("asr", "caption"), limit=a.limit)
+    results = []
+    for label, spec in [("baseline", a.model)] + list(arts.items()):
+        r = run_benchmark(spec, a.data, BenchSettings(**settings))
+        path = os.path.join(a.out, f"{label}.json")
+        write_json(r, path)
+        r["_path"] = path
+        results.append(r)
+    table = markdown_table([summary_row(r) for r in results])
+    with open(os.path.join(a.out, "table.md"), "w") as f:
+        f.write(table)
+    for r in results[1:]:
+        with open(r["_path"].replace(".json", ".diff.txt"), "w") as f:
+            f.write(diff_text(diff(results[0], r)) + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
