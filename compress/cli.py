@@ -258,10 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def quiet_third_party_logs() -> None:
+    """peft imports bitsandbytes and torchao when installed; their optional-kernel probes are not user news."""
+    import logging
+
+    for name in ("torchao", "bitsandbytes", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv=None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    quiet_third_party_logs()
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

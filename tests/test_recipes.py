@@ -130,7 +130,7 @@ def test_layer_drop_explicit_layers_and_renumbering(tmp_path):
 
 
 @pytest.mark.parametrize("doc,msg", [
-    ({"name": "x", "steps": [{"type": "prune-it"}]}, "unknown step type 'prune-it'; valid: 'layer_drop'"),
+    ({"name": "x", "steps": [{"type": "prune-it"}]}, "unknown step type 'prune-it'; valid: .*'layer_drop'"),
     ({"name": "x", "steps": [{"type": "magnitude", "sparsity": 1.2}]}, "sparsity: Input should be less than 1"),
     ({"name": "x", "steps": [{"type": "magnitude", "spars": 0.3}]}, "spars: unknown field; valid fields: pattern"),
     ({"name": "x", "steps": [{"type": "wanda"}]}, "calibrate on real audio"),
@@ -142,7 +142,7 @@ def test_layer_drop_explicit_layers_and_renumbering(tmp_path):
      "rewind: early needs train_base"),
 ])
 def test_bad_recipes(doc, msg):
-    with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(ConfigError, match=msg if ".*" in msg else msg.replace("(", r"\(").replace("[", r"\[")):
         recipe_from_dict(doc)
 
 

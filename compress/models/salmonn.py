@@ -110,7 +110,7 @@ class Salmonn(nn.Module):
         queries = self.speech_query_tokens.expand(windows.shape[0], -1, -1)
         mask = torch.ones(windows.shape[:2], dtype=torch.long, device=windows.device)
         q = self.speech_Qformer(queries.to(windows.dtype), windows, mask)  # (B*L, Q, H)
-        q = self.speech_llama_proj(q.to(self.speech_llama_proj.weight.dtype))  # (B*L, Q, D)
+        q = self.speech_llama_proj(q.to(self.speech_query_tokens.dtype))  # (B*L, Q, D)
         return q.reshape(b, -1, q.shape[-1])  # (B, L*Q, D)
 
     def prepare_audio(self, waveforms: list) -> dict:

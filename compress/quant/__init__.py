@@ -1,0 +1,1 @@
+"""Quantization math and modules: RTN/GPTQ as pure tensor functions, GPTQ-format packing, run-time modules, export."""

@@ -1,0 +1,104 @@
+"""Integer weight grids as pure tensor functions: scale/zero per group, round-to-nearest, and the quantized result.
+
+Conventions (those of the GPTQ reference and the GPTQ checkpoint format):
+  W (out, in); codes q in [0, 2^bits - 1]; dequantized w = scale * (q - zero);
+  per group of `group_size` input columns one (scale, zero) per output row; `g_idx[i]` is the group of column i;
+  symmetric grids put zero at 2^(bits-1); scales are rounded to float16 because the format stores them so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+BITS = (2, 3, 4, 8)
+
+
+@dataclass
+class QuantizedWeight:
+    """The integer form of one weight matrix: everything the GPTQ format stores, unpacked."""
+
+    codes: torch.Tensor  # (out, in) int32, in the original column order
+    scales: torch.Tensor  # (groups, out) float32 holding float16-representable values
+    zeros: torch.Tensor  # (groups, out) int32, true zero points (no storage offset)
+    g_idx: torch.Tensor  # (in,) int32, group of each input column
+    bits: int
+    group_size: int  # -1 = one group per row
+
+    def dequantize(self) -> torch.Tensor:
+        """(out, in) float32: scale[g_idx[i], o] * (codes[o, i] - zeros[g_idx[i], o])."""
+        g = self.g_idx.long()
+        return dequantize_codes(self.codes, self.scales[g].T, self.zeros[g].T)
+
+
+def maxq_of(bits: int) -> int:
+    if bits not in BITS:
+        raise ValueError(f"bits must be one of {BITS}, got {bits}")
+    return 2 ** bits - 1
+
+
+def grid_params(w: torch.Tensor, bits: int, sym: bool) -> tuple:
+    """Per-row (scale, zero) for w (rows, cols) so that [min(w, 0), max(w, 0)] maps onto [0, maxq].
+
+    Returns scale (rows,) float32 rounded to float16 and zero (rows,) float32 holding integers.
+    """
+    maxq = maxq_of(bits)
+    w = w.float()
+    xmin = w.min(1).values.clamp(max=0)
+    xmax = w.max(1).values.clamp(min=0)
+    if sym:
+        xmax = torch.maximum(xmin.abs(), xmax)
+        xmin = -xmax
+    dead = (xmin == 0) & (xmax == 0)
+    xmin = torch.where(dead, torch.full_like(xmin, -1.0), xmin)
+    xmax = torch.where(dead, torch.full_like(xmax, 1.0), xmax)
+    scale = ((xmax - xmin) / maxq).half().float()
+    scale = torch.where(scale > 0, scale, torch.full_like(scale, float(torch.finfo(torch.float16).tiny)))
+    if sym:
+        zero = torch.full_like(scale, (maxq + 1) / 2)
+    else:
+        zero = torch.round(-xmin / scale).clamp(0, maxq)
+    return scale, zero
+
+
+def quantize_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
+    """Nearest codes in [0, maxq]; scale and zero broadcast against w."""
+    return torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+
+
+def dequantize_codes(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    return scale * (q.float() - zero)
+
+
+def group_index(in_features: int, group_size: int) -> torch.Tensor:
+    """g_idx for columns in order: column i is in group i // group_size (one group if group_size is -1).
+
+    A last group may be shorter when group_size does not divide in_features, as the GPTQ format allows
+    (ceil(in / group_size) rows of scales); a group_size above in_features gives a single group."""
+    gs = in_features if group_size == -1 else group_size
+    return torch.arange(in_features, dtype=torch.int32) // gs
+
+
+def rtn_quantize(w: torch.Tensor, bits: int, group_size: int = -1, sym: bool = True) -> QuantizedWeight:
+    """Round-to-nearest on the same grid GPTQ uses: the baseline GPTQ is compared against."""
+    maxq = maxq_of(bits)
+    w = w.detach().float()
+    out_f, in_f = w.shape
+    g_idx = group_index(in_f, group_size).to(w.device)
+    gs = in_f if group_size == -1 else group_size
+    groups = -(-in_f // gs)
+    codes = torch.empty(out_f, in_f, device=w.device)
+    scales, zeros = torch.empty(groups, out_f, device=w.device), torch.empty(groups, out_f, device=w.device)
+    for g in range(groups):
+        cols = slice(g * gs, min((g + 1) * gs, in_f))
+        scales[g], zeros[g] = grid_params(w[:, cols], bits, sym)
+        codes[:, cols] = quantize_codes(w[:, cols], scales[g][:, None], zeros[g][:, None], maxq)
+    return QuantizedWeight(codes.to(torch.int32), scales, zeros.to(torch.int32), g_idx, bits, group_size)
+
+
+def relative_error(w: torch.Tensor, q: torch.Tensor) -> float:
+    """||W - Q||_F / ||W||_F."""
+    w = w.detach().float()
+    n = float(w.norm())
+    return float((w - q.float()).norm()) / n if n else 0.0
