@@ -194,28 +194,15 @@ def run_efficiency(model, spec: str, records: list, settings: BenchSettings, mod
     if settings.memory:
         from .memory import run_in_clean_process
 
-        mem = run_in_clean_process("compress.bench.harness:memory_workload", {
+        mem = run_in_clean_process("compress.bench.workload:memory_workload", {
             "spec": spec, "audio_path": clip["path"], "task": clip["task"], "n_tokens": settings.latency_tokens,
             "threads": settings.threads, **model_kwargs})
         out["memory"] = {k: v for k, v in mem.items() if k != "result"}
-        out["memory"]["method"] = "peak RSS (VmHWM) of a clean process that loads the model and generates"
+        out["memory"]["method"] = ("peak RSS (VmHWM) of a clean process that loads the model and generates; "
+                                   "baseline_rss_mib = interpreter + torch/transformers/peft imported, before the model")
     else:
         out["unavailable"]["memory"] = "disabled (--no-memory)"
     return out
-
-
-def memory_workload(spec: str, audio_path: str, task: str, n_tokens: int, threads=None, **model_kwargs) -> dict:
-    """Run in a clean process: load the model, generate once. Its peak RSS is the model's peak memory."""
-    import torch
-
-    from ..audio import load_audio
-    from ..loaders import load_model
-
-    if threads:
-        torch.set_num_threads(threads)
-    model = load_model(spec, **model_kwargs)
-    out = model.generate([load_audio(audio_path)], task, num_beams=1, max_new_tokens=n_tokens, ignore_eos=True)
-    return {"tokens": len(out[0].token_ids)}
 
 
 def run_benchmark(spec: str, data: str, settings: BenchSettings, *, model_kwargs: Optional[dict] = None,
