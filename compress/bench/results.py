@@ -72,6 +72,7 @@ def summary_row(r: dict) -> dict:
         "tpot_ms_p50": _eff(r, "latency", "tpot_ms", "p50"),
         "tokens_per_s_p50": _eff(r, "latency", "tokens_per_s", "p50"),
         "peak_rss_mib": mem,
+        "model_rss_mib": _eff(r, "memory", "delta_peak_rss_mib"),  # peak minus libraries-loaded baseline
         "model_mib": sum(p["bytes"] for p in parts.values()) / MIB,
         "llm_mib": parts.get("llm", {}).get("bytes", 0) / MIB,
         "tpot_over_bound": _eff(r, "decode_bound", "tpot_over_bound"),
