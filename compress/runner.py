@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from typing import Optional
@@ -18,6 +19,18 @@ class RunContext:
         self.base_dir = recipe.base_dir
         self.show = progress
         self._calib = None
+        self._teacher = None  # snapshot of the model before the first step, when a step needs a teacher
+
+    def teacher(self, spec: Optional[str] = None):
+        """The model as loaded, before the recipe's first step; or the model `spec` names (for distillation)."""
+        if spec is not None:
+            from .loaders import load_model
+
+            path = os.path.join(self.base_dir, spec) if self.base_dir else spec
+            return load_model(path if os.path.exists(path) else spec)
+        if self._teacher is None:
+            raise ConfigError(f"recipe {self.recipe.name!r}: no teacher snapshot was taken before the steps ran")
+        return self._teacher
 
     def calibration(self) -> list:
         if self.recipe.calibration is None:
@@ -76,6 +89,8 @@ def run_recipe(recipe, spec: str, out: str, *, overwrite: bool = False, model_kw
     steps = recipe.build_steps()
     model = load_model(spec, **(model_kwargs or {}))
     ctx = RunContext(model, recipe, progress=progress)
+    if any(getattr(s, "needs_teacher", False) for s in steps):
+        ctx._teacher = copy.deepcopy(model).eval()  # the teacher is the model before any step changed it
     reports = []
     for i, step in enumerate(steps):
         log(f"[{i + 1}/{len(steps)}] {step.name} ...")

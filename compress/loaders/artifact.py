@@ -209,6 +209,9 @@ def load_artifact(path: str, *, verify: bool = True, dtype=None):
         )
     if dtype is not None:
         model.to(dtype)
+    from ..steps.runtime import apply_runtime  # runtime-only changes (sdpa, real_length, compile, liger)
+
+    apply_runtime(model)
     model.manifest = manifest
     model.load_report = {part: {"source": os.path.join(path, WEIGHTS)} for part in model.parts()}
     return model.eval()

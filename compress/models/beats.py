@@ -415,6 +415,7 @@ class MultiheadSelfAttention(nn.Module):
         if gru_rel_pos:
             self.grep_linear = nn.Linear(self.head_dim, 8)
             self.grep_a = nn.Parameter(torch.ones(1, num_heads, 1, 1))
+        self.use_sdpa = False  # set by the `sdpa` step; eager (below) is the reference
 
     def compute_bias(self, query_length: int, key_length: int) -> Tensor:
         """(num_heads, query_length, key_length) relative position bias."""
@@ -449,6 +450,9 @@ class MultiheadSelfAttention(nn.Module):
         k = k.view(bsz, length, heads, head_dim).transpose(1, 2)
         v = v.view(bsz, length, heads, head_dim).transpose(1, 2)
 
+        if self.use_sdpa:
+            return self._sdpa(q, k, v, key_padding_mask, position_bias), position_bias
+
         scores = torch.matmul(q, k.transpose(-1, -2))  # (B, H, T, T)
         # In place on the fresh difference: these (B, H, T, T) tensors dominate memory traffic.
         scores = (scores - scores.amax(dim=-1, keepdim=True)).mul_(ATTN_ALPHA)
@@ -471,6 +475,30 @@ class MultiheadSelfAttention(nn.Module):
         out = torch.matmul(probs, v)  # (B, H, T, d)
         out = out.transpose(1, 2).reshape(bsz, length, self.embed_dim)  # (B, H, T, d) -> (B, T, C)
         return self.out_proj(out), position_bias
+
+
+    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor],
+              position_bias: Optional[Tensor]) -> Tensor:
+        """The eager path through torch SDPA: softmax is shift-invariant, so the alpha trick
+        ((s / alpha - max) * alpha) drops out, and the gated bias and padding become an additive mask."""
+        bsz, heads, length, _ = q.shape
+        mask = None
+        if position_bias is not None:
+            mask = position_bias.unsqueeze(0)  # (1, H, T, T)
+            if self.gru_rel_pos:
+                query = q * ATTN_ALPHA / self.scaling  # (B, H, T, d) unscaled query, as eager
+                gates = torch.sigmoid(self.grep_linear(query).view(bsz, heads, length, 2, 4).sum(dim=-1))
+                gate_a, gate_b = gates.chunk(2, dim=-1)  # each (B, H, T, 1)
+                mask = (gate_a * (gate_b * self.grep_a - 1.0) + 2.0) * mask  # (B, H, T, T)
+            mask = mask.to(q.dtype)
+        if key_padding_mask is not None:
+            pad = torch.zeros(bsz, 1, 1, length, dtype=q.dtype, device=q.device)
+            pad = pad.masked_fill(key_padding_mask[:, None, None, :].to(torch.bool), float("-inf"))
+            mask = pad if mask is None else mask + pad  # (B, H or 1, T, T)
+        p = self.dropout_module.p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q * ATTN_ALPHA, k, v, attn_mask=mask, dropout_p=p, scale=1.0)
+        out = out.transpose(1, 2).reshape(bsz, length, self.embed_dim)  # (B, H, T, d) -> (B, T, C)
+        return self.out_proj(out)
 
 
 class TransformerSentenceEncoderLayer(nn.Module):

@@ -69,6 +69,7 @@ class Salmonn(nn.Module):
         self.llama_model = llama_model
         self.tokenizer = tokenizer
         self._prompt_cache: dict = {}
+        self.real_length = False  # set by the `real_length` step: encode the clip's length, not 30 s
 
     # ----------------------------------------------------------------- parts and dtypes
     @property
@@ -97,12 +98,14 @@ class Salmonn(nn.Module):
                      padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, n_mels, 3000) log-mel [+ (B, T) 16 kHz wav] -> (B, L, llm_hidden) speech embeddings."""
         enc_dtype = self.ln_speech.weight.dtype
-        speech = self.speech_encoder(spectrogram.to(self.device, enc_dtype)).last_hidden_state  # (B, 1500, Dw)
+        speech = whisper_encode(self.speech_encoder, spectrogram.to(self.device, enc_dtype))  # (B, 1500, Dw)
         speech = self.ln_speech(speech)
         if self.beats is not None and wav is not None:
             pm = padding_mask.to(self.device) if padding_mask is not None else None
             audio, _ = self.beats.extract_features(wav.to(self.device, torch.float32), padding_mask=pm)
             audio = self.ln_audio(audio.to(self.ln_audio.weight.dtype))  # (B, N, 768)
+            if spectrogram.shape[-1] < _full_mel_frames(self.speech_encoder):  # real length: cut BEATs to it
+                audio = audio[:, : speech.shape[1]]
             speech, audio = _pad_to_same_length(speech, audio.to(speech.dtype))
             speech = torch.cat([speech, audio], dim=-1)  # (B, T, Dw + 768)
         b = speech.shape[0]
@@ -118,6 +121,9 @@ class Salmonn(nn.Module):
         from ..audio import batch_waveforms, whisper_features
 
         spec = whisper_features(waveforms, self.n_mels)
+        if self.real_length:  # keep only the mel frames the longest clip's windows need
+            spec = spec[..., : real_mel_frames(max(len(w) for w in waveforms), self.cfg.window_kernel,
+                                               self.cfg.window_stride, spec.shape[-1])]
         wav, pad = batch_waveforms(waveforms) if self.beats is not None else (None, None)
         return {"spectrogram": spec, "wav": wav, "padding_mask": pad}
 
@@ -191,6 +197,35 @@ class Salmonn(nn.Module):
         n = len(self.tokenizer)
         ids = [i for i in ids if i < n]
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def _full_mel_frames(encoder) -> int:
+    return encoder.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
+
+
+def real_mel_frames(num_samples: int, kernel: int, stride: int, full: int = 3000) -> int:
+    """Mel frames to keep for a clip of num_samples at 16 kHz: its frames rounded up to whole
+    Q-Former windows (the encoder halves the frame rate), at least one window, at most `full`."""
+    enc = (num_samples // 160 + 1) // 2  # encoder frames covering the clip
+    windows = max(1, -(-max(enc - kernel, 0) // stride) + 1)
+    return min(full, 2 * ((windows - 1) * stride + kernel))
+
+
+def whisper_encode(encoder, features: torch.Tensor) -> torch.Tensor:
+    """(B, n_mels, F) log-mel -> (B, F // 2, D) last hidden state.
+
+    F = 3000 runs transformers' WhisperEncoder as it is. A shorter F (real-length encoding; the
+    transformers forward refuses it) runs the same modules, with the first F // 2 position embeddings.
+    """
+    if features.shape[-1] == _full_mel_frames(encoder):
+        return encoder(features).last_hidden_state
+    x = F.gelu(encoder.conv1(features))
+    x = F.gelu(encoder.conv2(x)).permute(0, 2, 1)  # (B, D, T) -> (B, T, D)
+    x = x + encoder.embed_positions.weight[: x.shape[1]]
+    x = F.dropout(x, p=encoder.dropout, training=encoder.training)
+    for layer in encoder.layers:
+        x = layer(x, None)
+    return encoder.layer_norm(x)
 
 
 def _pad_to_same_length(a: torch.Tensor, b: torch.Tensor) -> tuple:
