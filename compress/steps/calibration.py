@@ -159,3 +159,36 @@ def collect_input_norms(linears: dict, run: Callable) -> dict:
     handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in linears.items()]
     run_hooked(handles, run)
     return sums
+
+
+def by_blocks(model, linears: dict, ctx, collect: Callable, act: Callable, *, sequential: bool = True,
+              label: str = "") -> None:
+    """The driver of calibrated steps. For each part in data-flow order (upstream parts are changed before
+    downstream ones calibrate), and block by block within it so later blocks see the already changed
+    earlier ones: stats = collect(group, run) observes the group's Linears while run() executes, then
+    act(group, stats) changes them. Targeted Linears outside the blocks go last, on full forwards."""
+    from ..models.salmonn import PARTS, part_of
+
+    samples = ctx.calibration()
+    fwd = ctx.calibration_forward
+    for part in PARTS:
+        mine = {n: m for n, m in linears.items() if part_of(n) == part}
+        if not mine:
+            continue
+        blocks = part_blocks(model, part)
+        done = set()
+        if blocks is not None and sequential:
+            owner = {id(mod): n for n, mod in mine.items()}
+
+            def visit(i, block, run):
+                group = {owner[id(m)]: m for m in block.modules() if id(m) in owner}
+                done.update(group)
+                if group:
+                    act(group, collect(group, run))
+
+            bar = ctx.bar(len(blocks), f"{label} {part}")
+            sequential_blocks(blocks, samples, fwd, visit, bar)
+            bar.close()
+        rest = {n: m for n, m in mine.items() if n not in done}
+        if rest:
+            act(rest, collect(rest, forward_all(fwd, samples)))

@@ -8,8 +8,8 @@ import torch
 from pydantic import Field, field_validator
 
 from .. import sparsity as sp
-from ..models.salmonn import PARTS, part_of
-from .calibration import collect_input_norms, forward_all, part_blocks, sequential_blocks
+from ..models.salmonn import part_of
+from .calibration import by_blocks, collect_input_norms
 from .registry import Step, StepConfig, register
 from .targets import Targets, select_linears
 
@@ -119,34 +119,11 @@ class Wanda(PruneStep):
         c = self.config
         pattern = parse_pattern(c.pattern)
         linears = self.targets(model, ctx)
-        samples = ctx.calibration()
-        fwd = ctx.calibration_forward
-
         def prune(group: dict, norms: dict) -> None:
             for n, m in group.items():
                 sp.apply_mask(m.weight, _mask(sp.wanda_scores(m.weight, norms[n]), c.sparsity, pattern, True))
 
-        for part in PARTS:  # data-flow order: upstream parts are pruned before downstream ones calibrate
-            mine = {n: m for n, m in linears.items() if part_of(n) == part}
-            if not mine:
-                continue
-            blocks = part_blocks(model, part)
-            in_blocks = set()
-            if blocks is not None and c.sequential:
-                owner = {id(mod): n for n, mod in mine.items()}
-
-                def visit(i, block, run):
-                    group = {owner[id(m)]: m for m in block.modules() if id(m) in owner}
-                    in_blocks.update(group)
-                    if group:
-                        prune(group, collect_input_norms(group, run))
-
-                bar = ctx.bar(len(blocks), f"wanda {part}")
-                sequential_blocks(blocks, samples, fwd, visit, bar)
-                bar.close()
-            rest = {n: m for n, m in mine.items() if n not in in_blocks}
-            if rest:
-                prune(rest, collect_input_norms(rest, forward_all(fwd, samples)))
+        by_blocks(model, linears, ctx, collect_input_norms, prune, sequential=c.sequential, label="wanda")
         report = measure(model, linears, pattern)
-        report["calibration_samples"] = len(samples)
+        report["calibration_samples"] = len(ctx.calibration())
         return report

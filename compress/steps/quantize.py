@@ -16,11 +16,11 @@ import torch
 from pydantic import Field, model_validator
 
 from ..inspect_model import part_stats
-from ..models.salmonn import PARTS, part_of
+from ..models.salmonn import part_of
 from ..quant.gptq_math import HessianAccumulator, gptq_quantize, output_error
 from ..quant.qlinear import GPTQLinear
 from ..quant.rtn import relative_error, rtn_quantize
-from .calibration import part_blocks, sequential_blocks
+from .calibration import by_blocks, run_hooked
 from .overrides import record_override, register_rebuilder, set_module
 from .registry import Step, StepConfig, register
 from .targets import Targets, select_linears
@@ -138,11 +138,7 @@ def collect_hessians(linears: dict, run) -> dict:
     """H = 2 X^T X / n of each Linear's inputs, observed while run() executes."""
     accs = {n: HessianAccumulator(m.in_features, device=m.weight.device) for n, m in linears.items()}
     handles = [m.register_forward_pre_hook(lambda mod, args, n=n: accs[n].add(args[0])) for n, m in linears.items()]
-    try:
-        run()
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(handles, run)
     return accs
 
 
@@ -159,8 +155,6 @@ class Gptq(QuantStep):
     def run(self, model, ctx) -> dict:
         c = self.config
         linears = self.targets(model, ctx)
-        samples = ctx.calibration()
-        fwd = ctx.calibration_forward
         per_layer: dict = {}
         zeros_before = sum(int((m.weight == 0).sum()) for m in linears.values())
 
@@ -187,27 +181,7 @@ class Gptq(QuantStep):
                                                 weight_dtype=m.weight.dtype).to(m.weight.device)
                 self.replace(model, n, m, new, "gptq", new.spec())
 
-        for part in PARTS:  # data-flow order: upstream parts are quantized before downstream ones calibrate
-            mine = {n: m for n, m in linears.items() if part_of(n) == part}
-            if not mine:
-                continue
-            blocks = part_blocks(model, part)
-            done = set()
-            if blocks is not None and c.sequential:
-                owner = {id(mod): n for n, mod in mine.items()}
-
-                def visit(i, block, run):
-                    group = {owner[id(m)]: m for m in block.modules() if id(m) in owner}
-                    done.update(group)
-                    if group:
-                        quantize(group, collect_hessians(group, run))
-
-                bar = ctx.bar(len(blocks), f"gptq {part}")
-                sequential_blocks(blocks, samples, fwd, visit, bar)
-                bar.close()
-            rest = {n: m for n, m in mine.items() if n not in done}
-            if rest:
-                quantize(rest, collect_hessians(rest, lambda: [fwd(s) for s in samples]))
+        by_blocks(model, linears, ctx, collect_hessians, quantize, sequential=c.sequential, label="gptq")
 
         report = {"bits": c.bits, "group_size": c.group_size,
                   **self.measure(model, per_layer, group_notes(linears, c.group_size))}
@@ -215,7 +189,7 @@ class Gptq(QuantStep):
         out_r = [r["rtn_output_rel_error"] for r in per_layer.values()]
         report.update(output_rel_error_mean=_mean(out_g), rtn_output_rel_error_mean=_mean(out_r),
                       layers_gptq_beats_rtn=sum(g <= r for g, r in zip(out_g, out_r)),
-                      calibration_samples=len(samples))
+                      calibration_samples=len(ctx.calibration()))
         if zeros_before:
             zeros_after = sum(int((m.dequantize() == 0).sum()) for m, _, _ in self._replaced.values())
             report["zero_weights_before"] = zeros_before
