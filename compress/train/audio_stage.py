@@ -1,0 +1,191 @@
+"""SALMONN's training stage on cached encoder inputs: BEATs, Q-Former, projection and LoRA learn ASR + captioning.
+
+The forward pass is the model's own audio path (`Salmonn.encode_audio`) with the frozen Whisper
+encoder's output taken from the cache and BEATs fed its fbank directly; the LLM input is
+`Salmonn.build_inputs` (BOS, "USER: <Speech>", speech tokens, "</Speech> {instruction}\\nASSISTANT:")
+followed by the target tokens + EOS (teacher forcing); the loss covers the target tokens only.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.qformer import window_frames
+from ..models.salmonn import _pad_to_same_length
+from .features import FeatureCache
+from .optim import make_optimizer, set_lr, warmup_cosine
+from .text import target_ids
+
+TRAINABLE_PREFIXES = ("ln_speech.", "beats.", "ln_audio.", "speech_Qformer.", "speech_query_tokens",
+                      "speech_llama_proj.")
+
+
+def set_trainable(model) -> list:
+    """SALMONN's trainable set here: everything but the Whisper encoder and the LLM base weights (LoRA trains)."""
+    names = []
+    for n, p in model.named_parameters():
+        train = n.startswith(TRAINABLE_PREFIXES) or ("lora_" in n and n.startswith("llama_model."))
+        p.requires_grad_(train)
+        if train:
+            names.append(n)
+    return names
+
+
+def pad_fbanks(fbanks: list) -> tuple:
+    """[(F_i, 128)] -> fbank (B, F_max, 128) float32 zero-padded, padding mask (B, F_max) True = padding."""
+    n = max(f.shape[0] for f in fbanks)
+    out = torch.zeros(len(fbanks), n, fbanks[0].shape[1])
+    pad = torch.ones(len(fbanks), n, dtype=torch.bool)
+    for i, f in enumerate(fbanks):
+        out[i, : f.shape[0]] = torch.from_numpy(np.asarray(f, dtype=np.float32))
+        pad[i, : f.shape[0]] = False
+    return out, pad
+
+
+def speech_from_features(model, whisper_out: torch.Tensor, fbank: Optional[torch.Tensor],
+                         fbank_pad: Optional[torch.Tensor], *, beats_mode: str = "on") -> torch.Tensor:
+    """Salmonn.encode_audio from the Whisper encoder output (B, 1500, Dw) and BEATs fbanks -> (B, L, D).
+
+    Padded BEATs tokens are zeroed, which is what a batch of one clip (no padding) gives at inference.
+    `beats_mode='zero'` replaces the BEATs features by zeros (ablation).
+    """
+    speech = model.ln_speech(whisper_out)
+    if model.beats is not None and fbank is not None:
+        audio, tok_pad = model.beats._encode_fbank(fbank, fbank_pad if fbank_pad is not None and fbank_pad.any() else None)
+        audio = model.ln_audio(audio)
+        if tok_pad is not None:
+            audio = audio.masked_fill(tok_pad.unsqueeze(-1), 0.0)
+        if beats_mode == "zero":
+            audio = torch.zeros_like(audio)
+        speech, audio = _pad_to_same_length(speech, audio)
+        speech = torch.cat([speech, audio], dim=-1)
+    b = speech.shape[0]
+    windows = window_frames(speech, model.cfg.window_kernel, model.cfg.window_stride)
+    queries = model.speech_query_tokens.expand(windows.shape[0], -1, -1)
+    mask = torch.ones(windows.shape[:2], dtype=torch.long)
+    q = model.speech_Qformer(queries, windows, mask)
+    q = model.speech_llama_proj(q)
+    return q.reshape(b, -1, q.shape[-1])
+
+
+def llm_batch(model, speech: torch.Tensor, tasks: list, targets: list) -> tuple:
+    """Prompt (build_inputs) + target embeddings, right-padded; labels -100 except on target tokens."""
+    emb = model.llama_model.get_input_embeddings()
+    rows, labels = [], []
+    for i, (task, tgt) in enumerate(zip(tasks, targets)):
+        prompt, _ = model.build_inputs(speech[i:i + 1], model.instruction_for(task))  # (1, P, D)
+        p = prompt.shape[1]
+        t = torch.tensor(tgt[:-1], dtype=torch.long)  # the last target (EOS) is never an input
+        rows.append(torch.cat([prompt[0], emb(t)], dim=0))
+        labels.append([-100] * (p - 1) + list(tgt))
+    n = max(r.shape[0] for r in rows)
+    d = rows[0].shape[1]
+    embeds = rows[0].new_zeros(len(rows), n, d)
+    mask = torch.zeros(len(rows), n, dtype=torch.long)
+    lab = torch.full((len(rows), n), -100, dtype=torch.long)
+    for i, (r, lb) in enumerate(zip(rows, labels)):
+        embeds[i, : r.shape[0]] = r
+        mask[i, : r.shape[0]] = 1
+        lab[i, : len(lb)] = torch.tensor(lb)
+    return embeds, mask, lab
+
+
+def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list, *, beats_mode="on") -> tuple:
+    """Mean target-token loss of a batch, and {task: (loss sum, tokens)} for reporting."""
+    order = np.argsort(idx)  # memory-mapped rows read in file order
+    rows = np.asarray(cache.whisper[np.asarray(idx)[order]])
+    wh = torch.empty((len(idx),) + rows.shape[1:], dtype=torch.float32)
+    wh[torch.as_tensor(order)] = torch.from_numpy(rows.astype(np.float32))
+    fb, pad = pad_fbanks([cache.fbank_of(i) for i in idx])
+    speech = speech_from_features(model, wh, fb, pad, beats_mode=beats_mode)
+    embeds, mask, labels = llm_batch(model, speech, tasks, targets)
+    logits = model.llama_model(inputs_embeds=embeds, attention_mask=mask).logits
+    tok_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                               reduction="none").view(labels.shape)
+    valid = labels != -100
+    per_task = {}
+    for task in set(tasks):
+        rows = torch.tensor([t == task for t in tasks])
+        m = valid & rows[:, None]
+        per_task[task] = (float(tok_loss[m].sum()), int(m.sum()))
+    return tok_loss[valid].mean(), per_task
+
+
+def epoch_plan(samples: list, tokenizer, rng: np.random.Generator, batch: int) -> list:
+    """Shuffled batches of (indices, tasks, target ids); a caption clip's target is one of its references."""
+    order = rng.permutation(len(samples))
+    out = []
+    for i in range(0, len(order), batch):
+        idx = [int(j) for j in order[i:i + batch]]
+        tasks, tgts = [], []
+        for j in idx:
+            s = samples[j]
+            refs = s.references or [s.text]
+            text = s.text if s.task == "asr" else refs[int(rng.integers(len(refs)))]
+            tasks.append(s.task)
+            tgts.append(target_ids(tokenizer, text))
+        out.append((idx, tasks, tgts))
+    return out
+
+
+def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, batch: int, lr: float,
+                lora_lr: Optional[float], warmup: int, weight_decay: float, grad_clip: float, seed: int,
+                max_minutes: Optional[float] = None, progress: Optional[Callable] = None, log=print) -> dict:
+    trainable = set_trainable(model)
+    rng = np.random.default_rng([seed, 22])
+    per_epoch = -(-len(samples) // batch)
+    total = max(1, int(round(epochs * per_epoch)))
+    lr_of = (lambda n: lora_lr if "lora_" in n else lr) if lora_lr else None
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    opt = make_optimizer(named, lr, weight_decay, lr_of)
+    base = [g["lr"] for g in opt.param_groups]
+    params = [p for _, p in named]
+    model.train()
+    model.speech_encoder.eval()
+    losses, step, t0, stopped = [], 0, time.perf_counter(), None
+    task_tail: dict = {}  # task -> [(loss sum, tokens)] per step
+    bar = progress(total) if progress else None
+    while step < total and stopped is None:
+        for idx, tasks, tgts in epoch_plan(samples, model.tokenizer, rng, batch):
+            if step >= total:
+                break
+            if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
+                stopped = step
+                break
+            set_lr(opt, base, warmup_cosine(step, total, warmup))
+            loss, per_task = batch_loss(model, cache, idx, tasks, tgts)
+            for task, (tot, n) in per_task.items():
+                task_tail.setdefault(task, []).append((tot, n))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", **{t: f"{_tail(v):.3f}" for t, v in task_tail.items()})
+    if bar is not None:
+        bar.close()
+    model.eval()
+    from .text import _curve
+
+    n_tr = sum(p.numel() for p in params)
+    return {"steps": step, "planned_steps": total, "epochs": epochs, "batch": batch, "clips": len(samples),
+            "stopped_early_at": stopped, "trainable_parameters": n_tr,
+            "trainable_tensors": len(trainable), "first_loss": losses[0] if losses else None,
+            "final_loss": float(np.mean(losses[-50:])) if losses else None, "loss_curve": _curve(losses),
+            "final_loss_per_task": {t: round(_tail(v), 4) for t, v in task_tail.items()},
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _tail(pairs: list, n: int = 50) -> float:
+    """Token-weighted mean loss over the last n steps."""
+    tot = sum(p[0] for p in pairs[-n:])
+    cnt = sum(p[1] for p in pairs[-n:])
+    return tot / max(cnt, 1)

@@ -1,0 +1,148 @@
+"""The demo training pipeline end to end on a handful of procedural clips (tiny sizes), and the shipped demo model."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from compress.data.annotations import read_annotations, write_annotations
+from compress.loaders.spec import DEMO_DIR
+from compress.train import recipe
+from compress.train.demo import assemble, train
+from compress.train.text import build_corpus, target_ids, train_tokenizer
+
+MAX_DEMO_BYTES = 60 * 1000 * 1000
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """8 procedural caption clips (no TTS) and 6 'ASR' entries on them with short made-up transcripts."""
+    from compress.data.build import build_split
+
+    root = tmp_path_factory.mktemp("traindata")
+    ann = build_split(root, "train", seed=0, n_asr=0, n_caption=8, voices=[], fmt="flac", progress=False)
+    entries = json.loads(ann.read_text())["annotation"]
+    words = ["a steady tone", "short beeps again", "a low rumble", "some soft noise", "a rising sweep",
+             "quiet ticking sounds"]
+    entries += [{"path": e["path"], "text": w, "task": "asr", "voice": "none"} for e, w in zip(entries, words)]
+    out = root / "mixed.json"
+    write_annotations(out, entries)
+    return str(out)
+
+
+def test_tokenizer_round_trip_and_specials(tiny_data):
+    samples = read_annotations(tiny_data)
+    cfg = recipe.salmonn_config(recipe.preset("test"), 300, bos=1, eos=2, pad=0)
+    tok = train_tokenizer(build_corpus(samples), cfg, 300)
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    ids = target_ids(tok, "a steady tone")
+    assert ids[-1] == tok.eos_token_id
+    assert tok.decode(ids, skip_special_tokens=True).strip() == "a steady tone"
+
+
+def test_cached_path_equals_encode_audio(tiny_data):
+    """Training's forward (cached Whisper output + padded BEATs fbanks) equals the inference audio path."""
+    from compress.audio import load_audio
+    from compress.models.build import llm_from_config
+    from compress.train.audio_stage import pad_fbanks, speech_from_features
+    from compress.train.features import clip_fbank
+
+    tc = recipe.preset("test")
+    samples = read_annotations(tiny_data)[:3]
+    cfg0 = recipe.salmonn_config(tc, 300, bos=1, eos=2, pad=0)
+    tok = train_tokenizer(build_corpus(samples), cfg0, 300)
+    cfg = recipe.salmonn_config(tc, len(tok), bos=1, eos=2, pad=0)
+    model, _ = assemble(tc, cfg, tok, llm_from_config(cfg.llm))
+    model.eval()
+    waves = [load_audio(s.path) for s in samples]
+    with torch.no_grad():
+        ref = torch.cat([model.encode_audio(**model.prepare_audio([w])) for w in waves])  # batches of one
+        wh = torch.cat([model.speech_encoder(model.prepare_audio([w])["spectrogram"]).last_hidden_state
+                        for w in waves])
+        fb, pad = pad_fbanks([clip_fbank(w).astype(np.float32) for w in waves])
+        got = speech_from_features(model, wh, fb, pad)
+    assert got.shape == ref.shape == (3, 88, tc.llm_hidden)
+    # fbanks are cached as float16: compare with a tolerance above that rounding
+    assert torch.allclose(got, ref, atol=2e-2, rtol=1e-2), (got - ref).abs().max()
+
+
+def test_pipeline_trains_and_writes_a_loadable_artifact(tiny_data, tmp_path):
+    from compress.loaders import load_model
+    from safetensors import safe_open
+
+    out = tmp_path / "artifact"
+    tc = recipe.preset("test")
+    s = train(tc, str(out), data_dir=str(tmp_path / "work"), annotations=tiny_data, progress=False,
+              eval_data=tiny_data, eval_limit=2, log=lambda *a: None)
+    for stage in ("lm", "audio"):
+        curve = s[stage]["loss_curve"]
+        assert curve[-1] < curve[0], (stage, curve)
+    assert set(s["stage_seconds"]) == {"data", "tokenizer", "lm", "features", "audio", "save"}
+    assert {"wer", "cider_d"} <= set(s["eval"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["seed"] == 0 and manifest["training"]["audio"]["steps"] > 0
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert "F16" in dtypes
+    model = load_model(str(out))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    lora = [n for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora and any(model.get_parameter(n).abs().sum() > 0 for n in lora)  # LoRA was trained
+    assert model.cfg.instructions["asr"] == "Recognize the speech and give me the transcription."
+    from compress.audio import load_audio
+
+    sample = read_annotations(tiny_data)[0]
+    outs = model.generate([load_audio(sample.path)], "caption", num_beams=1, max_new_tokens=6)
+    assert isinstance(outs[0].text, str)
+    # reproducible from the seed: a second run gives the same weights
+    s2 = train(tc, str(tmp_path / "again"), data_dir=str(tmp_path / "work"), annotations=tiny_data,
+               progress=False, log=lambda *a: None)
+    assert s2["audio"]["loss_curve"] == s["audio"]["loss_curve"]
+
+
+def _demo_present() -> bool:
+    return os.path.isfile(os.path.join(DEMO_DIR, "manifest.json"))
+
+
+@pytest.mark.skipif(not _demo_present(), reason="the demo artifact is not built in this checkout")
+def test_demo_artifact_size_and_manifest():
+    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(DEMO_DIR) for f in fs)
+    assert total <= MAX_DEMO_BYTES, total
+    m = json.loads(open(os.path.join(DEMO_DIR, "manifest.json")).read())
+    assert m["training"]["seed"] == 0 and "stage_seconds" in m["training"]
+
+
+@pytest.mark.skipif(not _demo_present(), reason="the demo artifact is not built in this checkout")
+def test_demo_loads_and_transcribes_a_dev_clip():
+    from compress.audio import load_audio
+    from compress.loaders import load_model
+
+    model = load_model("demo")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.llm_base().config.model_type == "llama" and model.beats is not None
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    samples = read_annotations(os.path.join(here, "benchmarks", "data", "dev.json"))
+    s = next(x for x in samples if x.task == "asr")
+    out = model.generate([load_audio(s.path)], "asr", num_beams=1, max_new_tokens=40)
+    assert len(out[0].text.split()) >= 2
+
+
+def test_beats_ablation_variants_change_only_the_beats_branch():
+    from bundle import tone
+    from compress.loaders import load_model
+    from compress.train.ablation import beats_variant
+
+    model = load_model("tiny")
+    clip = [tone(2.0)]
+    with torch.no_grad():
+        ref = model.encode_audio(**model.prepare_audio(clip))
+        outs = {}
+        for v in ("silence", "zero"):
+            with beats_variant(model, v):
+                outs[v] = model.encode_audio(**model.prepare_audio(clip))
+        again = model.encode_audio(**model.prepare_audio(clip))
+    assert torch.equal(ref, again)  # patches removed
+    assert not torch.allclose(ref, outs["silence"]) and not torch.allclose(ref, outs["zero"])
+    assert not torch.allclose(outs["silence"], outs["zero"])
