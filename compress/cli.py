@@ -145,6 +145,43 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import check_format, export_model
+
+    check_format(args.format)
+    if args.format == "tensorrt":  # fail before loading the model when TensorRT cannot run here
+        from .export.tensorrt import require_tensorrt
+
+        require_tensorrt()
+    if args.check_limit < 1 or args.check_tokens < 1:
+        raise UserError(f"--check-limit and --check-tokens must be >= 1 (got {args.check_limit}, {args.check_tokens})")
+    if args.check and not os.path.isfile(args.check):
+        raise UserError(f"--check {args.check!r}: no such annotation file")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise UserError(f"output {os.path.abspath(args.out)!r} already exists; choose another path or pass --overwrite")
+    from .runner import source_info
+
+    model = _load(args)
+    check = None if not args.check else {"data": args.check, "limit": args.check_limit,
+                                         "max_new_tokens": args.check_tokens}
+    log = (lambda *a: print(*a, file=sys.stderr))
+    out = export_model(model, args.out, fmt=args.format, int8=args.int8, opset=args.opset, overwrite=args.overwrite,
+                       check=check, log=log, manifest_extra={"source": source_info(args.model, model),
+                                                             "created_by": "salmonn-compress export"})
+    print(f"{args.format} export written to {out}")
+    if check is not None:
+        with open(os.path.join(out, "manifest.json")) as f:
+            res = json.load(f)["check"]
+        print(f"parity (greedy, {res['max_new_tokens']} tokens): {res['identical']} of {res['clips']} clips give "
+              f"identical token ids; speech embeddings max |diff| {res['speech_embeds_max_abs_diff']:.3g}")
+        for d in res["differences"]:
+            print(f"  differs: {d['id']} ({d['task']}) from token {d['first_mismatch']}: "
+                  f"torch {d['torch'][:12]} onnx {d['onnx'][:12]}")
+        for e in res["errors"]:
+            print(f"  error: {e['id']}: {e['error']}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .bench.harness import BenchSettings
     from .demo import run_demo
@@ -222,6 +259,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--storage", choices=["sparse", "dense"], default="sparse",
                    help="sparse: pruned matrices stored as bitmask + non-zeros when smaller (default); dense: as is")
     s.set_defaults(fn=cmd_run)
+
+    from .export import FORMATS
+
+    s = sub.add_parser("export", help="export to ONNX (run by ONNX Runtime; `bench` takes the directory) or TensorRT")
+    _add_model_args(s)
+    s.add_argument("--format", required=True, choices=FORMATS, help="onnx, or tensorrt (NVIDIA GPU + torch-tensorrt)")
+    s.add_argument("--out", required=True, help="directory to write (atomically, manifest last)")
+    s.add_argument("--int8", action="store_true",
+                   help="onnx: dynamic int8 quantization of the LLM graph (onnxruntime quantize_dynamic)")
+    s.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing directory at --out")
+    s.add_argument("--check", default=None, metavar="DATA",
+                   help="annotation file: compare PyTorch and ONNX Runtime greedy token ids on its clips "
+                        "(result stored in the manifest)")
+    s.add_argument("--check-limit", type=int, default=4, help="clips per task for --check (default 4)")
+    s.add_argument("--check-tokens", type=int, default=32, help="max new tokens per clip for --check (default 32)")
+    s.set_defaults(fn=cmd_export)
 
     from .demo import DEFAULT_RECIPES
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 
+from torch import nn
+
 from .models.salmonn import PARTS, part_of
 
 
 def part_stats(model) -> dict:
     """Part -> {params, bytes, dtypes, sparsity, lora_params}, counting each storage once (tied weights)."""
+    if not isinstance(model, nn.Module) and callable(getattr(model, "part_stats", None)):
+        return model.part_stats()  # an exported model (ONNX Runtime): its graphs' weights, per graph
     stats = {p: {"params": 0, "bytes": 0, "dtypes": Counter(), "zeros": 0, "weight_elems": 0, "lora_params": 0}
              for p in PARTS}
     # named_parameters/named_buffers yield each shared tensor once (tied embeddings, BEATs' shared bias table).

@@ -87,24 +87,32 @@ def run_recipe(recipe, spec: str, out: str, *, overwrite: bool = False, model_kw
     if os.path.exists(out) and not overwrite:
         raise UserError(f"output {out!r} already exists; choose another path or pass --overwrite")
     steps = recipe.build_steps()
+    for step in steps:
+        step.preflight()
     model = load_model(spec, **(model_kwargs or {}))
     ctx = RunContext(model, recipe, progress=progress)
     if any(getattr(s, "needs_teacher", False) for s in steps):
         ctx._teacher = copy.deepcopy(model).eval()  # the teacher is the model before any step changed it
     reports = []
+    extra = lambda: {"recipe": recipe.to_dict(), "recipe_sha256": recipe.sha256(),  # noqa: E731
+                     "source": source_info(spec, model), "steps": list(reports), "created_by": "salmonn-compress run"}
     for i, step in enumerate(steps):
         log(f"[{i + 1}/{len(steps)}] {step.name} ...")
-        rep = step(model, ctx)
+        if step.terminal:  # the last step writes the run's output itself (an export) instead of the artifact
+            rep = step.write(model, ctx, out, overwrite=overwrite, manifest_extra=extra(), log=log)
+        else:
+            rep = step(model, ctx)
         reports.append(rep)
         log(f"[{i + 1}/{len(steps)}] {step.name}: {_summary(rep)}")
-    save_artifact(model, out, overwrite=overwrite, storage=storage, manifest_extra={
-        "recipe": recipe.to_dict(), "recipe_sha256": recipe.sha256(), "source": source_info(spec, model),
-        "steps": reports, "created_by": "salmonn-compress run"})
-    from .loaders.artifact import read_manifest
+    if steps[-1].terminal:
+        log(f"{steps[-1].config.format} export written to {out}")
+    else:
+        save_artifact(model, out, overwrite=overwrite, storage=storage, manifest_extra=extra())
+        from .loaders.artifact import read_manifest
 
-    st = read_manifest(out)["storage"]
-    log(f"artifact written to {out} ({st['mode']} storage: {st['stored_tensor_bytes']:,} tensor bytes, "
-        f"dense would be {st['dense_tensor_bytes']:,})")
+        st = read_manifest(out)["storage"]
+        log(f"artifact written to {out} ({st['mode']} storage: {st['stored_tensor_bytes']:,} tensor bytes, "
+            f"dense would be {st['dense_tensor_bytes']:,})")
     result = {"artifact": out, "steps": reports}
     if bench and recipe.benchmark is not None:
         result["bench"] = bench_pair(recipe, spec, out, model_kwargs or {}, log=log)

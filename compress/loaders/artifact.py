@@ -183,6 +183,9 @@ def load_artifact(path: str, *, verify: bool = True, dtype=None):
     from ..models.config import SalmonnConfig
 
     manifest = read_manifest(path)
+    if manifest.get("kind", "pytorch") != "pytorch":
+        raise CheckpointError(f"{path!r} is a {manifest['kind']} export, not a PyTorch artifact: "
+                              "load it with load_model")
     verify_files(path, manifest, hashes=verify)
     with open(os.path.join(path, "config.json")) as f:
         conf = json.load(f)

@@ -29,7 +29,7 @@ def parse_dtype(name: Optional[str]):
 def load_model(spec: str, *, allow_unsafe_pickle: bool = False, dtype: Optional[str] = None,
                qformer_config: Optional[str] = None, seed: int = 0):
     from ..models.presets import PRESETS, build_preset
-    from .artifact import MANIFEST, load_artifact
+    from .artifact import MANIFEST, load_artifact, read_manifest
     from .official import load_official
 
     dt = parse_dtype(dtype)
@@ -46,6 +46,11 @@ def load_model(spec: str, *, allow_unsafe_pickle: bool = False, dtype: Optional[
     if os.path.isdir(spec):
         if not os.path.isfile(os.path.join(spec, MANIFEST)):
             raise UserError(f"model {spec!r} is a directory without {MANIFEST}: not a (complete) artifact")
+        kind = read_manifest(spec).get("kind", "pytorch")
+        if kind != "pytorch":  # an `export` directory (ONNX: run by ONNX Runtime)
+            from ..export import load_exported
+
+            return load_exported(spec, kind, dtype=dt)
         return load_artifact(spec, dtype=dt)
     if os.path.isfile(spec) and spec.endswith((".yaml", ".yml")):
         return load_official(spec, allow_unsafe_pickle=allow_unsafe_pickle, qformer_config=qformer_config, dtype=dt)

@@ -294,9 +294,8 @@ def downsample_padding_mask(padding_mask: Tensor, length: int) -> Tensor:
     Trailing T % length positions are dropped, the rest cut into `length` equal groups, and a
     group is padding only if all its positions are.
     """
-    extra = padding_mask.size(1) % length
-    if extra > 0:
-        padding_mask = padding_mask[:, :-extra]
+    usable = padding_mask.size(1) - padding_mask.size(1) % length  # no branch on shapes: exportable
+    padding_mask = padding_mask[:, :usable]
     # (B, length * g) -> (B, length, g): g consecutive positions per output position.
     grouped = padding_mask.reshape(padding_mask.size(0), length, -1)
     return grouped.all(dim=-1)

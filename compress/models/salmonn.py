@@ -219,6 +219,11 @@ def whisper_encode(encoder, features: torch.Tensor) -> torch.Tensor:
     """
     if features.shape[-1] == _full_mel_frames(encoder):
         return encoder(features).last_hidden_state
+    return whisper_encode_frames(encoder, features)
+
+
+def whisper_encode_frames(encoder, features: torch.Tensor) -> torch.Tensor:
+    """The Whisper encoder's modules on any number of mel frames F <= 3000 (no length check), -> (B, F // 2, D)."""
     x = F.gelu(encoder.conv1(features))
     x = F.gelu(encoder.conv2(x)).permute(0, 2, 1)  # (B, D, T) -> (B, T, D)
     x = x + encoder.embed_positions.weight[: x.shape[1]]

@@ -34,6 +34,9 @@ class Step:
     def __init__(self, config):
         self.config = config
 
+    def preflight(self) -> None:
+        """Checks that need no model (e.g. a CUDA-only backend is installed); the runner calls them before loading."""
+
     def run(self, model, ctx) -> dict:
         raise NotImplementedError
 

@@ -1,0 +1,260 @@
+"""`export --format onnx`: the audio front and the KV-cache LLM decoder as two ONNX graphs (torch dynamo exporter).
+
+Directory written (atomically, manifest last):
+  audio_front.onnx   log-mel (B, n_mels, 3000) [+ wav (B, T), padding_mask (B, T) bool] -> speech_embeds (B, L, D);
+                     BEATs' Kaldi fbank is inside the graph (torch.fft.rfft exports as ONNX DFT)
+  llm.onnx           inputs_embeds (B, S, D), attention_mask (B, P+S), position_ids (B, S), past_key_{i} /
+                     past_value_{i} (B, KV, P, hd) -> logits (B, 1, V) of the last position, present_key_{i} / ...
+                     (LoRA merged into the base weights; P = 0 for prefill)
+  embed_tokens.npy   the LLM's token embedding table (next-token embeddings are looked up on the host)
+  tokenizer/, config.json (model config + graph interface), manifest.json (kind "onnx", sha256 of every file)
+Large graphs (> 2 GB) keep their weights in a `<graph>.onnx.data` file beside them (ONNX external data).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import io
+import json
+import logging
+import os
+import time
+import warnings
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..loaders.artifact import FORMAT, FORMAT_VERSION, MANIFEST, atomic_directory, package_versions, sha256_file
+from .wrappers import DecoderWithCache, example_audio, float32_front, full_mel_frames, merged_llm, require_exportable
+
+KIND = "onnx"
+DEFAULT_OPSET = 18
+FRONT = "audio_front.onnx"
+LLM = "llm.onnx"
+EMBED = "embed_tokens.npy"
+CONFIG = "config.json"
+EXPORTER = "torch.onnx.export(dynamo=True)"
+INT8_OPS = ["MatMul"]
+# Ranges the graphs are traced for; ONNX Runtime itself accepts any size.
+MAX_BATCH, MAX_SAMPLES, MAX_SEQ = 256, 30 * 16000, 8192
+
+
+def export_versions() -> dict:
+    from importlib import metadata
+
+    out = package_versions()
+    for pkg in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _require_onnx() -> None:
+    missing = []
+    for mod in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        raise UserError(f"ONNX export needs {', '.join(missing)}: pip install -c constraints.txt "
+                        "onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.31.1")
+
+
+def _export(module, args: tuple, path: str, *, dynamic_shapes, input_names, output_names, opset: int,
+            what: str) -> None:
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "no torchvision"
+    try:
+        # The exporter prints its progress and warns about merged axis names: not user news.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes,
+                                     input_names=input_names, output_names=output_names, opset_version=opset,
+                                     verbose=False)
+            prog.save(path)  # external data only when the graph is over 2 GB
+    except Exception as e:  # noqa: BLE001 - report which graph failed, in one line
+        raise UserError(f"ONNX export of the {what} failed ({_reason(e)}); steps that replace modules with custom "
+                        "kernels (bitsandbytes, torchao, GPTQ) or compile them are not exportable") from e
+
+
+def _reason(e: Exception) -> str:
+    """One line: the exporter's 'Exception summary' when it has one, else the message's first line."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if "Exception summary" in str(e):
+        after = lines[[i for i, ln in enumerate(lines) if "Exception summary" in ln][0] + 1:]
+        lines = after + lines
+    text = " ".join(lines[:2]) if lines and lines[0].endswith(":") else (lines[0] if lines else "")
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+def export_front(model, path: str, opset: int) -> dict:
+    from torch.export import Dim
+
+    front = float32_front(model)
+    inputs = example_audio(model)
+    inputs["spectrogram"] = inputs["spectrogram"].float()
+    batch = Dim("batch", min=1, max=MAX_BATCH)
+    mel = None
+    if front.dynamic_mel:  # real length: whole Q-Former windows of mel frames (see salmonn.real_mel_frames)
+        k, st = model.cfg.window_kernel, model.cfg.window_stride
+        windows = Dim("windows", min=1, max=(full_mel_frames(model) // 2 - k) // st + 1)
+        mel = 2 * st * windows + 2 * (k - st)
+        n = int(inputs["spectrogram"].shape[-1])
+        inputs["spectrogram"] = inputs["spectrogram"][..., : 2 * st * max(2, (n // 2 - k) // st + 1) + 2 * (k - st)]
+    names = ["spectrogram"]
+    args = [inputs["spectrogram"]]
+    shapes = {"spectrogram": {0: batch, **({2: mel} if mel is not None else {})}}
+    if model.beats is not None:
+        samples = Dim("samples", min=16000, max=MAX_SAMPLES)  # clips are padded to at least 1 s
+        names += ["wav", "padding_mask"]
+        args += [inputs["wav"], inputs["padding_mask"]]
+        shapes.update(wav={0: batch, 1: samples}, padding_mask={0: batch, 1: samples})
+    with torch.no_grad():
+        _export(front, tuple(args), path, dynamic_shapes=shapes, input_names=names,
+                output_names=["speech_embeds"], opset=opset,
+                what="audio front (Whisper + BEATs + Q-Former + projection)")
+    return {"file": FRONT, "inputs": names, "outputs": ["speech_embeds"],
+            "mel_frames": None if front.dynamic_mel else full_mel_frames(model),
+            "dynamic": {"batch": True, "samples": model.beats is not None, "mel_frames": front.dynamic_mel},
+            "beats_fbank": ("in the graph (Kaldi fbank in torch, rfft exported as ONNX DFT)"
+                            if model.beats is not None else "no BEATs in this model")}
+
+
+def export_llm(model, path: str, opset: int) -> dict:
+    from torch.export import Dim
+
+    lm = merged_llm(model)
+    dec = DecoderWithCache(lm).eval()
+    hidden = lm.get_input_embeddings().embedding_dim
+    b, s = 2, 5
+    with torch.no_grad():  # one forward with an empty cache gives the cache's layout
+        out = dec(torch.zeros(b, s, hidden), torch.ones(b, s, dtype=torch.long),
+                  torch.arange(s).expand(b, -1))
+    n_layers = (len(out) - 1) // 2
+    kv_heads, head_dim = out[1].shape[1], out[1].shape[3]
+    vocab = out[0].shape[-1]
+    p = 3
+    past = [torch.randn(b, kv_heads, p, head_dim) * 0.1 for _ in range(2 * n_layers)]
+    names = [f"past_{kv}_{i}" for i in range(n_layers) for kv in ("key", "value")]
+    batch, seq = Dim("batch", min=1, max=MAX_BATCH), Dim("seq", min=1, max=MAX_SEQ)
+    past_len, total = Dim("past", min=0, max=MAX_SEQ), Dim("total", min=1, max=2 * MAX_SEQ)
+    shapes = {"inputs_embeds": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: total},
+              "position_ids": {0: batch, 1: seq}, "past": tuple({0: batch, 2: past_len} for _ in past)}
+    args = (torch.randn(b, s, hidden) * 0.1, torch.ones(b, p + s, dtype=torch.long),
+            torch.arange(p, p + s).expand(b, -1).contiguous(), *past)
+    with torch.no_grad():
+        _export(dec, args, path, dynamic_shapes=shapes,
+                input_names=["inputs_embeds", "attention_mask", "position_ids", *names],
+                output_names=["logits", *[n.replace("past_", "present_") for n in names]], opset=opset,
+                what="LLM decoder with KV cache")
+    emb = lm.get_input_embeddings().weight.detach().float().numpy()
+    return {"file": LLM, "num_layers": n_layers, "kv_heads": kv_heads, "head_dim": head_dim, "hidden": hidden,
+            "vocab": vocab, "past_inputs": names, "logits": "last position only (logits_to_keep=1)",
+            "lora": "merged into the base weights (peft merge_and_unload on a copy)"}, emb
+
+
+def quantize_llm(path: str) -> dict:
+    import shutil
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder, name = os.path.split(path)
+    external = os.path.exists(path + ".data")
+    before = os.path.getsize(path) + (os.path.getsize(path + ".data") if external else 0)
+    qdir = os.path.join(folder, ".int8")  # same file name, so an external-data reference stays valid after the move
+    os.makedirs(qdir)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint on the root logger
+    try:
+        quantize_dynamic(path, os.path.join(qdir, name), op_types_to_quantize=INT8_OPS,
+                         weight_type=QuantType.QInt8, per_channel=False, use_external_data_format=external)
+    finally:
+        root.setLevel(level)
+    for f in (path, path + ".data"):
+        if os.path.exists(f):
+            os.remove(f)
+    after = 0
+    for f in os.listdir(qdir):
+        os.replace(os.path.join(qdir, f), os.path.join(folder, f))
+        after += os.path.getsize(os.path.join(folder, f))
+    shutil.rmtree(qdir)
+    return {"method": "onnxruntime.quantization.quantize_dynamic", "graph": LLM, "op_types": INT8_OPS,
+            "weight_type": "QInt8", "per_channel": False, "bytes_before": before, "bytes_after": after,
+            "note": "LLM MatMul weights int8, activations quantized per call at run time; the audio front and the "
+                    "host embedding table stay float32"}
+
+
+def _file_table(root: str) -> dict:
+    files = {}
+    for dirpath, _, names in os.walk(root):
+        for n in sorted(names):
+            p = os.path.join(dirpath, n)
+            rel = os.path.relpath(p, root)
+            if rel != MANIFEST:
+                files[rel] = {"sha256": sha256_file(p), "bytes": os.path.getsize(p)}
+    return files
+
+
+def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT_OPSET, overwrite: bool = False,
+                check: Optional[dict] = None, manifest_extra: Optional[dict] = None,
+                step_report: Optional[dict] = None, log=None) -> str:
+    """Export `model` (a Salmonn) to `out_dir`; returns its absolute path.
+
+    check: {"data": annotation file, "limit": clips per task, "max_new_tokens": n} runs the PyTorch / ONNX Runtime
+    greedy parity check on the written graphs and stores the result in the manifest.
+    step_report: when exporting as a recipe step, this dict (the step's report) is completed and appended to
+    manifest_extra["steps"].
+    """
+    require_exportable(model)
+    _require_onnx()
+    if not 7 <= opset <= 23:
+        raise UserError(f"opset {opset} is out of range; valid: 7..23 (default {DEFAULT_OPSET})")
+    say = log or (lambda *a: None)
+    t0 = time.perf_counter()
+
+    def write(tmp: str) -> None:
+        say("exporting the audio front ...")
+        front = export_front(model, os.path.join(tmp, FRONT), opset)
+        say("exporting the LLM decoder ...")
+        llm, emb = export_llm(model, os.path.join(tmp, LLM), opset)
+        quant = None
+        if int8:
+            say("quantizing the LLM graph to int8 ...")
+            quant = quantize_llm(os.path.join(tmp, LLM))
+        np.save(os.path.join(tmp, EMBED), emb)
+        model.tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
+        bos = model.tokenizer.bos_token_id
+        with open(os.path.join(tmp, CONFIG), "w") as f:
+            json.dump({"model": model.cfg.to_dict(), "real_length": bool(getattr(model, "real_length", False)),
+                       "eos_ids": model.eos_ids(), "bos_id": bos, "n_mels": model.n_mels,
+                       "has_beats": model.beats is not None, "audio_front": front, "llm": llm}, f, indent=1,
+                      default=str)
+        result = None
+        if check is not None:
+            from .parity import parity_check
+
+            say("parity check: PyTorch vs ONNX Runtime greedy ...")
+            result = parity_check(model, tmp, **check)
+        export = {"format": KIND, "exporter": EXPORTER, "opset": opset, "dtype": "float32",
+                  "graphs": {"audio_front": front, "llm": llm}, "embedding_table": EMBED,
+                  "quantization": quant or "none (float32 weights)", "seconds": round(time.perf_counter() - t0, 3)}
+        extra = dict(manifest_extra or {})
+        if step_report is not None:
+            step_report.update(seconds=export["seconds"], files=sorted(_file_table(tmp)),
+                               quantization=quant["method"] if quant else None,
+                               parity=None if result is None else {k: result[k] for k in ("clips", "identical")})
+            extra["steps"] = list(extra.get("steps", [])) + [step_report]
+        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": KIND,
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "packages": export_versions(), "files": _file_table(tmp), "export": export,
+                    "check": result if result is not None else "not run (export --check DATA)", **extra}
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=1, default=str)
+
+    return atomic_directory(out_dir, write, overwrite=overwrite)

@@ -1,0 +1,259 @@
+"""ONNX Runtime backend: an exported directory behaves like a Salmonn for `generate`, the bench harness and `inspect`.
+
+The decode loop is compress.generation's (greedy and beam search are the same code as for PyTorch): the LLM
+session is wrapped in an object that answers like the HF causal LM that loop calls (inputs_embeds,
+attention_mask, position_ids, past_key_values, use_cache -> .logits, .past_key_values with reorder_cache).
+Tensors cross to and from ONNX Runtime as host numpy arrays (zero-copy torch.from_numpy views).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, UserError
+from ..models.config import SPEECH_PLACEHOLDER, SalmonnConfig, resolve_task
+from ..models.salmonn import GenerationOutput, real_mel_frames
+from .onnx_export import CONFIG, EMBED, FRONT, KIND, LLM
+
+
+def _session(path: str, providers: Optional[list]):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()  # `bench --threads` / set_num_threads apply to ORT too
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(path, so, providers=providers or default_providers())
+
+
+def default_providers() -> list:
+    import onnxruntime as ort
+
+    avail = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
+
+
+class _Out:
+    def __init__(self, logits, past_key_values):
+        self.logits = logits
+        self.past_key_values = past_key_values
+
+
+class OrtCache:
+    """The KV cache as host arrays [k0, v0, k1, v1, ...], each (B, KV, P, hd)."""
+
+    def __init__(self, arrays: list):
+        self.arrays = arrays
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return int(self.arrays[0].shape[2]) if self.arrays else 0
+
+    def reorder_cache(self, rows) -> None:
+        idx = rows.cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
+        self.arrays = [a[idx] for a in self.arrays]
+
+
+class _Embedding:
+    """Token ids -> embeddings from the host table, as nn.Embedding would return them."""
+
+    def __init__(self, table: np.ndarray):
+        self.weight = table
+        self.embedding_dim = table.shape[1]
+
+    def __call__(self, ids) -> torch.Tensor:
+        idx = ids.cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+        return torch.from_numpy(self.weight[idx])
+
+
+class OrtCausalLM:
+    """The llm.onnx session with the call signature compress.generation uses."""
+
+    def __init__(self, session, embed: np.ndarray, spec: dict):
+        self.session = session
+        self.embed = _Embedding(embed)
+        self.past_names = spec["past_inputs"]
+        self.kv_heads, self.head_dim = spec["kv_heads"], spec["head_dim"]
+
+    def get_input_embeddings(self) -> _Embedding:
+        return self.embed
+
+    def __call__(self, *, inputs_embeds, attention_mask, position_ids, past_key_values=None, use_cache=True):
+        b = inputs_embeds.shape[0]
+        if past_key_values is None:  # prefill: past length 0
+            empty = np.zeros((b, self.kv_heads, 0, self.head_dim), dtype=np.float32)
+            past = [empty] * len(self.past_names)
+        else:
+            past = past_key_values.arrays
+        feeds = {"inputs_embeds": np.ascontiguousarray(inputs_embeds.detach().cpu().numpy(), dtype=np.float32),
+                 "attention_mask": attention_mask.detach().cpu().numpy().astype(np.int64),
+                 "position_ids": position_ids.detach().cpu().numpy().astype(np.int64),
+                 **dict(zip(self.past_names, past))}
+        logits, *present = self.session.run(None, feeds)
+        return _Out(torch.from_numpy(logits), OrtCache(present))
+
+
+def onnx_part_stats(path: str, files: dict) -> dict:
+    """Part -> {params, bytes, dtype, sparsity, lora_params} from the graphs' initializers and the embedding table."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    out = {}
+    for part, rel in files.items():
+        full = os.path.join(path, rel)
+        if rel.endswith(".npy"):
+            arr = np.load(full, mmap_mode="r")
+            out[part] = {"params": int(arr.size), "bytes": int(arr.nbytes), "dtype": str(arr.dtype),
+                         "sparsity": None, "lora_params": 0}
+            continue
+        proto = onnx.load(full, load_external_data=False)
+        n = nbytes = 0
+        dtypes: Counter = Counter()
+        for t in proto.graph.initializer:
+            k = int(np.prod(t.dims)) if len(t.dims) else 1
+            dt = np.dtype(tensor_dtype_to_np_dtype(t.data_type))
+            n += k
+            nbytes += k * dt.itemsize
+            dtypes[str(dt)] += k
+        out[part] = {"params": n, "bytes": nbytes, "dtype": "/".join(d for d, _ in dtypes.most_common()),
+                     "sparsity": None, "lora_params": 0}
+    return out
+
+
+class OrtSalmonn:
+    """An ONNX export loaded for inference: same generate(), device, tokenizer, cfg as Salmonn."""
+
+    kind = KIND
+    dtype = torch.float32
+
+    def __init__(self, path: str, *, providers: Optional[list] = None, manifest: Optional[dict] = None):
+        from transformers import AutoTokenizer
+
+        self.path = os.path.abspath(path)
+        with open(os.path.join(path, CONFIG)) as f:
+            conf = json.load(f)
+        self.conf = conf
+        self.cfg = SalmonnConfig.from_dict(conf["model"])
+        self.real_length = bool(conf.get("real_length"))
+        self.n_mels = int(conf["n_mels"])
+        self.has_beats = bool(conf["has_beats"])
+        self.tokenizer = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"), local_files_only=True)
+        self.front = _session(os.path.join(path, FRONT), providers)
+        self.lm = OrtCausalLM(_session(os.path.join(path, LLM), providers), np.load(os.path.join(path, EMBED)),
+                              conf["llm"])
+        self.providers = self.front.get_providers()
+        self.manifest = manifest or {}
+        self._prompt_cache: dict = {}
+        src = f"ONNX Runtime ({', '.join(self.providers)})"
+        self.load_report = {part: {"source": f"{os.path.join(self.path, rel)} via {src}"}
+                            for part, rel in self.part_files().items()}
+
+    # ------------------------------------------------------------------ what the harness reads
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu")
+
+    def part_files(self) -> dict:
+        return {"audio_front": FRONT, "llm": LLM, "embed_table": EMBED}
+
+    def part_stats(self) -> dict:
+        return onnx_part_stats(self.path, self.part_files())
+
+    # ------------------------------------------------------------------ audio path
+    def prepare_audio(self, waveforms: list) -> dict:
+        from ..audio import batch_waveforms, whisper_features
+
+        spec = whisper_features(waveforms, self.n_mels)
+        if self.real_length:
+            spec = spec[..., : real_mel_frames(max(len(w) for w in waveforms), self.cfg.window_kernel,
+                                               self.cfg.window_stride, spec.shape[-1])]
+        wav, pad = batch_waveforms(waveforms) if self.has_beats else (None, None)
+        return {"spectrogram": spec, "wav": wav, "padding_mask": pad}
+
+    def encode_audio(self, spectrogram, wav=None, padding_mask=None) -> torch.Tensor:
+        feeds = {"spectrogram": np.ascontiguousarray(spectrogram.cpu().numpy(), dtype=np.float32)}
+        if self.has_beats:
+            if wav is None:
+                raise UserError("this export's audio front takes the waveform too (the model has BEATs)")
+            feeds["wav"] = np.ascontiguousarray(wav.cpu().numpy(), dtype=np.float32)
+            pm = padding_mask if padding_mask is not None else torch.zeros(wav.shape, dtype=torch.bool)
+            feeds["padding_mask"] = pm.cpu().numpy().astype(bool)
+        return torch.from_numpy(self.front.run(None, feeds)[0])
+
+    # ------------------------------------------------------------------ prompt (as Salmonn.build_inputs)
+    def instruction_for(self, task: str) -> str:
+        return self.cfg.instructions[resolve_task(task)]
+
+    def _prompt_ids(self, instruction: str) -> tuple:
+        if instruction not in self._prompt_cache:
+            text = self.cfg.prompt_template.format(f"{SPEECH_PLACEHOLDER} {instruction}")
+            before, after = text.split("<SpeechHere>")
+            ids_b = self.tokenizer(before, add_special_tokens=False)["input_ids"]
+            ids_a = self.tokenizer(after, add_special_tokens=False)["input_ids"]
+            self._prompt_cache[instruction] = (ids_b, ids_a)
+        return self._prompt_cache[instruction]
+
+    def build_inputs(self, speech: torch.Tensor, instruction: str) -> tuple:
+        ids_b, ids_a = self._prompt_ids(instruction)
+        bos = self.conf.get("bos_id")
+        ids_b = ([bos] if bos is not None else []) + list(ids_b)
+        emb = self.lm.get_input_embeddings()
+        b = speech.shape[0]
+        eb = emb(torch.tensor(ids_b)).unsqueeze(0).expand(b, -1, -1)
+        ea = emb(torch.tensor(ids_a)).unsqueeze(0).expand(b, -1, -1)
+        embeds = torch.cat([eb, speech.to(eb.dtype), ea], dim=1)
+        return embeds, torch.ones(embeds.shape[:2], dtype=torch.long)
+
+    def eos_ids(self) -> list:
+        return list(self.conf.get("eos_ids") or [])
+
+    # ------------------------------------------------------------------ generation
+    @torch.inference_mode()
+    def generate(self, audios: list, task: str = "asr", *, instruction: Optional[str] = None,
+                 max_new_tokens: Optional[int] = None, num_beams: Optional[int] = None,
+                 ignore_eos: bool = False, on_token: Optional[Callable[[int], None]] = None,
+                 min_length: Optional[int] = None, repetition_penalty: Optional[float] = None,
+                 length_penalty: Optional[float] = None) -> list:
+        from ..generation import DecodeOptions, decode
+
+        g = self.cfg.generate
+        opts = DecodeOptions(
+            max_new_tokens=max_new_tokens or g.max_new_tokens,
+            num_beams=num_beams or g.num_beams,
+            min_length=g.min_length if min_length is None else min_length,
+            repetition_penalty=g.repetition_penalty if repetition_penalty is None else repetition_penalty,
+            length_penalty=g.length_penalty if length_penalty is None else length_penalty,
+            eos_ids=[] if ignore_eos else self.eos_ids(),
+        )
+        speech = self.encode_audio(**self.prepare_audio(audios))
+        embeds, mask = self.build_inputs(speech, instruction or self.instruction_for(task))
+        seqs = decode(self.lm, embeds, mask, opts, on_token=on_token)
+        return [GenerationOutput(text=self.decode_text(s), token_ids=s) for s in seqs]
+
+    def decode_text(self, ids: list) -> str:
+        n = len(self.tokenizer)
+        return self.tokenizer.decode([i for i in ids if i < n], skip_special_tokens=True).strip()
+
+
+def load_onnx_export(path: str, *, verify: bool = True, dtype=None, providers: Optional[list] = None) -> OrtSalmonn:
+    """A directory written by `export --format onnx` -> OrtSalmonn (every file checked against the manifest)."""
+    from ..loaders.artifact import read_manifest, verify_files
+
+    manifest = read_manifest(path)
+    if manifest.get("kind") != KIND:
+        raise CheckpointError(f"{path!r} is not an ONNX export (manifest kind {manifest.get('kind')!r})")
+    if dtype is not None and dtype != torch.float32:
+        raise UserError(f"{path!r} is an ONNX export in float32; --dtype {str(dtype).replace('torch.', '')} "
+                        "does not apply to it")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise UserError("loading an ONNX export needs onnxruntime: pip install -c constraints.txt "
+                        "onnxruntime==1.31.1") from None
+    verify_files(path, manifest, hashes=verify)
+    return OrtSalmonn(path, providers=providers, manifest=manifest)

@@ -1,0 +1,52 @@
+"""The `export` step: the recipe's output becomes an ONNX (or TensorRT) export instead of a PyTorch artifact.
+
+Terminal: recipe validation refuses any step after it. When the runner reaches it, the model as the earlier steps
+left it is exported to the run's --out directory (kind "onnx" / "tensorrt" in its manifest, with the recipe, its
+hash, the source and every step's report); no PyTorch artifact is written. `bench --model OUT` (and the recipe's
+benchmark section) then runs the ONNX export through ONNX Runtime with the same harness.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .registry import Step, StepConfig, register
+
+
+class ExportConfig(StepConfig):
+    type: Literal["export"] = "export"
+    format: Literal["onnx", "tensorrt"] = "onnx"
+    int8: bool = False  # onnx: dynamic int8 quantization of the LLM graph
+    opset: int = Field(18, ge=14, le=23)
+
+
+@register("export")
+class Export(Step):
+    """Writes the run's output as an export; see the module docstring."""
+
+    Config = ExportConfig
+    terminal = True
+
+    def preflight(self) -> None:
+        if self.config.format == "tensorrt":
+            from ..export.tensorrt import require_tensorrt
+
+            require_tensorrt()
+
+    def run(self, model, ctx) -> dict:
+        raise ctx.error("export: a terminal step is written by the runner (write), not run in place")
+
+    def write(self, model, ctx, out: str, *, overwrite: bool, manifest_extra: dict, log=None) -> dict:
+        """Export `model` to `out`; returns this step's report (also stored in the export's manifest)."""
+        from ..export import export_model
+
+        c = self.config
+        if c.format == "tensorrt" and c.int8:
+            raise ctx.error("export: int8 applies to format 'onnx' only")
+        report = {"type": self.name, "version": self.version, "config": c.model_dump(), "format": c.format,
+                  "output": out}
+        export_model(model, out, fmt=c.format, int8=c.int8, opset=c.opset, overwrite=overwrite,
+                     manifest_extra=manifest_extra, step_report=report, log=log)
+        return report

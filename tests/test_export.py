@@ -1,0 +1,212 @@
+"""Export: ONNX graphs of the tiny preset, the ONNX Runtime backend against PyTorch, int8, TensorRT's clear error,
+the terminal `export` step, and manifests that verify."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from compress.audio import load_audio
+from compress.cli import main
+from compress.data.annotations import read_annotations
+from compress.errors import CheckpointError, ConfigError, UserError
+from compress.loaders import load_model
+from compress.loaders.artifact import read_manifest, verify_files
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEV = os.path.join(ROOT, "benchmarks", "data", "dev.json")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.set_num_threads(1)
+    return load_model("tiny")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, tmp_path_factory):
+    from compress.export import export_model
+
+    out = str(tmp_path_factory.mktemp("onnx") / "tiny-onnx")
+    export_model(tiny, out, fmt="onnx", check={"data": DEV, "limit": 2, "max_new_tokens": 6})
+    return out
+
+
+@pytest.fixture(scope="module")
+def ort_model(exported):
+    return load_model(exported)
+
+
+def _clips(n_per_task=2):
+    samples = read_annotations(DEV, check_files=False)
+    return [s for t in ("asr", "caption") for s in [s for s in samples if s.task == t][:n_per_task]]
+
+
+def test_load_model_gives_the_ort_backend(ort_model, exported):
+    from compress.export.ort_backend import OrtSalmonn
+
+    assert isinstance(ort_model, OrtSalmonn)
+    assert ort_model.device == torch.device("cpu") and ort_model.tokenizer is not None
+    assert ort_model.cfg.extra["preset"] == "tiny"
+    files = sorted(os.listdir(exported))
+    assert {"audio_front.onnx", "llm.onnx", "embed_tokens.npy", "config.json", "manifest.json",
+            "tokenizer"} <= set(files)
+
+
+def test_audio_front_matches_pytorch(tiny, ort_model):
+    rng = np.random.default_rng(0)
+    waves = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (16000 * 5, 16000 * 2 + 123)]
+    waves.append(load_audio(_clips(1)[0].path))
+    for batch in (waves[:2], waves[2:]):  # batch of two lengths (padding mask), and a real clip alone
+        with torch.inference_mode():
+            ref = tiny.encode_audio(**tiny.prepare_audio(batch))
+        got = ort_model.encode_audio(**ort_model.prepare_audio(batch))
+        assert got.shape == ref.shape
+        torch.testing.assert_close(got, ref, atol=2e-3, rtol=1e-3)
+
+
+def test_greedy_tokens_equal_pytorch(tiny, ort_model):
+    for s in _clips(2):
+        wav = load_audio(s.path)
+        kw = dict(num_beams=1, max_new_tokens=8, ignore_eos=True)
+        ref = tiny.generate([wav], s.task, **kw)[0]
+        got = ort_model.generate([wav], s.task, **kw)[0]
+        assert len(got.token_ids) == 8 and got.token_ids == ref.token_ids, s.id
+        assert got.text == ref.text
+
+
+def test_beam_search_and_batches(tiny, ort_model):
+    waves = [load_audio(s.path) for s in _clips(1)]
+    kw = dict(num_beams=3, max_new_tokens=5, ignore_eos=True)
+    ref = [o.token_ids for o in tiny.generate(waves, "asr", **kw)]
+    got = [o.token_ids for o in ort_model.generate(waves, "asr", **kw)]
+    assert got == ref and all(len(g) == 5 for g in got)
+    steps = []
+    ort_model.generate(waves[:1], "asr", num_beams=1, max_new_tokens=4, ignore_eos=True, on_token=steps.append)
+    assert steps == [0, 1, 2, 3]
+
+
+def test_parity_result_and_manifest(exported):
+    m = read_manifest(exported)
+    assert m["kind"] == "onnx" and m["export"]["exporter"] == "torch.onnx.export(dynamo=True)"
+    assert m["export"]["opset"] == 18 and m["packages"]["onnxruntime"] and m["packages"]["onnxscript"]
+    assert "in the graph" in m["export"]["graphs"]["audio_front"]["beats_fbank"]
+    files = m["files"]
+    assert all(len(f["sha256"]) == 64 for f in files.values()) and "llm.onnx" in files
+    verify_files(exported, m)
+    c = m["check"]
+    assert c["clips"] == 4 and c["identical"] == 4 and c["differences"] == [] and c["speech_embeds_max_abs_diff"] < 2e-3
+
+
+def test_corrupt_export_is_refused(exported, tmp_path):
+    bad = str(tmp_path / "bad")
+    shutil.copytree(exported, bad)
+    with open(os.path.join(bad, "embed_tokens.npy"), "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_model(bad)
+    from compress.loaders.artifact import load_artifact
+
+    with pytest.raises(CheckpointError, match="onnx export"):
+        load_artifact(exported)
+
+
+def test_harness_runs_on_the_export(ort_model, exported):
+    from compress.bench.harness import BenchSettings, run_benchmark
+    from compress.inspect_model import inspect_table, part_stats
+
+    stats = part_stats(ort_model)
+    assert set(stats) == {"audio_front", "llm", "embed_table"} and stats["llm"]["bytes"] > 0
+    assert "llm.onnx" in inspect_table(ort_model)
+    r = run_benchmark(exported, DEV, BenchSettings(tasks=("asr",), limit=1, num_beams=1, max_new_tokens=3,
+                                                   latency_tokens=3, latency_warmup=0, latency_repeats=1,
+                                                   memory=False, bandwidth_mib=16))
+    assert r["summary"]["failures"] == 0 and r["model"]["parts"]["llm"]["bytes"] == stats["llm"]["bytes"]
+    assert r["efficiency"]["latency"]["ttft_ms"]["p50"] > 0 and r["efficiency"]["decode_bound"]
+
+
+def test_cli_int8_real_length_export_with_check(tmp_path, capsys):
+    """One CLI export covers: an artifact SPEC, real-length encoding (dynamic mel frames), int8, --check."""
+    from compress.loaders.artifact import save_artifact
+
+    m = load_model("tiny")
+    m.cfg.extra["runtime"] = {"real_length": True}
+    save_artifact(m, str(tmp_path / "rl"))
+    out = tmp_path / "int8"
+    code = main(["export", "--model", str(tmp_path / "rl"), "--format", "onnx", "--int8", "--out", str(out),
+                 "--check", DEV, "--check-limit", "1", "--check-tokens", "4"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "export written to" in text and "parity (greedy, 4 tokens)" in text
+    man = read_manifest(str(out))
+    q = man["export"]["quantization"]
+    assert q["method"] == "onnxruntime.quantization.quantize_dynamic" and q["bytes_after"] < q["bytes_before"]
+    assert man["export"]["graphs"]["audio_front"]["dynamic"]["mel_frames"] is True
+    assert man["check"]["clips"] == 2 and man["check"]["speech_embeds_max_abs_diff"] < 2e-3  # the front is float32
+    assert "artifact_files" in man["source"]
+    model = load_model(str(out))
+    assert model.real_length and "int8" in model.part_stats()["llm"]["dtype"]
+    wav = load_audio(_clips(1)[0].path)
+    assert model.prepare_audio([wav])["spectrogram"].shape[-1] < 3000
+    outs = model.generate([wav], "asr", num_beams=2, max_new_tokens=4, ignore_eos=True)
+    assert len(outs[0].token_ids) == 4
+    assert main(["export", "--model", "tiny", "--format", "onnx", "--out", str(out)]) == 2  # exists
+
+
+def test_bad_format_lists_choices(capsys, tmp_path):
+    from compress.export import export_model
+
+    with pytest.raises(SystemExit) as e:
+        main(["export", "--model", "tiny", "--format", "tflite", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2 and "'onnx', 'tensorrt'" in capsys.readouterr().err
+    with pytest.raises(UserError, match="valid: 'onnx', 'tensorrt'"):
+        export_model(None, str(tmp_path / "x"), fmt="tflite")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")
+def test_tensorrt_without_cuda_is_one_clear_line(tmp_path):
+    out = tmp_path / "trt"
+    r = subprocess.run([sys.executable, "-m", "compress.cli", "export", "--model", "tiny", "--format", "tensorrt",
+                        "--out", str(out)], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "CUDA" in err[0] and "pip install torch-tensorrt" in err[0]
+    assert not out.exists()
+
+
+def test_export_step_is_terminal_and_validated():
+    from compress.recipe import recipe_from_dict
+
+    with pytest.raises(ConfigError, match="must be the last step"):
+        recipe_from_dict({"name": "x", "steps": [{"type": "export"}, {"type": "magnitude", "sparsity": 0.3}]})
+    with pytest.raises(ConfigError, match="format: Input should be 'onnx' or 'tensorrt'"):
+        recipe_from_dict({"name": "x", "steps": [{"type": "export", "format": "tflite"}]})
+    r = recipe_from_dict({"name": "x", "steps": [{"type": "magnitude", "sparsity": 0.3}, {"type": "export"}]})
+    assert [c.type for c in r.steps] == ["magnitude", "export"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")
+def test_tensorrt_recipe_fails_before_loading(tmp_path):
+    from compress.recipe import recipe_from_dict
+    from compress.runner import run_recipe
+
+    r = recipe_from_dict({"name": "t", "steps": [{"type": "export", "format": "tensorrt"}]})
+    with pytest.raises(UserError, match="torch-tensorrt"):
+        run_recipe(r, "/no/such/model.yaml", str(tmp_path / "o"), progress=False, bench=False, log=lambda *a: None)
+
+
+def test_exporting_leaves_the_model_untouched(tiny, exported):
+    fresh = load_model("tiny").state_dict()
+    state = tiny.state_dict()
+    assert any("lora_A" in n for n in state)  # still a PEFT model: LoRA was merged into a copy
+    assert state.keys() == fresh.keys() and all(torch.equal(state[k], fresh[k]) for k in state)
