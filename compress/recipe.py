@@ -115,6 +115,12 @@ def recipe_from_dict(doc: dict, name: str = "<recipe>", base_dir: Optional[str] 
     if needs and r.calibration is None:
         raise ConfigError(f"{name}: step(s) {needs} calibrate on real audio: add a `calibration:` section "
                           "with `data:` (an annotation file) and `samples:`")
+    if needs and r.calibration is not None and r.calibration.inputs == "text":
+        other = sorted({p for c in steps if STEPS[c.type].needs_calibration(c)
+                        for p in getattr(getattr(c, "targets", None), "parts", ["llm"]) if p != "llm"})
+        if other:
+            raise ConfigError(f"{name}: calibration.inputs 'text' feeds the LLM only, but steps target {other}; "
+                              "use inputs 'audio' (valid: audio, text)")
     if r.version > RECIPE_VERSION:
         raise ConfigError(f"{name}: recipe version {r.version} is newer than this tool's {RECIPE_VERSION}")
     return r

@@ -44,7 +44,7 @@ class RunContext:
     def calibration_forward(self, sample) -> None:
         from .steps.calibration import full_forward
 
-        full_forward(self.model, sample, self.recipe.calibration.with_reference)
+        full_forward(self.model, sample, self.recipe.calibration.with_reference, self.recipe.calibration.inputs)
 
     def error(self, msg: str) -> ConfigError:
         return ConfigError(f"recipe {self.recipe.name!r}: {msg}")

@@ -140,6 +140,9 @@ def test_layer_drop_explicit_layers_and_renumbering(tmp_path):
     ({"name": "x", "steps": [{"type": "layer_drop", "part": "beats", "count": 1}]}, "part: Input should be"),
     ({"name": "x", "steps": [{"type": "lottery_ticket", "retrain": {"data": "x", "steps": 1}, "rewind": "early"}]},
      "rewind: early needs train_base"),
+    ({"name": "x", "calibration": {"data": "c.json", "inputs": "text"},
+      "steps": [{"type": "wanda", "targets": {"parts": ["llm", "qformer"]}}]}, "feeds the LLM only, but steps target ['qformer']"),
+    ({"name": "x", "calibration": {"data": "c.json", "inputs": "speech"}, "steps": [{"type": "wanda"}]}, "inputs"),
 ])
 def test_bad_recipes(doc, msg):
     with pytest.raises(ConfigError, match=msg if ".*" in msg else msg.replace("(", r"\(").replace("[", r"\[")):
@@ -193,3 +196,17 @@ def test_demo_command_on_tiny(tmp_path, capsys):
     table = (out / "table.md").read_text()
     assert table.count("\n") == 5 and "layer-drop-25" in table
     assert main(["demo", "--model", "tiny", "--recipes", "no-such-recipe", "--out", str(out)]) == 2
+
+
+def test_text_calibration_feeds_the_llm_text_only():
+    """inputs='text': the LLM gets BOS + the reference's tokens, no prompt, no speech tokens."""
+    from compress.steps.calibration import CalibSample, llm_inputs, reference_ids
+
+    m = load_model("tiny")
+    s = CalibSample("a", np.zeros(16000, dtype=np.float32), "asr", "hello world")
+    emb, mask = llm_inputs(m, s, True, "text")
+    ids = [m.tokenizer.bos_token_id] + reference_ids(m, "hello world")
+    want = m.llama_model.get_input_embeddings()(torch.tensor([ids]))
+    assert emb.shape == want.shape and torch.equal(emb, want) and mask.sum() == len(ids)
+    audio_emb, _ = llm_inputs(m, s, True, "audio")
+    assert audio_emb.shape[1] > emb.shape[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +23,9 @@ class CalibrationConfig(BaseModel):
     tasks: list = ["asr", "caption"]
     seed: int = 0
     with_reference: bool = True  # append the reference answer (teacher forcing) so output tokens are covered
+    # audio: the LLM sees what it sees in use (prompt + speech tokens [+ answer]); text: only BOS + the
+    # reference text, as a text-calibrated LLM compressor would (a baseline to compare against; LLM only)
+    inputs: Literal["audio", "text"] = "audio"
 
 
 @dataclass
@@ -66,8 +69,16 @@ def reference_ids(model, text: str) -> list:
     return ids + ([eos] if eos is not None else [])
 
 
-def llm_inputs(model, s: CalibSample, with_reference: bool = True) -> tuple:
-    """What the LLM sees in use: [BOS, prompt, speech tokens, prompt] (+ the reference answer and EOS)."""
+def llm_inputs(model, s: CalibSample, with_reference: bool = True, inputs: str = "audio") -> tuple:
+    """What the LLM sees in use: [BOS, prompt, speech tokens, prompt] (+ the reference answer and EOS).
+
+    inputs='text': [BOS] + the reference answer only (no audio, no prompt): text-only calibration.
+    """
+    if inputs == "text":
+        bos = model.tokenizer.bos_token_id
+        ids = ([bos] if bos is not None else []) + reference_ids(model, s.reference)
+        emb = model.llama_model.get_input_embeddings()(torch.tensor([ids], device=model.device))
+        return emb, torch.ones(emb.shape[:2], dtype=torch.long, device=emb.device)
     speech = model.encode_audio(**model.prepare_audio([s.audio]))
     emb, mask = model.build_inputs(speech, model.instruction_for(s.task))
     if with_reference and s.reference:
@@ -78,8 +89,8 @@ def llm_inputs(model, s: CalibSample, with_reference: bool = True) -> tuple:
     return emb, mask
 
 
-def full_forward(model, s: CalibSample, with_reference: bool = True) -> None:
-    emb, mask = llm_inputs(model, s, with_reference)
+def full_forward(model, s: CalibSample, with_reference: bool = True, inputs: str = "audio") -> None:
+    emb, mask = llm_inputs(model, s, with_reference, inputs)
     model.llama_model(inputs_embeds=emb, attention_mask=mask, use_cache=False)
 
 
