@@ -64,6 +64,16 @@ def test_result_schema(result):
     assert eff["decode_bound"]["tpot_over_bound"] > 0
     assert result["environment"]["torch_threads"] >= 1 and result["environment"]["packages"]["torch"]
     assert set(result["model"]["parts"]) == {"speech_encoder", "beats", "qformer", "proj", "llm"}
+    assert result["model"]["artifact_bytes"] is None  # a preset has no artifact on disk
+
+
+def test_artifact_bytes_counts_the_directory(tmp_path):
+    from compress.bench.harness import artifact_bytes
+
+    (tmp_path / "a").write_bytes(b"x" * 10)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b").write_bytes(b"y" * 5)
+    assert artifact_bytes(str(tmp_path)) == 15 and artifact_bytes("tiny") is None
 
 
 def test_tables_and_plot(result, tmp_path):

@@ -162,6 +162,16 @@ def score(records: list, settings: BenchSettings) -> dict:
     return tasks
 
 
+def artifact_bytes(spec: str) -> Optional[int]:
+    """Bytes on disk of the model's artifact directory (None for presets and official checkpoints)."""
+    from ..loaders.spec import DEMO_DIR
+
+    path = DEMO_DIR if spec == "demo" else spec
+    if not os.path.isdir(path):
+        return None
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
 def _first_clip(records: list) -> Optional[dict]:
     return next((r for r in records if r["error"] is None), None)
 
@@ -240,7 +250,8 @@ def run_benchmark(spec: str, data: str, settings: BenchSettings, *, model_kwargs
         "mode": "hackathon-compatible (extra fields labelled hackathon_*)" if settings.hackathon else "standard",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"spec": spec, "parts": part_stats(model), "load_report": getattr(model, "load_report", {}),
-                  "manifest_created": getattr(model, "manifest", {}).get("created")},
+                  "manifest_created": getattr(model, "manifest", {}).get("created"),
+                  "artifact_bytes": artifact_bytes(spec)},
         "data": {"path": os.path.abspath(data), "sha256": sha256_file(data), "samples": len(records)},
         "settings": asdict(settings),
         "environment": environment(str(model.device)),

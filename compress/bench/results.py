@@ -75,6 +75,7 @@ def summary_row(r: dict) -> dict:
         "model_rss_mib": _eff(r, "memory", "delta_peak_rss_mib"),  # peak minus libraries-loaded baseline
         "model_mib": sum(p["bytes"] for p in parts.values()) / MIB,
         "llm_mib": parts.get("llm", {}).get("bytes", 0) / MIB,
+        "artifact_mib": (r["model"].get("artifact_bytes") or 0) / MIB or None,  # on disk; None: not an artifact
         "tpot_over_bound": _eff(r, "decode_bound", "tpot_over_bound"),
         "failures": r["summary"]["failures"],
     }
