@@ -157,3 +157,20 @@ def test_cli_bench_bad_input(tmp_path, capsys):
     assert main(["bench", "--model", "tiny", "--data", str(bad), "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err
     assert "translate" in err and not os.path.exists(tmp_path / "x.json")
+
+
+def test_wer_by_seen_and_heldout_voice():
+    from compress.bench.harness import BenchSettings, score
+
+    def rec(ref, hyp, held):
+        return {"task": "asr", "reference": ref, "hypothesis": hyp, "error": None,
+                "extra": {"voice": "rms" if held else "kal", "heldout_voice": held}}
+
+    recs = [rec("a b c d", "a b c d", False), rec("a b c d", "a x c d", True), rec("e f", "e f", True)]
+    out = score(recs, BenchSettings(tasks=("asr",)))["asr"]
+    groups = out["by_voice_group"]
+    assert groups["seen_voices"]["value"] == 0.0 and groups["seen_voices"]["n"] == 1
+    assert abs(groups["heldout_voice"]["value"] - 1 / 6) < 1e-9 and groups["heldout_voice"]["n"] == 2
+    row = summary_row({"_path": "x.json", "model": {"spec": "m", "parts": {}}, "tasks": {"asr": out},
+                       "efficiency": {}, "summary": {"failures": 0}})
+    assert row["wer_seen"] == 0.0 and abs(row["wer_heldout"] - 1 / 6) < 1e-9

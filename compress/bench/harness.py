@@ -138,6 +138,12 @@ def score(records: list, settings: BenchSettings) -> dict:
                     g: entry("wer", wer([r["reference"] for r in good if r.get("extra", {}).get("voice") == g],
                                         [r["hypothesis"] for r in good if r.get("extra", {}).get("voice") == g]))
                     for g in groups}
+            held = [r for r in good if r.get("extra", {}).get("heldout_voice") is not None]
+            if held:  # the dataset generator marks the voice kept out of training
+                out["by_voice_group"] = {
+                    name: entry("wer", wer([r["reference"] for r in rs], [r["hypothesis"] for r in rs]), n=len(rs))
+                    for name, rs in (("seen_voices", [r for r in held if not r["extra"]["heldout_voice"]]),
+                                     ("heldout_voice", [r for r in held if r["extra"]["heldout_voice"]])) if rs}
         else:
             refs = [r["references"] for r in good]
             c, per = cider_d(hyps, refs)

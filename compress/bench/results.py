@@ -58,6 +58,11 @@ def _eff(r: dict, *keys):
     return cur
 
 
+def _group(r: dict, name: str):
+    g = r.get("tasks", {}).get("asr", {}).get("by_voice_group", {}).get(name)
+    return g["value"] if g else None
+
+
 def summary_row(r: dict) -> dict:
     """One flat row per result; units in the column names."""
     parts = r["model"]["parts"]
@@ -68,6 +73,8 @@ def summary_row(r: dict) -> dict:
         "wer": _metric(r, "asr", "wer"),
         "cider_d": _metric(r, "caption", "cider_d"),
         "spider": _metric(r, "caption", "spider"),
+        "wer_seen": _group(r, "seen_voices"),
+        "wer_heldout": _group(r, "heldout_voice"),
         "ttft_ms_p50": _eff(r, "latency", "ttft_ms", "p50"),
         "tpot_ms_p50": _eff(r, "latency", "tpot_ms", "p50"),
         "tokens_per_s_p50": _eff(r, "latency", "tokens_per_s", "p50"),
