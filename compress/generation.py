@@ -22,6 +22,26 @@ class DecodeOptions:
     eos_ids: list = field(default_factory=list)  # empty = never stop early
 
 
+def options_from(g, *, max_new_tokens: Optional[int] = None, num_beams: Optional[int] = None,
+                 min_length: Optional[int] = None, repetition_penalty: Optional[float] = None,
+                 length_penalty: Optional[float] = None, eos_ids: Optional[list] = None) -> DecodeOptions:
+    """DecodeOptions from a model's GenerateSettings `g`, each argument overriding its default when given."""
+    return DecodeOptions(
+        max_new_tokens=max_new_tokens or g.max_new_tokens,
+        num_beams=num_beams or g.num_beams,
+        min_length=g.min_length if min_length is None else min_length,
+        repetition_penalty=g.repetition_penalty if repetition_penalty is None else repetition_penalty,
+        length_penalty=g.length_penalty if length_penalty is None else length_penalty,
+        eos_ids=list(eos_ids or []),
+    )
+
+
+def tokens_to_text(tokenizer, ids: list) -> str:
+    """Generated ids -> text; ids past the tokenizer (padded embedding rows) and special tokens dropped."""
+    n = len(tokenizer)
+    return tokenizer.decode([i for i in ids if i < n], skip_special_tokens=True).strip()
+
+
 def apply_repetition_penalty(logits: torch.Tensor, seqs: list, penalty: float) -> torch.Tensor:
     """CTRL-style penalty, as transformers applies it: divide positive, multiply negative logits."""
     if penalty == 1.0:

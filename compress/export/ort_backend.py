@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
 from ..errors import CheckpointError, UserError
-from ..models.config import SPEECH_PLACEHOLDER, SalmonnConfig, resolve_task
-from ..models.salmonn import GenerationOutput, real_mel_frames
+from ..models.config import SalmonnConfig
+from ..models.salmonn import PromptMixin, real_mel_frames
 from .onnx_export import CONFIG, EMBED, FRONT, KIND, LLM
 
 
@@ -125,7 +125,7 @@ def onnx_part_stats(path: str, files: dict) -> dict:
     return out
 
 
-class OrtSalmonn:
+class OrtSalmonn(PromptMixin):
     """An ONNX export loaded for inference: same generate(), device, tokenizer, cfg as Salmonn."""
 
     kind = KIND
@@ -185,59 +185,18 @@ class OrtSalmonn:
             feeds["padding_mask"] = pm.cpu().numpy().astype(bool)
         return torch.from_numpy(self.front.run(None, feeds)[0])
 
-    # ------------------------------------------------------------------ prompt (as Salmonn.build_inputs)
-    def instruction_for(self, task: str) -> str:
-        return self.cfg.instructions[resolve_task(task)]
+    # ------------------------------------------------------------------ prompt (PromptMixin, as Salmonn)
+    def prompt_embedding(self):
+        return self.lm.get_input_embeddings()
 
-    def _prompt_ids(self, instruction: str) -> tuple:
-        if instruction not in self._prompt_cache:
-            text = self.cfg.prompt_template.format(f"{SPEECH_PLACEHOLDER} {instruction}")
-            before, after = text.split("<SpeechHere>")
-            ids_b = self.tokenizer(before, add_special_tokens=False)["input_ids"]
-            ids_a = self.tokenizer(after, add_special_tokens=False)["input_ids"]
-            self._prompt_cache[instruction] = (ids_b, ids_a)
-        return self._prompt_cache[instruction]
-
-    def build_inputs(self, speech: torch.Tensor, instruction: str) -> tuple:
-        ids_b, ids_a = self._prompt_ids(instruction)
-        bos = self.conf.get("bos_id")
-        ids_b = ([bos] if bos is not None else []) + list(ids_b)
-        emb = self.lm.get_input_embeddings()
-        b = speech.shape[0]
-        eb = emb(torch.tensor(ids_b)).unsqueeze(0).expand(b, -1, -1)
-        ea = emb(torch.tensor(ids_a)).unsqueeze(0).expand(b, -1, -1)
-        embeds = torch.cat([eb, speech.to(eb.dtype), ea], dim=1)
-        return embeds, torch.ones(embeds.shape[:2], dtype=torch.long)
+    def prompt_bos(self) -> Optional[int]:
+        return self.conf.get("bos_id")
 
     def eos_ids(self) -> list:
         return list(self.conf.get("eos_ids") or [])
 
-    # ------------------------------------------------------------------ generation
-    @torch.inference_mode()
-    def generate(self, audios: list, task: str = "asr", *, instruction: Optional[str] = None,
-                 max_new_tokens: Optional[int] = None, num_beams: Optional[int] = None,
-                 ignore_eos: bool = False, on_token: Optional[Callable[[int], None]] = None,
-                 min_length: Optional[int] = None, repetition_penalty: Optional[float] = None,
-                 length_penalty: Optional[float] = None) -> list:
-        from ..generation import DecodeOptions, decode
-
-        g = self.cfg.generate
-        opts = DecodeOptions(
-            max_new_tokens=max_new_tokens or g.max_new_tokens,
-            num_beams=num_beams or g.num_beams,
-            min_length=g.min_length if min_length is None else min_length,
-            repetition_penalty=g.repetition_penalty if repetition_penalty is None else repetition_penalty,
-            length_penalty=g.length_penalty if length_penalty is None else length_penalty,
-            eos_ids=[] if ignore_eos else self.eos_ids(),
-        )
-        speech = self.encode_audio(**self.prepare_audio(audios))
-        embeds, mask = self.build_inputs(speech, instruction or self.instruction_for(task))
-        seqs = decode(self.lm, embeds, mask, opts, on_token=on_token)
-        return [GenerationOutput(text=self.decode_text(s), token_ids=s) for s in seqs]
-
-    def decode_text(self, ids: list) -> str:
-        n = len(self.tokenizer)
-        return self.tokenizer.decode([i for i in ids if i < n], skip_special_tokens=True).strip()
+    def decoder_lm(self):
+        return self.lm
 
 
 def load_onnx_export(path: str, *, verify: bool = True, dtype=None, providers: Optional[list] = None) -> OrtSalmonn:

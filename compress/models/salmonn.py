@@ -39,7 +39,53 @@ class GenerationOutput:
     token_ids: list
 
 
-class Salmonn(nn.Module):
+class PromptMixin:
+    """SALMONN's prompt around the speech tokens and generate(), shared by Salmonn and exported backends.
+
+    Needs .cfg, .tokenizer, ._prompt_cache, prompt_embedding(), prompt_bos(), prepare_audio(), encode_audio(),
+    eos_ids() and decoder_lm() (what compress.generation.decode runs).
+    """
+
+    def instruction_for(self, task: str) -> str:
+        return self.cfg.instructions[resolve_task(task)]
+
+    def _prompt_ids(self, instruction: str) -> tuple:
+        if instruction not in self._prompt_cache:
+            self._prompt_cache[instruction] = prompt_ids(self.tokenizer, self.cfg, instruction)
+        return self._prompt_cache[instruction]
+
+    def build_inputs(self, speech: torch.Tensor, instruction: str) -> tuple:
+        """(B, L, D) speech embeddings -> inputs_embeds (B, S, D) = [BOS, prompt-before, speech, prompt-after]."""
+        return prompt_embeds(self.prompt_embedding(), self.prompt_bos(), self._prompt_ids(instruction), speech)
+
+    @torch.inference_mode()
+    def generate(self, audios: list, task: str = "asr", *, instruction: Optional[str] = None,
+                 max_new_tokens: Optional[int] = None, num_beams: Optional[int] = None,
+                 ignore_eos: bool = False, on_token: Optional[Callable[[int], None]] = None,
+                 min_length: Optional[int] = None, repetition_penalty: Optional[float] = None,
+                 length_penalty: Optional[float] = None) -> list:
+        """Raw 16 kHz float waveforms (host) -> generated text per clip.
+
+        `on_token(step)` is called after each generated token id of the batch is on the host.
+        """
+        from ..generation import decode, options_from
+
+        opts = options_from(self.cfg.generate, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                            min_length=min_length, repetition_penalty=repetition_penalty,
+                            length_penalty=length_penalty, eos_ids=[] if ignore_eos else self.eos_ids())
+        inputs = self.prepare_audio(audios)
+        speech = self.encode_audio(**inputs)
+        embeds, mask = self.build_inputs(speech, instruction or self.instruction_for(task))
+        seqs = decode(self.decoder_lm(), embeds, mask, opts, on_token=on_token)
+        return [GenerationOutput(text=self.decode_text(s), token_ids=s) for s in seqs]
+
+    def decode_text(self, ids: list) -> str:
+        from ..generation import tokens_to_text
+
+        return tokens_to_text(self.tokenizer, ids)
+
+
+class Salmonn(PromptMixin, nn.Module):
     """The module tree with the released checkpoints' attribute names.
 
     Built empty by `build_modules`; loaders fill the weights. `tokenizer` is attached by the loader.
@@ -127,33 +173,12 @@ class Salmonn(nn.Module):
         wav, pad = batch_waveforms(waveforms) if self.beats is not None else (None, None)
         return {"spectrogram": spec, "wav": wav, "padding_mask": pad}
 
-    # ----------------------------------------------------------------- prompt
-    def instruction_for(self, task: str) -> str:
-        return self.cfg.instructions[resolve_task(task)]
+    # ----------------------------------------------------------------- prompt (PromptMixin)
+    def prompt_embedding(self) -> nn.Module:
+        return self.llama_model.get_input_embeddings()
 
-    def _prompt_ids(self, instruction: str) -> tuple:
-        if instruction not in self._prompt_cache:
-            text = self.cfg.prompt_template.format(f"{SPEECH_PLACEHOLDER} {instruction}")
-            before, after = text.split("<SpeechHere>")
-            tok = self.tokenizer
-            ids_b = tok(before, add_special_tokens=False)["input_ids"]
-            ids_a = tok(after, add_special_tokens=False)["input_ids"]
-            self._prompt_cache[instruction] = (ids_b, ids_a)
-        return self._prompt_cache[instruction]
-
-    def build_inputs(self, speech: torch.Tensor, instruction: str) -> tuple:
-        """(B, L, D) speech embeddings -> inputs_embeds (B, S, D) = [BOS, prompt-before, speech, prompt-after]."""
-        ids_b, ids_a = self._prompt_ids(instruction)
-        bos = self.tokenizer.bos_token_id
-        b = speech.shape[0]
-        ids_b = ([bos] if bos is not None else []) + list(ids_b)
-        emb = self.llama_model.get_input_embeddings()
-        dev = speech.device
-        eb = emb(torch.tensor(ids_b, device=dev)).unsqueeze(0).expand(b, -1, -1)
-        ea = emb(torch.tensor(ids_a, device=dev)).unsqueeze(0).expand(b, -1, -1)
-        embeds = torch.cat([eb, speech.to(eb.dtype), ea], dim=1)
-        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=dev)
-        return embeds, mask
+    def prompt_bos(self) -> Optional[int]:
+        return self.tokenizer.bos_token_id
 
     def eos_ids(self) -> list:
         ids = set()
@@ -165,38 +190,27 @@ class Salmonn(nn.Module):
             ids.add(self.tokenizer.eos_token_id)
         return sorted(ids)
 
-    # ----------------------------------------------------------------- generation
-    @torch.inference_mode()
-    def generate(self, audios: list, task: str = "asr", *, instruction: Optional[str] = None,
-                 max_new_tokens: Optional[int] = None, num_beams: Optional[int] = None,
-                 ignore_eos: bool = False, on_token: Optional[Callable[[int], None]] = None,
-                 min_length: Optional[int] = None, repetition_penalty: Optional[float] = None,
-                 length_penalty: Optional[float] = None) -> list:
-        """Raw 16 kHz float waveforms (host) -> generated text per clip.
+    def decoder_lm(self) -> nn.Module:
+        return self.llama_model
 
-        `on_token(step)` is called after each generated token id of the batch is on the host.
-        """
-        from ..generation import DecodeOptions, decode
 
-        g = self.cfg.generate
-        opts = DecodeOptions(
-            max_new_tokens=max_new_tokens or g.max_new_tokens,
-            num_beams=num_beams or g.num_beams,
-            min_length=g.min_length if min_length is None else min_length,
-            repetition_penalty=g.repetition_penalty if repetition_penalty is None else repetition_penalty,
-            length_penalty=g.length_penalty if length_penalty is None else length_penalty,
-            eos_ids=[] if ignore_eos else self.eos_ids(),
-        )
-        inputs = self.prepare_audio(audios)
-        speech = self.encode_audio(**inputs)
-        embeds, mask = self.build_inputs(speech, instruction or self.instruction_for(task))
-        seqs = decode(self.llama_model, embeds, mask, opts, on_token=on_token)
-        return [GenerationOutput(text=self.decode_text(s), token_ids=s) for s in seqs]
+def prompt_ids(tokenizer, cfg: SalmonnConfig, instruction: str) -> tuple:
+    """Token ids of the prompt before and after the speech tokens (the template split at <SpeechHere>)."""
+    text = cfg.prompt_template.format(f"{SPEECH_PLACEHOLDER} {instruction}")
+    before, after = text.split("<SpeechHere>")
+    return (tokenizer(before, add_special_tokens=False)["input_ids"],
+            tokenizer(after, add_special_tokens=False)["input_ids"])
 
-    def decode_text(self, ids: list) -> str:
-        n = len(self.tokenizer)
-        ids = [i for i in ids if i < n]
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+def prompt_embeds(emb, bos: Optional[int], ids: tuple, speech: torch.Tensor) -> tuple:
+    """[BOS, prompt-before, speech, prompt-after] embeddings (B, S, D) and their all-ones mask."""
+    ids_b, ids_a = ids
+    ids_b = ([bos] if bos is not None else []) + list(ids_b)
+    b, dev = speech.shape[0], speech.device
+    eb = emb(torch.tensor(ids_b, device=dev)).unsqueeze(0).expand(b, -1, -1)
+    ea = emb(torch.tensor(ids_a, device=dev)).unsqueeze(0).expand(b, -1, -1)
+    embeds = torch.cat([eb, speech.to(eb.dtype), ea], dim=1)
+    return embeds, torch.ones(embeds.shape[:2], dtype=torch.long, device=dev)
 
 
 def _full_mel_frames(encoder) -> int:
