@@ -19,7 +19,7 @@ from ..models.qformer import window_frames
 from ..models.salmonn import _pad_to_same_length
 from .features import FeatureCache
 from .optim import make_optimizer, set_lr, warmup_cosine
-from .text import target_ids
+from .text import FILLER, target_ids
 
 TRAINABLE_PREFIXES = ("ln_speech.", "beats.", "ln_audio.", "speech_Qformer.", "speech_query_tokens",
                       "speech_llama_proj.")
@@ -48,11 +48,13 @@ def pad_fbanks(fbanks: list) -> tuple:
 
 
 def speech_from_features(model, whisper_out: torch.Tensor, fbank: Optional[torch.Tensor],
-                         fbank_pad: Optional[torch.Tensor], *, beats_mode: str = "on") -> torch.Tensor:
+                         fbank_pad: Optional[torch.Tensor], *, beats_mode: str = "on",
+                         keep_windows: Optional[int] = None) -> torch.Tensor:
     """Salmonn.encode_audio from the Whisper encoder output (B, 1500, Dw) and BEATs fbanks -> (B, L, D).
 
     Padded BEATs tokens are zeroed, which is what a batch of one clip (no padding) gives at inference.
-    `beats_mode='zero'` replaces the BEATs features by zeros (ablation).
+    `beats_mode='zero'` replaces the BEATs features by zeros (ablation). `keep_windows` (training only)
+    keeps the first windows of the 30 s layout and drops the rest (see `kept_windows`).
     """
     speech = model.ln_speech(whisper_out)
     if model.beats is not None and fbank is not None:
@@ -65,6 +67,8 @@ def speech_from_features(model, whisper_out: torch.Tensor, fbank: Optional[torch
         speech, audio = _pad_to_same_length(speech, audio)
         speech = torch.cat([speech, audio], dim=-1)
     b = speech.shape[0]
+    if keep_windows is not None:
+        speech = speech[:, : (keep_windows - 1) * model.cfg.window_stride + model.cfg.window_kernel]
     windows = window_frames(speech, model.cfg.window_kernel, model.cfg.window_stride)
     queries = model.speech_query_tokens.expand(windows.shape[0], -1, -1)
     mask = torch.ones(windows.shape[:2], dtype=torch.long)
@@ -95,14 +99,59 @@ def llm_batch(model, speech: torch.Tensor, tasks: list, targets: list) -> tuple:
     return embeds, mask, lab
 
 
-def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list, *, beats_mode="on") -> tuple:
-    """Mean target-token loss of a batch, and {task: (loss sum, tokens)} for reporting."""
+def kept_windows(model, cache: FeatureCache, idx: list, rng: np.random.Generator, full_share: float) -> Optional[int]:
+    """Windows to keep for a training batch: all of them (None) for `full_share` of the batches, else the
+    windows that hold the batch's longest clip plus a random 2-24 windows of its padding.
+
+    Speech fills the first seconds of Whisper's 30 s; the padding windows after it are what the model
+    must learn to ignore, and they cost most of a step. Keeping a random stretch of them (and all of
+    them in some batches, as at inference) trains that at a fraction of the cost.
+    """
+    if full_share >= 1.0 or rng.random() < full_share:
+        return None
+    total = (cache.whisper.shape[1] - model.cfg.window_kernel) // model.cfg.window_stride + 1
+    frames = max(int(cache.offsets[i + 1] - cache.offsets[i]) for i in idx) // 2  # fbank 100/s -> Whisper 50/s
+    need = -(-frames // model.cfg.window_stride) + int(rng.integers(2, 25))
+    return min(total, need)
+
+
+class CtcHead(torch.nn.Module):
+    """Training only (not in the artifact): speech tokens -> vocabulary logits.
+
+    Logits are a learned scale times the cosine similarity between each speech token and the LM's
+    frozen token embeddings, so CTC pulls a window's token towards the direction of the word piece
+    spoken in it without dictating its norm (the LM loss sets that). The blank is the filler token
+    the LM saw in its speech slot during pretraining.
+    """
+
+    def __init__(self, scale: float = 10.0):
+        super().__init__()
+        self.log_scale = torch.nn.Parameter(torch.tensor(float(np.log(scale))))
+
+    def forward(self, speech: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        return self.log_scale.exp() * F.normalize(speech, dim=-1) @ F.normalize(table.detach(), dim=-1).T
+
+
+def ctc_loss(model, head: CtcHead, speech: torch.Tensor, targets: list) -> torch.Tensor:
+    """CTC of the answer's word pieces (EOS dropped) over the speech tokens, blank = FILLER; mean over clips."""
+    table = model.llama_model.get_input_embeddings().weight
+    logp = F.log_softmax(head(speech, table).float(), dim=-1).transpose(0, 1)  # (L, B, V)
+    tg = [t[:-1] for t in targets]
+    flat = torch.tensor([i for t in tg for i in t], dtype=torch.long)
+    return F.ctc_loss(logp, flat, torch.full((len(tg),), logp.shape[0], dtype=torch.long),
+                      torch.tensor([len(t) for t in tg], dtype=torch.long), blank=FILLER, reduction="mean",
+                      zero_infinity=True)
+
+
+def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list, *, beats_mode="on",
+               ctc_head: Optional[CtcHead] = None, ctc_weight: float = 0.0, keep_windows: Optional[int] = None) -> tuple:
+    """Mean target-token loss of a batch (+ ctc_weight x CTC on its ASR clips), and {name: (loss sum, count)}."""
     order = np.argsort(idx)  # memory-mapped rows read in file order
     rows = np.asarray(cache.whisper[np.asarray(idx)[order]])
     wh = torch.empty((len(idx),) + rows.shape[1:], dtype=torch.float32)
     wh[torch.as_tensor(order)] = torch.from_numpy(rows.astype(np.float32))
     fb, pad = pad_fbanks([cache.fbank_of(i) for i in idx])
-    speech = speech_from_features(model, wh, fb, pad, beats_mode=beats_mode)
+    speech = speech_from_features(model, wh, fb, pad, beats_mode=beats_mode, keep_windows=keep_windows)
     embeds, mask, labels = llm_batch(model, speech, tasks, targets)
     logits = model.llama_model(inputs_embeds=embeds, attention_mask=mask).logits
     tok_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
@@ -113,7 +162,13 @@ def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list
         rows = torch.tensor([t == task for t in tasks])
         m = valid & rows[:, None]
         per_task[task] = (float(tok_loss[m].sum()), int(m.sum()))
-    return tok_loss[valid].mean(), per_task
+    loss = tok_loss[valid].mean()
+    asr = [i for i, t in enumerate(tasks) if t == "asr"]
+    if ctc_head is not None and ctc_weight > 0 and asr:
+        ctc = ctc_loss(model, ctc_head, speech[asr], [targets[i] for i in asr])
+        per_task["ctc"] = (float(ctc) * len(asr), len(asr))
+        loss = loss + ctc_weight * ctc
+    return loss, per_task
 
 
 def epoch_plan(samples: list, tokenizer, rng: np.random.Generator, batch: int) -> list:
@@ -135,13 +190,16 @@ def epoch_plan(samples: list, tokenizer, rng: np.random.Generator, batch: int) -
 
 def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, batch: int, lr: float,
                 lora_lr: Optional[float], warmup: int, weight_decay: float, grad_clip: float, seed: int,
-                max_minutes: Optional[float] = None, progress: Optional[Callable] = None, log=print) -> dict:
+                ctc_weight: float = 0.0, full_share: float = 1.0, max_minutes: Optional[float] = None, progress: Optional[Callable] = None, log=print) -> dict:
     trainable = set_trainable(model)
     rng = np.random.default_rng([seed, 22])
     per_epoch = -(-len(samples) // batch)
     total = max(1, int(round(epochs * per_epoch)))
     lr_of = (lambda n: lora_lr if "lora_" in n else lr) if lora_lr else None
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    head = CtcHead() if ctc_weight > 0 else None
+    if head is not None:
+        named.append(("ctc_head.log_scale", head.log_scale))
     opt = make_optimizer(named, lr, weight_decay, lr_of)
     base = [g["lr"] for g in opt.param_groups]
     params = [p for _, p in named]
@@ -158,7 +216,9 @@ def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, bat
                 stopped = step
                 break
             set_lr(opt, base, warmup_cosine(step, total, warmup))
-            loss, per_task = batch_loss(model, cache, idx, tasks, tgts)
+            keep = kept_windows(model, cache, idx, rng, full_share)
+            loss, per_task = batch_loss(model, cache, idx, tasks, tgts, ctc_head=head, ctc_weight=ctc_weight,
+                                        keep_windows=keep)
             for task, (tot, n) in per_task.items():
                 task_tail.setdefault(task, []).append((tot, n))
             opt.zero_grad(set_to_none=True)
@@ -181,6 +241,7 @@ def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, bat
             "trainable_tensors": len(trainable), "first_loss": losses[0] if losses else None,
             "final_loss": float(np.mean(losses[-50:])) if losses else None, "loss_curve": _curve(losses),
             "final_loss_per_task": {t: round(_tail(v), 4) for t, v in task_tail.items()},
+            "ctc_weight": ctc_weight, "full_length_share": full_share,
             "seconds": round(time.perf_counter() - t0, 1)}
 
 

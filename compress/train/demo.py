@@ -144,24 +144,34 @@ def assemble(tc, cfg, tok, lm):
     beats = beats_from_cfg(cfg.beats)
     model = Salmonn(cfg, speech, add_lora(lm, cfg.lora), beats, tok)
     torch.nn.init.normal_(model.speech_query_tokens, std=0.02)
-    match_embedding_scale(model)
+    if tc.lm_slot_share > 0:
+        from .text import FILLER
+
+        match_embedding_scale(model, FILLER, tc.proj_init_scale)
+    else:
+        match_embedding_scale(model, None, tc.proj_init_scale)
     round_to_storage(model.speech_encoder)
     round_to_storage(model.llm_base(), skip="lora_")
     return model, source
 
 
 @torch.no_grad()
-def match_embedding_scale(model) -> None:
-    """Initialise speech_llama_proj so speech tokens start at the norm of the LM's token embeddings.
+def match_embedding_scale(model, filler_id: Optional[int] = None, weight_scale: float = 1.0) -> None:
+    """Initialise speech_llama_proj so speech tokens start at the scale of the LM's token embeddings.
 
     The Q-Former ends in a LayerNorm (outputs of norm ~sqrt(H)); a default Linear would give speech
-    tokens ~10x the norm of the small LM's word embeddings.
+    tokens ~10x the norm of the small LM's word embeddings. With `filler_id` the bias starts at that
+    token's embedding: the LM, pretrained to read its speech slot, first sees an "empty" slot.
     """
     proj = model.speech_llama_proj
     h, d = proj.in_features, proj.out_features
-    target = model.llama_model.get_input_embeddings().weight.norm(dim=1).mean().item()
-    torch.nn.init.normal_(proj.weight, std=target / (h * d) ** 0.5)
-    torch.nn.init.zeros_(proj.bias)
+    table = model.llama_model.get_input_embeddings().weight
+    target = table.norm(dim=1).mean().item()
+    torch.nn.init.normal_(proj.weight, std=weight_scale * target / (h * d) ** 0.5)
+    if filler_id is None:
+        torch.nn.init.zeros_(proj.bias)
+    else:
+        proj.bias.copy_(table[filler_id])
 
 
 def storable(name: str, t: torch.Tensor) -> bool:
@@ -196,7 +206,7 @@ def stage_audio(tc, model, samples, cache, progress, log):
     seed_everything(tc.seed + 3)
     return train_audio(model, samples, cache, epochs=tc.epochs, batch=tc.batch, lr=tc.lr, lora_lr=tc.lora_lr,
                        warmup=tc.warmup, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip, seed=tc.seed,
-                       max_minutes=tc.max_minutes, progress=_bar_factory("audio", progress), log=log)
+                       ctc_weight=tc.ctc_weight, full_share=tc.full_share, max_minutes=tc.max_minutes, progress=_bar_factory("audio", progress), log=log)
 
 
 def stage_save(model, out, manifest_extra, overwrite):

@@ -31,7 +31,10 @@ class TrainConfig:
     beats_buckets: int = 64
     beats_max_distance: int = 256
     beats_dropout: float = 0.1
-    # ---- Q-Former (window level, 1 query per 17-frame window)
+    # ---- Q-Former (window level, 1 query per window). SALMONN's window is 1/3 s (17 Whisper frames); the
+    # demo uses 0.16 s (8 frames) so that a window holds at most about one word piece of TTS speech,
+    # which the CTC term of the audio stage needs (see audio_stage.ctc_loss).
+    window_seconds: float = 0.16
     qformer_hidden: int = 256
     qformer_heads: int = 4
     qformer_ffn: int = 1024
@@ -44,9 +47,12 @@ class TrainConfig:
     llm_ffn: int = 768
     llm_max_positions: int = 512
     # ---- LoRA (SALMONN's defaults)
-    lora_r: int = 8
+    lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.1
+    lora_dropout: float = 0.05
+    lora_targets: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                        "up_proj", "down_proj"])
+    proj_init_scale: float = 0.5  # speech_llama_proj output scale at init, relative to the LM's embedding norm
     # ---- stage 1: text LM pretraining
     lm_epochs: float = 4.0
     lm_batch: int = 32
@@ -56,14 +62,16 @@ class TrainConfig:
     lm_prompted_share: float = 0.2  # share of sequences in the SALMONN prompt layout with an empty speech slot
     lm_slot_share: float = 0.4  # share in the prompt layout with text in the speech slot (see text.slot_tokens)
     # ---- stage 2: audio (SALMONN) training
-    epochs: float = 6.0
+    epochs: float = 10.0
     batch: int = 8
-    lr: float = 1e-3
-    lora_lr: Optional[float] = None  # None: same as lr
-    warmup: int = 200
+    lr: float = 2e-3
+    lora_lr: Optional[float] = 1e-3  # None: same as lr
+    warmup: int = 150
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    max_minutes: Optional[float] = None  # stop the audio stage early after this wall time (cosine ends there)
+    ctc_weight: float = 1.0  # auxiliary CTC on the speech tokens of ASR clips (0 = SALMONN's loss only)
+    full_share: float = 0.15  # share of batches with all 30 s of windows; the rest keep speech + 2-24 padding windows
+    max_minutes: Optional[float] = 32.0  # safety stop of the audio stage (wall time; the schedule is by steps)
     # ---- feature caching
     cache_batch: int = 8
     # ---- decoding defaults written into the artifact
@@ -158,7 +166,8 @@ def salmonn_config(tc: TrainConfig, vocab_size: int, *, bos: int, eos: int, pad:
                               intermediate_size=tc.qformer_ffn, num_hidden_layers=tc.qformer_layers,
                               encoder_width=whisper["d_model"] + tc.beats_dim),
         lora=LoraSettings(r=tc.lora_r, alpha=tc.lora_alpha, dropout=tc.lora_dropout,
-                          target_modules=["q_proj", "v_proj"]),
+                          target_modules=list(tc.lora_targets)),
+        second_per_window=tc.window_seconds, second_stride=tc.window_seconds,
         generate=GenerateSettings(num_beams=tc.num_beams, max_new_tokens=tc.max_new_tokens),
         extra=dict(extra or {}),
     )
