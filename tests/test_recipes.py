@@ -210,3 +210,13 @@ def test_text_calibration_feeds_the_llm_text_only():
     assert emb.shape == want.shape and torch.equal(emb, want) and mask.sum() == len(ids)
     audio_emb, _ = llm_inputs(m, s, True, "audio")
     assert audio_emb.shape[1] > emb.shape[1]
+
+
+def test_benchmark_recipes_validate():
+    """Recipes kept for recorded benchmark runs (benchmarks/recipes/) load and validate like shipped ones."""
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "recipes")
+    paths = sorted(os.path.join(root, f) for f in os.listdir(root) if f.endswith(".yaml"))
+    assert paths
+    for p in paths:
+        r = load_recipe(p)
+        assert r.steps and r.name == os.path.splitext(os.path.basename(p))[0]
