@@ -12,7 +12,6 @@ generate minus a steady one, reported apart from the latencies.
 
 import argparse
 import datetime as _dt
-import json
 import os
 import sys
 import time
@@ -39,6 +38,7 @@ def main(argv=None) -> int:
     from compress.audio import load_audio
     from compress.bench.harness import environment
     from compress.bench.latency import measure_latency, set_threads
+    from compress.bench.results import write_json
     from compress.data.annotations import read_annotations
     from compress.loaders import load_model
     from compress.steps.runtime import SDPA_PARTS, compile_parts, set_attention
@@ -94,9 +94,7 @@ def main(argv=None) -> int:
            "load_seconds": round(load_s, 1), "environment": environment(str(model.device)),
            "ratios": ratios, "extra": extra, "runs": runs,
            "not_run_here": "CUDA (compile with CUDA graphs, Liger kernels): no GPU on this machine"}
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(doc, f, indent=1)
+    write_json(doc, a.out)  # atomic: never half a result file
     return 0
 
 

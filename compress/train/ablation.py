@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import json
 import os
 import sys
 
@@ -104,9 +103,9 @@ def main(argv=None) -> int:
                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                "model": args.model, "data": os.path.abspath(args.data),
                "decoding": dict(vars(model.cfg.generate)), "threads": args.threads, "variants": res}
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(doc, f, indent=1)
+        from ..bench.results import write_json
+
+        write_json(doc, args.out)
     return 0
 
 
