@@ -161,12 +161,12 @@ def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list
     for task in set(tasks):
         rows = torch.tensor([t == task for t in tasks])
         m = valid & rows[:, None]
-        per_task[task] = (float(tok_loss[m].sum()), int(m.sum()))
+        per_task[task] = (tok_loss[m].sum().item(), int(m.sum()))
     loss = tok_loss[valid].mean()
     asr = [i for i, t in enumerate(tasks) if t == "asr"]
     if ctc_head is not None and ctc_weight > 0 and asr:
         ctc = ctc_loss(model, ctc_head, speech[asr], [targets[i] for i in asr])
-        per_task["ctc"] = (float(ctc) * len(asr), len(asr))
+        per_task["ctc"] = (ctc.item() * len(asr), len(asr))
         loss = loss + ctc_weight * ctc
     return loss, per_task
 
@@ -190,7 +190,8 @@ def epoch_plan(samples: list, tokenizer, rng: np.random.Generator, batch: int) -
 
 def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, batch: int, lr: float,
                 lora_lr: Optional[float], warmup: int, weight_decay: float, grad_clip: float, seed: int,
-                ctc_weight: float = 0.0, full_share: float = 1.0, max_minutes: Optional[float] = None, progress: Optional[Callable] = None, log=print) -> dict:
+                ctc_weight: float = 0.0, full_share: float = 1.0, max_minutes: Optional[float] = None,
+                progress: Optional[Callable] = None, log=print) -> dict:
     trainable = set_trainable(model)
     rng = np.random.default_rng([seed, 22])
     per_epoch = -(-len(samples) // batch)
