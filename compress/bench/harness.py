@@ -170,12 +170,11 @@ def score(records: list, settings: BenchSettings) -> dict:
 
 def artifact_bytes(spec: str) -> Optional[int]:
     """Bytes on disk of the model's artifact directory (None for presets and official checkpoints)."""
+    from ..loaders.artifact import dir_bytes
     from ..loaders.spec import DEMO_DIR
 
     path = DEMO_DIR if spec == "demo" else spec
-    if not os.path.isdir(path):
-        return None
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    return dir_bytes(path) if os.path.isdir(path) else None
 
 
 def _first_clip(records: list) -> Optional[dict]:

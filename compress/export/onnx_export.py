@@ -14,7 +14,6 @@ Large graphs (> 2 GB) keep their weights in a `<graph>.onnx.data` file beside th
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import io
 import json
 import logging
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..loaders.artifact import FORMAT, FORMAT_VERSION, MANIFEST, atomic_directory, package_versions, sha256_file
+from ..loaders.artifact import atomic_directory, file_table, package_versions, write_manifest
 from .wrappers import DecoderWithCache, example_audio, float32_front, full_mel_frames, merged_llm, require_exportable
 
 KIND = "onnx"
@@ -190,17 +189,6 @@ def quantize_llm(path: str) -> dict:
                     "host embedding table stay float32"}
 
 
-def _file_table(root: str) -> dict:
-    files = {}
-    for dirpath, _, names in os.walk(root):
-        for n in sorted(names):
-            p = os.path.join(dirpath, n)
-            rel = os.path.relpath(p, root)
-            if rel != MANIFEST:
-                files[rel] = {"sha256": sha256_file(p), "bytes": os.path.getsize(p)}
-    return files
-
-
 def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT_OPSET, overwrite: bool = False,
                 check: Optional[dict] = None, manifest_extra: Optional[dict] = None,
                 step_report: Optional[dict] = None, log=None) -> str:
@@ -245,16 +233,14 @@ def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT
                   "graphs": {"audio_front": front, "llm": llm}, "embedding_table": EMBED,
                   "quantization": quant or "none (float32 weights)", "seconds": round(time.perf_counter() - t0, 3)}
         extra = dict(manifest_extra or {})
+        files = file_table(tmp)
         if step_report is not None:
-            step_report.update(seconds=export["seconds"], files=sorted(_file_table(tmp)),
+            step_report.update(seconds=export["seconds"], files=sorted(files),
                                quantization=quant["method"] if quant else None,
                                parity=None if result is None else {k: result[k] for k in ("clips", "identical")})
             extra["steps"] = list(extra.get("steps", [])) + [step_report]
-        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": KIND,
-                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    "packages": export_versions(), "files": _file_table(tmp), "export": export,
-                    "check": result if result is not None else "not run (export --check DATA)", **extra}
-        with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=1, default=str)
+        write_manifest(tmp, {"kind": KIND, "export": export,
+                             "check": result if result is not None else "not run (export --check DATA)", **extra},
+                       packages=export_versions(), files=files)
 
     return atomic_directory(out_dir, write, overwrite=overwrite)

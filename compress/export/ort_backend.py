@@ -18,7 +18,7 @@ import torch
 
 from ..errors import CheckpointError, UserError
 from ..models.config import SalmonnConfig
-from ..models.salmonn import PromptMixin, real_mel_frames
+from ..models.salmonn import PromptMixin
 from .onnx_export import CONFIG, EMBED, FRONT, KIND, LLM
 
 
@@ -165,16 +165,6 @@ class OrtSalmonn(PromptMixin):
         return onnx_part_stats(self.path, self.part_files())
 
     # ------------------------------------------------------------------ audio path
-    def prepare_audio(self, waveforms: list) -> dict:
-        from ..audio import batch_waveforms, whisper_features
-
-        spec = whisper_features(waveforms, self.n_mels)
-        if self.real_length:
-            spec = spec[..., : real_mel_frames(max(len(w) for w in waveforms), self.cfg.window_kernel,
-                                               self.cfg.window_stride, spec.shape[-1])]
-        wav, pad = batch_waveforms(waveforms) if self.has_beats else (None, None)
-        return {"spectrogram": spec, "wav": wav, "padding_mask": pad}
-
     def encode_audio(self, spectrogram, wav=None, padding_mask=None) -> torch.Tensor:
         feeds = {"spectrogram": np.ascontiguousarray(spectrogram.cpu().numpy(), dtype=np.float32)}
         if self.has_beats:

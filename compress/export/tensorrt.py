@@ -9,7 +9,6 @@ TensorRT number is ever reported. There is no TensorRT backend for `bench` yet: 
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import json
 import os
 import time
@@ -18,7 +17,7 @@ from typing import Optional
 import torch
 
 from ..errors import UserError
-from ..loaders.artifact import FORMAT, FORMAT_VERSION, MANIFEST, atomic_directory, package_versions, sha256_file
+from ..loaders.artifact import atomic_directory, file_table, write_manifest
 from .wrappers import DecoderWithCache, example_audio, float32_front, full_mel_frames, merged_llm, require_exportable
 
 KIND = "tensorrt"
@@ -105,11 +104,7 @@ def export_tensorrt(model, out_dir: str, *, llm: bool = True, overwrite: bool = 
         model.tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump({"model": model.cfg.to_dict(), "graphs": graphs}, f, indent=1, default=str)
-        files = {}
-        for dirpath, _, names in os.walk(tmp):
-            for nm in sorted(names):
-                p = os.path.join(dirpath, nm)
-                files[os.path.relpath(p, tmp)] = {"sha256": sha256_file(p), "bytes": os.path.getsize(p)}
+        files = file_table(tmp)
         import torch_tensorrt
 
         extra = dict(manifest_extra or {})
@@ -120,10 +115,6 @@ def export_tensorrt(model, out_dir: str, *, llm: bool = True, overwrite: bool = 
         if step_report is not None:
             step_report.update(seconds=export["seconds"], files=sorted(files))
             extra["steps"] = list(extra.get("steps", [])) + [step_report]
-        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": KIND,
-                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    "packages": package_versions(), "files": files, "export": export, **extra}
-        with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=1, default=str)
+        write_manifest(tmp, {"kind": KIND, "export": export, **extra}, files=files)
 
     return atomic_directory(out_dir, write, overwrite=overwrite)

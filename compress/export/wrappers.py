@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..models.qformer import window_frames
-from ..models.salmonn import _full_mel_frames, whisper_encode, whisper_encode_frames
+from ..models.salmonn import _full_mel_frames, whisper_encode, whisper_encode_frames, window_tokens
 
 
 class AudioFront(nn.Module):
@@ -53,13 +52,7 @@ class AudioFront(nn.Module):
             pad = feats.new_zeros(feats.shape[0], ta, feats.shape[2])
             feats = torch.cat([feats, pad], dim=1)[:, :ta]
             speech = torch.cat([speech, feats], dim=-1)
-        b = speech.shape[0]
-        windows = window_frames(speech, self.kernel, self.stride)  # (B*L, k, C)
-        queries = self.speech_query_tokens.expand(windows.shape[0], -1, -1)
-        mask = torch.ones(windows.shape[:2], dtype=torch.long, device=windows.device)
-        q = self.speech_Qformer(queries, windows, mask)
-        q = self.speech_llama_proj(q)
-        return q.reshape(b, -1, q.shape[-1])
+        return window_tokens(self, speech, self.kernel, self.stride)
 
 
 class DecoderWithCache(nn.Module):

@@ -121,25 +121,46 @@ def save_artifact(model, out_dir: str, *, manifest_extra: Optional[dict] = None,
             json.dump({"model": cfg, "aliases": aliases, "sparse": sparse,
                        "modules": getattr(model, "module_overrides", {})}, f, indent=1, default=str)
         model.tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
-        files = {}
-        for dirpath, _, names in os.walk(tmp):
-            for n in sorted(names):
-                p = os.path.join(dirpath, n)
-                files[os.path.relpath(p, tmp)] = {"sha256": sha256_file(p), "bytes": os.path.getsize(p)}
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "packages": package_versions(),
-            "files": files,
+        write_manifest(tmp, {
             "storage": {"mode": storage, "sparse_tensors": len(sparse), "dense_tensor_bytes": dense_bytes,
                         "stored_tensor_bytes": tensor_bytes(unique)},
             **(manifest_extra or {}),
-        }
-        with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=1, default=str)
+        })
 
     return atomic_directory(out_dir, write, overwrite=overwrite)
+
+
+def file_table(root: str) -> dict:
+    """Relative path -> {sha256, bytes} of every file under `root` but the manifest."""
+    files = {}
+    for dirpath, _, names in os.walk(root):
+        for n in sorted(names):
+            p = os.path.join(dirpath, n)
+            rel = os.path.relpath(p, root)
+            if rel != MANIFEST:
+                files[rel] = {"sha256": sha256_file(p), "bytes": os.path.getsize(p)}
+    return files
+
+
+def dir_bytes(root: str) -> int:
+    """Bytes of every file under `root`."""
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+
+
+def write_manifest(root: str, fields: dict, *, packages: Optional[dict] = None, files: Optional[dict] = None) -> dict:
+    """Write `root`'s manifest (last, once everything else is written): format header, creation time, package
+    versions, the file table (computed here unless given), then `fields`. Returns it."""
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "packages": packages if packages is not None else package_versions(),
+        "files": files if files is not None else file_table(root),
+        **fields,
+    }
+    with open(os.path.join(root, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1, default=str)
+    return manifest
 
 
 def read_manifest(path: str) -> dict:

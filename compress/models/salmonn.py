@@ -40,11 +40,23 @@ class GenerationOutput:
 
 
 class PromptMixin:
-    """SALMONN's prompt around the speech tokens and generate(), shared by Salmonn and exported backends.
+    """Audio preparation, SALMONN's prompt around the speech tokens and generate(), shared by Salmonn and the
+    exported backends.
 
-    Needs .cfg, .tokenizer, ._prompt_cache, prompt_embedding(), prompt_bos(), prepare_audio(), encode_audio(),
-    eos_ids() and decoder_lm() (what compress.generation.decode runs).
+    Needs .cfg, .tokenizer, .n_mels, .real_length, .has_beats, ._prompt_cache, prompt_embedding(), prompt_bos(),
+    encode_audio(), eos_ids() and decoder_lm() (what compress.generation.decode runs).
     """
+
+    def prepare_audio(self, waveforms: list) -> dict:
+        """Host arrays -> model inputs (features on the model's device)."""
+        from ..audio import batch_waveforms, whisper_features
+
+        spec = whisper_features(waveforms, self.n_mels)
+        if self.real_length:  # keep only the mel frames the longest clip's windows need
+            spec = spec[..., : real_mel_frames(max(len(w) for w in waveforms), self.cfg.window_kernel,
+                                               self.cfg.window_stride, spec.shape[-1])]
+        wav, pad = batch_waveforms(waveforms) if self.has_beats else (None, None)
+        return {"spectrogram": spec, "wav": wav, "padding_mask": pad}
 
     def instruction_for(self, task: str) -> str:
         return self.cfg.instructions[resolve_task(task)]
@@ -154,24 +166,11 @@ class Salmonn(PromptMixin, nn.Module):
                 audio = audio[:, : speech.shape[1]]
             speech, audio = _pad_to_same_length(speech, audio.to(speech.dtype))
             speech = torch.cat([speech, audio], dim=-1)  # (B, T, Dw + 768)
-        b = speech.shape[0]
-        windows = window_frames(speech, self.cfg.window_kernel, self.cfg.window_stride)  # (B*L, k, C)
-        queries = self.speech_query_tokens.expand(windows.shape[0], -1, -1)
-        mask = torch.ones(windows.shape[:2], dtype=torch.long, device=windows.device)
-        q = self.speech_Qformer(queries.to(windows.dtype), windows, mask)  # (B*L, Q, H)
-        q = self.speech_llama_proj(q.to(self.speech_query_tokens.dtype))  # (B*L, Q, D)
-        return q.reshape(b, -1, q.shape[-1])  # (B, L*Q, D)
+        return window_tokens(self, speech, self.cfg.window_kernel, self.cfg.window_stride)
 
-    def prepare_audio(self, waveforms: list) -> dict:
-        """Host arrays -> model inputs (features on the model's device)."""
-        from ..audio import batch_waveforms, whisper_features
-
-        spec = whisper_features(waveforms, self.n_mels)
-        if self.real_length:  # keep only the mel frames the longest clip's windows need
-            spec = spec[..., : real_mel_frames(max(len(w) for w in waveforms), self.cfg.window_kernel,
-                                               self.cfg.window_stride, spec.shape[-1])]
-        wav, pad = batch_waveforms(waveforms) if self.beats is not None else (None, None)
-        return {"spectrogram": spec, "wav": wav, "padding_mask": pad}
+    @property
+    def has_beats(self) -> bool:
+        return self.beats is not None
 
     # ----------------------------------------------------------------- prompt (PromptMixin)
     def prompt_embedding(self) -> nn.Module:
@@ -192,6 +191,20 @@ class Salmonn(PromptMixin, nn.Module):
 
     def decoder_lm(self) -> nn.Module:
         return self.llama_model
+
+
+def window_tokens(m, speech: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """(B, T, C) encoder frames -> (B, L*Q, D) speech tokens: the window-level Q-Former and the projection.
+
+    `m` has speech_Qformer, speech_query_tokens and speech_llama_proj (a Salmonn, or an export wrapper).
+    """
+    b = speech.shape[0]
+    windows = window_frames(speech, kernel, stride)  # (B*L, k, C)
+    queries = m.speech_query_tokens.expand(windows.shape[0], -1, -1)
+    mask = torch.ones(windows.shape[:2], dtype=torch.long, device=windows.device)
+    q = m.speech_Qformer(queries.to(windows.dtype), windows, mask)  # (B*L, Q, H)
+    q = m.speech_llama_proj(q.to(m.speech_query_tokens.dtype))  # (B*L, Q, D)
+    return q.reshape(b, -1, q.shape[-1])  # (B, L*Q, D)
 
 
 def prompt_ids(tokenizer, cfg: SalmonnConfig, instruction: str) -> tuple:

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.qformer import window_frames
-from ..models.salmonn import _pad_to_same_length
+from ..models.salmonn import _pad_to_same_length, window_tokens
 from .features import FeatureCache
 from .optim import make_optimizer, set_lr, warmup_cosine
 from .text import FILLER, target_ids
@@ -66,15 +65,9 @@ def speech_from_features(model, whisper_out: torch.Tensor, fbank: Optional[torch
             audio = torch.zeros_like(audio)
         speech, audio = _pad_to_same_length(speech, audio)
         speech = torch.cat([speech, audio], dim=-1)
-    b = speech.shape[0]
     if keep_windows is not None:
         speech = speech[:, : (keep_windows - 1) * model.cfg.window_stride + model.cfg.window_kernel]
-    windows = window_frames(speech, model.cfg.window_kernel, model.cfg.window_stride)
-    queries = model.speech_query_tokens.expand(windows.shape[0], -1, -1)
-    mask = torch.ones(windows.shape[:2], dtype=torch.long)
-    q = model.speech_Qformer(queries, windows, mask)
-    q = model.speech_llama_proj(q)
-    return q.reshape(b, -1, q.shape[-1])
+    return window_tokens(model, speech, model.cfg.window_kernel, model.cfg.window_stride)
 
 
 def llm_batch(model, speech: torch.Tensor, tasks: list, targets: list) -> tuple:

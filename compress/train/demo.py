@@ -241,7 +241,7 @@ def train(tc: recipe.TrainConfig, out: str, *, data_dir: str = DEFAULT_DATA, ann
           command: Optional[list] = None, log=print) -> dict:
     """Run every stage; returns the summary (also stored in the artifact's manifest)."""
     from ..data.annotations import read_annotations
-    from ..loaders.artifact import MANIFEST, load_artifact
+    from ..loaders.artifact import MANIFEST, dir_bytes, load_artifact
 
     out = os.path.abspath(out)
     if os.path.exists(out) and not overwrite:
@@ -294,7 +294,7 @@ def train(tc: recipe.TrainConfig, out: str, *, data_dir: str = DEFAULT_DATA, ann
         raise ConfigError(f"artifact loaded with non-float32 parameters: {bad[:3]}")
     if eval_data:
         summary["eval"] = quick_eval(loaded, dev, eval_limit)
-    summary["artifact_bytes"] = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
+    summary["artifact_bytes"] = dir_bytes(out)
     return summary
 
 
