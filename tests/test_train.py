@@ -146,3 +146,115 @@ def test_beats_ablation_variants_change_only_the_beats_branch():
     assert torch.equal(ref, again)  # patches removed
     assert not torch.allclose(ref, outs["silence"]) and not torch.allclose(ref, outs["zero"])
     assert not torch.allclose(outs["silence"], outs["zero"])
+
+
+def _tiny_model(tiny_data, n=4):
+    from compress.models.build import llm_from_config
+
+    tc = recipe.preset("test")
+    samples = read_annotations(tiny_data)
+    cfg0 = recipe.salmonn_config(tc, 300, bos=1, eos=2, pad=0)
+    corpus = build_corpus(samples)
+    tok = train_tokenizer(corpus, cfg0, 300)
+    cfg = recipe.salmonn_config(tc, len(tok), bos=1, eos=2, pad=0)
+    model, _ = assemble(tc, cfg, tok, llm_from_config(cfg.llm))
+    return tc, cfg, tok, corpus, samples, model
+
+
+def test_training_options_are_validated():
+    from compress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="proj_init"):
+        recipe.preset("test").replace(proj_init="zeros")
+    with pytest.raises(ConfigError, match="ctc_head"):
+        recipe.preset("test").replace(ctc_head="cosine")
+    with pytest.raises(ConfigError, match="unknown training option"):
+        recipe.preset("test").replace(not_an_option=1)
+
+
+def test_short_slot_keeps_every_token_and_a_bounded_tail():
+    from compress.train.text import FILLER, short_slot
+
+    rng = np.random.default_rng(0)
+    slot = [FILLER, 7, FILLER, 9, 11] + [FILLER] * 100
+    for _ in range(20):
+        cut = short_slot(slot, rng, 0.0)
+        assert cut[:5] == slot[:5] and 5 + 2 <= len(cut) <= 5 + 24
+        assert set(cut[5:]) == {FILLER}
+    assert short_slot(slot, rng, 1.0) == slot
+
+
+def test_slot_reading_reports_own_and_other_slot_losses(tiny_data):
+    from compress.models.build import llm_from_config
+    from compress.train.text import slot_reading
+
+    tc, cfg, tok, corpus, _, _ = _tiny_model(tiny_data)
+    lm = llm_from_config(cfg.llm)
+    out = slot_reading(lm, tok, cfg, corpus, n_speech_tokens(cfg), seed=0)
+    assert set(out) == {"asr", "caption"}
+    for v in out.values():
+        assert set(v) == {"own_slot", "other_slot"} and all(np.isfinite(x) and x > 0 for x in v.values())
+
+
+def test_projection_init_from_data_sets_scale_and_centre(tiny_data, tmp_path):
+    from compress.train.audio_stage import init_projection_from_data, pad_fbanks, speech_from_features
+    from compress.train.demo import stage_features
+    from compress.train.text import FILLER
+
+    tc, cfg, tok, corpus, samples, model = _tiny_model(tiny_data)
+    cache = stage_features(tc, model, samples, str(tmp_path), False, lambda *a: None)
+    idx = list(range(len(samples)))
+    info = init_projection_from_data(model, cache, idx, 1.0, FILLER)
+    table = model.llama_model.get_input_embeddings().weight
+    model.eval()
+    with torch.no_grad():
+        wh = torch.from_numpy(np.asarray(cache.whisper[idx]).astype(np.float32))
+        fb, pad = pad_fbanks([cache.fbank_of(i) for i in idx])
+        sp = speech_from_features(model, wh, fb, pad, keep_windows=60).reshape(-1, table.shape[1])
+    # the mean token is the filler's embedding; tokens spread around it by one mean embedding norm
+    assert torch.allclose(sp.mean(0), table[FILLER], atol=1e-4)
+    spread = (sp - sp.mean(0)).norm(dim=1).mean().item()
+    assert abs(spread / table.norm(dim=1).mean().item() - 1.0) < 1e-3
+    assert info["clips"] == len(idx) and 0 < info["window_dependent_share"] < 1
+
+
+@pytest.mark.parametrize("kind", ["lm", "linear"])
+def test_ctc_head_learns_on_free_tokens(tiny_data, kind):
+    """Both CTC heads give a loss that falls when the speech tokens themselves are optimised."""
+    from compress.train.audio_stage import CtcHead, ctc_loss
+
+    torch.manual_seed(0)
+    tc, cfg, tok, corpus, samples, model = _tiny_model(tiny_data)
+    lm = model.llm_base()
+    head = CtcHead(kind, tc.llm_hidden, lm.get_input_embeddings().num_embeddings)
+    targets = [target_ids(tok, "a steady tone"), target_ids(tok, "a low rumble")]
+    x = torch.randn(2, 12, tc.llm_hidden, requires_grad=True)
+    opt = torch.optim.Adam([x] + list(head.parameters()), lr=5e-2)
+    first = None
+    for _ in range(60):
+        loss = ctc_loss(head, x, targets, lm)
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first, (first, loss.item())
+    assert not any(p.grad is not None and p.requires_grad for p in lm.parameters())  # the LM stays frozen
+
+
+def test_audio_control_compares_own_and_other_audio(tiny_data, tmp_path):
+    from compress.train.audio_stage import audio_control, batch_loss
+    from compress.train.demo import stage_features
+
+    tc, cfg, tok, corpus, samples, model = _tiny_model(tiny_data)
+    cache = stage_features(tc, model, samples, str(tmp_path), False, lambda *a: None)
+    out = audio_control(model, cache, samples, n=4)
+    assert set(out) == {"asr", "caption"}
+    model.eval()
+    for task, v in out.items():
+        ids = [i for i, s in enumerate(samples) if s.task == task][-4:]
+        tg = [target_ids(tok, (samples[i].references or [samples[i].text])[0]) for i in ids]
+        with torch.no_grad():
+            own, _ = batch_loss(model, cache, ids, [task] * 4, tg, keep_windows=60)
+            other, _ = batch_loss(model, cache, ids[2:] + ids[:2], [task] * 4, tg, keep_windows=60)
+        assert v == {"own_audio": round(own.item(), 4), "other_audio": round(other.item(), 4)}
+    assert model.training is False  # the mode it was called in is restored

@@ -9,6 +9,7 @@ followed by the target tokens + EOS (teacher forcing); the loss covers the targe
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Callable, Optional
 
 import numpy as np
@@ -108,32 +109,93 @@ def kept_windows(model, cache: FeatureCache, idx: list, rng: np.random.Generator
     return min(total, need)
 
 
-class CtcHead(torch.nn.Module):
-    """Training only (not in the artifact): speech tokens -> vocabulary logits.
+CTC_HEADS = ("lm", "linear")
 
-    Logits are a learned scale times the cosine similarity between each speech token and the LM's
-    frozen token embeddings, so CTC pulls a window's token towards the direction of the word piece
-    spoken in it without dictating its norm (the LM loss sets that). The blank is the filler token
-    the LM saw in its speech slot during pretraining.
+
+class CtcHead(torch.nn.Module):
+    """Training only (not in the artifact): speech tokens -> vocabulary logits for the auxiliary CTC.
+
+    `lm`: the frozen LM's own final norm and (tied) output layer read the speech token as if it were
+    a hidden state, times a learned scale: CTC then pulls each window's token towards the embedding
+    of the word piece spoken in it, which is what the LM learned to copy from its speech slot in
+    pretraining. `linear`: a LayerNorm (no affine) and a free linear layer (tokens only need to be
+    linearly decodable). The blank is the filler token of the slot-reading sequences. (A head of
+    cosine similarities to the frozen embedding table did not learn at all: the table's rows share
+    one dominant direction, so all cosines are nearly equal.)
     """
 
-    def __init__(self, scale: float = 10.0):
+    def __init__(self, kind: str, dim: int, vocab: int):
         super().__init__()
-        self.log_scale = torch.nn.Parameter(torch.tensor(float(np.log(scale))))
+        if kind not in CTC_HEADS:
+            raise ValueError(f"unknown CTC head {kind!r}; valid: {', '.join(CTC_HEADS)}")
+        self.kind = kind
+        if kind == "linear":
+            self.out = torch.nn.Linear(dim, vocab)
+        else:
+            self.log_scale = torch.nn.Parameter(torch.zeros(()))
 
-    def forward(self, speech: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        return self.log_scale.exp() * F.normalize(speech, dim=-1) @ F.normalize(table.detach(), dim=-1).T
+    def forward(self, speech: torch.Tensor, lm=None) -> torch.Tensor:
+        if self.kind == "linear":
+            return self.out(F.layer_norm(speech, speech.shape[-1:]))
+        return lm.get_output_embeddings()(lm.model.norm(speech)) * self.log_scale.exp()
 
 
-def ctc_loss(model, head: CtcHead, speech: torch.Tensor, targets: list) -> torch.Tensor:
+def ctc_loss(head: CtcHead, speech: torch.Tensor, targets: list, lm=None) -> torch.Tensor:
     """CTC of the answer's word pieces (EOS dropped) over the speech tokens, blank = FILLER; mean over clips."""
-    table = model.llama_model.get_input_embeddings().weight
-    logp = F.log_softmax(head(speech, table).float(), dim=-1).transpose(0, 1)  # (L, B, V)
+    logp = F.log_softmax(head(speech, lm).float(), dim=-1).transpose(0, 1)  # (L, B, V)
     tg = [t[:-1] for t in targets]
     flat = torch.tensor([i for t in tg for i in t], dtype=torch.long)
     return F.ctc_loss(logp, flat, torch.full((len(tg),), logp.shape[0], dtype=torch.long),
                       torch.tensor([len(t) for t in tg], dtype=torch.long), blank=FILLER, reduction="mean",
                       zero_infinity=True)
+
+
+@torch.no_grad()
+def boost_cross_attention(model, gain: float) -> None:
+    """Scale the Q-Former's cross-attention output projections at init.
+
+    With a single query per window, every window's query is the same vector; at the default init
+    the audio read by cross-attention is a small part of each post-LN residual (about 9% of the
+    Q-Former output's energy varies across windows, measured on training clips), so the speech
+    tokens start almost identical. A larger cross-attention output makes the audio dominate.
+    """
+    for layer in model.speech_Qformer.bert.encoder.layer:
+        if layer.has_cross_attention:
+            layer.crossattention.output.dense.weight.mul_(gain)
+
+
+@torch.no_grad()
+def init_projection_from_data(model, cache: FeatureCache, idx: list, scale: float, filler_id: int) -> dict:
+    """Data-dependent init of speech_llama_proj (training clips `idx`, first 60 windows each).
+
+    The Q-Former output's mean over windows is mapped to the filler token's embedding (what the
+    pretrained LM saw in an empty speech slot) and its window-dependent part to vectors of `scale`
+    times the LM's mean embedding norm, so the speech tokens start at the embedding scale and differ
+    from window to window as much as word embeddings differ.
+    """
+    was = model.training
+    model.eval()
+    seen = {}
+    hook = model.speech_Qformer.register_forward_hook(lambda m, i, o: seen.__setitem__("q", o))
+    try:
+        rows = np.asarray(cache.whisper[np.sort(np.asarray(idx))])
+        wh = torch.from_numpy(rows.astype(np.float32))
+        fb, pad = pad_fbanks([cache.fbank_of(i) for i in sorted(idx)])
+        speech_from_features(model, wh, fb, pad, keep_windows=60)
+    finally:
+        hook.remove()
+        model.train(was)
+    x = seen["q"].reshape(-1, seen["q"].shape[-1]).float()
+    mu = x.mean(0)
+    table = model.llama_model.get_input_embeddings().weight
+    target = scale * table.norm(dim=1).mean().item()
+    proj = model.speech_llama_proj
+    torch.nn.init.normal_(proj.weight)
+    proj.weight.mul_(target / ((x - mu) @ proj.weight.T).norm(dim=1).mean().item())
+    proj.bias.copy_(table[filler_id] - proj.weight @ mu)
+    out = proj(x)
+    return {"clips": len(idx), "token_norm": round(out.norm(dim=1).mean().item(), 4),
+            "window_dependent_share": round((out.var(0).sum() / out.pow(2).sum(1).mean()).item(), 4)}
 
 
 def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list, *, beats_mode="on",
@@ -158,7 +220,7 @@ def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list
     loss = tok_loss[valid].mean()
     asr = [i for i, t in enumerate(tasks) if t == "asr"]
     if ctc_head is not None and ctc_weight > 0 and asr:
-        ctc = ctc_loss(model, ctc_head, speech[asr], [targets[i] for i in asr])
+        ctc = ctc_loss(ctc_head, speech[asr], [targets[i] for i in asr], model.llm_base())
         per_task["ctc"] = (ctc.item() * len(asr), len(asr))
         loss = loss + ctc_weight * ctc
     return loss, per_task
@@ -184,19 +246,22 @@ def epoch_plan(samples: list, tokenizer, rng: np.random.Generator, batch: int) -
 def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, batch: int, lr: float,
                 lora_lr: Optional[float], warmup: int, weight_decay: float, grad_clip: float, seed: int,
                 ctc_weight: float = 0.0, full_share: float = 1.0, max_minutes: Optional[float] = None,
-                progress: Optional[Callable] = None, log=print) -> dict:
+                proj_lr: Optional[float] = None, ctc_head: str = "lm", progress: Optional[Callable] = None, log=print) -> dict:
     trainable = set_trainable(model)
     rng = np.random.default_rng([seed, 22])
     per_epoch = -(-len(samples) // batch)
     total = max(1, int(round(epochs * per_epoch)))
-    lr_of = (lambda n: lora_lr if "lora_" in n else lr) if lora_lr else None
+    lr_of = partial(_lr_of, lr=lr, lora_lr=lora_lr, proj_lr=proj_lr)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    head = CtcHead() if ctc_weight > 0 else None
-    if head is not None:
-        named.append(("ctc_head.log_scale", head.log_scale))
+    head = None
+    if ctc_weight > 0:
+        head = CtcHead(ctc_head, model.speech_llama_proj.out_features,
+                       model.llama_model.get_input_embeddings().num_embeddings)
+        named += [(f"ctc_head.{n}", p) for n, p in head.named_parameters()]
     opt = make_optimizer(named, lr, weight_decay, lr_of)
     base = [g["lr"] for g in opt.param_groups]
     params = [p for _, p in named]
+    control_before = audio_control(model, cache, samples)
     model.train()
     model.speech_encoder.eval()
     losses, step, t0, stopped = [], 0, time.perf_counter(), None
@@ -235,8 +300,48 @@ def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, bat
             "trainable_tensors": len(trainable), "first_loss": losses[0] if losses else None,
             "final_loss": float(np.mean(losses[-50:])) if losses else None, "loss_curve": _curve(losses),
             "final_loss_per_task": {t: round(_tail(v), 4) for t, v in task_tail.items()},
-            "ctc_weight": ctc_weight, "full_length_share": full_share,
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "ctc_weight": ctc_weight, "ctc_head": ctc_head, "full_length_share": full_share, "lr": lr, "lora_lr": lora_lr,
+            "proj_lr": proj_lr, "seconds": round(time.perf_counter() - t0, 1),
+            "audio_control": {"what": "target loss of the last 16 training clips per task with their own audio vs "
+                                      "the audio of other clips (equal = the audio is not read)",
+                              "before": control_before, "after": audio_control(model, cache, samples)}}
+
+
+def _lr_of(name: str, *, lr: float, lora_lr: Optional[float], proj_lr: Optional[float]) -> float:
+    """LoRA and the projection may have their own LR. The projection writes straight into the LM's
+    embedding space, whose scale is small (mean row norm ~0.6 here): an Adam step of `lr` on its
+    weights moves a speech token by several embedding norms, and the tokens then drift to norms
+    of 20-80 and lose their window-to-window differences (measured), hence a much lower LR."""
+    if "lora_" in name and lora_lr:
+        return lora_lr
+    if name.startswith("speech_llama_proj.") and proj_lr:
+        return proj_lr
+    return lr
+
+
+@torch.no_grad()
+def audio_control(model, cache: FeatureCache, samples: list, n: int = 16, keep_windows: int = 60) -> dict:
+    """Does the model read the audio? Per task, the target loss of `n` training clips with their own
+    audio and with the audio of other clips of the same task (targets unchanged). Equal losses mean the
+    LM answers from its prior alone."""
+    from .text import target_ids
+
+    was = model.training
+    model.eval()
+    out = {}
+    try:
+        for task in ("asr", "caption"):
+            ids = [i for i, s in enumerate(samples) if s.task == task][-n:]
+            if len(ids) < 2:
+                continue
+            tg = [target_ids(model.tokenizer, (samples[i].references or [samples[i].text])[0]) for i in ids]
+            own, _ = batch_loss(model, cache, ids, [task] * len(ids), tg, keep_windows=keep_windows)
+            half = len(ids) // 2
+            other, _ = batch_loss(model, cache, ids[half:] + ids[:half], [task] * len(ids), tg, keep_windows=keep_windows)
+            out[task] = {"own_audio": round(own.item(), 4), "other_audio": round(other.item(), 4)}
+    finally:
+        model.train(was)
+    return out
 
 
 def _tail(pairs: list, n: int = 50) -> float:

@@ -7,7 +7,7 @@ Stages (each timed, wall clock, and recorded in the artifact's manifest under "t
   tokenizer  byte-level BPE trained on the training text (sentences + captions + the SALMONN prompts)
   lm         a small Llama trained as a text LM on that corpus (all weights), then frozen
   features   the frozen Whisper tiny.en encoder run once per training clip (cached), BEATs fbanks
-  audio      SALMONN's stage: BEATs (from scratch), Q-Former, projection and LoRA(q_proj, v_proj) on
+  audio      SALMONN's stage: BEATs (from scratch), Q-Former, projection and LoRA (every projection of the LM) on
              ASR + captioning with the SALMONN prompt, teacher forcing, loss on the target tokens only
   save       weights of 2+ dimensions stored as float16 (loaded back as float32), tokenizer, manifest
 """
@@ -111,9 +111,16 @@ def stage_lm(tc, cfg, corpus, tok, progress: bool, dev_texts: Optional[list], lo
     lm = llm_from_config(cfg.llm)
     report = pretrain_lm(lm, corpus, tok, cfg, epochs=tc.lm_epochs, batch=tc.lm_batch, lr=tc.lm_lr,
                          warmup=tc.lm_warmup, weight_decay=tc.lm_weight_decay, prompted_share=tc.lm_prompted_share,
-                         slot_share=tc.lm_slot_share, n_slots=n_speech_tokens(cfg), seed=tc.seed,
+                         slot_share=tc.lm_slot_share, n_slots=n_speech_tokens(cfg),
+                         slot_full_share=tc.lm_slot_full_share, seed=tc.seed,
                          progress=_bar_factory("lm", progress))
     report["parameters"] = sum(p.numel() for p in lm.parameters())
+    if tc.lm_slot_share > 0:
+        from .text import slot_reading
+
+        report["slot_reading"] = slot_reading(lm, tok, cfg, corpus, n_speech_tokens(cfg), tc.seed)
+        log("lm: answer loss with its own / another text in the speech slot: " + ", ".join(
+            f"{t} {v['own_slot']:.3f} / {v['other_slot']:.3f}" for t, v in report["slot_reading"].items()))
     if dev_texts:
         report["dev_loss"] = round(lm_eval_loss(lm, tok, dev_texts), 4)
         log(f"lm: dev loss {report['dev_loss']} (selection only)")
@@ -144,12 +151,11 @@ def assemble(tc, cfg, tok, lm):
     beats = beats_from_cfg(cfg.beats)
     model = Salmonn(cfg, speech, add_lora(lm, cfg.lora), beats, tok)
     torch.nn.init.normal_(model.speech_query_tokens, std=0.02)
-    if tc.lm_slot_share > 0:
-        from .text import FILLER
+    from .audio_stage import boost_cross_attention
+    from .text import FILLER
 
-        match_embedding_scale(model, FILLER, tc.proj_init_scale)
-    else:
-        match_embedding_scale(model, None, tc.proj_init_scale)
+    boost_cross_attention(model, tc.qformer_cross_gain)
+    match_embedding_scale(model, FILLER if tc.lm_slot_share > 0 else None, tc.proj_init_scale)
     round_to_storage(model.speech_encoder)
     round_to_storage(model.llm_base(), skip="lora_")
     return model, source
@@ -201,12 +207,27 @@ def stage_features(tc, model, samples, data_dir, progress, log):
 
 
 def stage_audio(tc, model, samples, cache, progress, log):
-    from .audio_stage import train_audio
+    import numpy as np
+
+    from .audio_stage import init_projection_from_data, train_audio
+    from .text import FILLER
 
     seed_everything(tc.seed + 3)
-    return train_audio(model, samples, cache, epochs=tc.epochs, batch=tc.batch, lr=tc.lr, lora_lr=tc.lora_lr,
-                       warmup=tc.warmup, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip, seed=tc.seed,
-                       ctc_weight=tc.ctc_weight, full_share=tc.full_share, max_minutes=tc.max_minutes, progress=_bar_factory("audio", progress), log=log)
+    init = None
+    if tc.proj_init == "data":
+        idx = np.random.default_rng([tc.seed, 33]).choice(len(samples), min(64, len(samples)), replace=False)
+        init = init_projection_from_data(model, cache, [int(i) for i in idx], tc.proj_init_scale, FILLER)
+        log(f"audio: projection initialised on {init['clips']} training clips: token norm {init['token_norm']}, "
+            f"window-dependent share {init['window_dependent_share']}")
+    report = train_audio(model, samples, cache, epochs=tc.epochs, batch=tc.batch, lr=tc.lr, lora_lr=tc.lora_lr,
+                         warmup=tc.warmup, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip, seed=tc.seed,
+                         ctc_weight=tc.ctc_weight, full_share=tc.full_share, max_minutes=tc.max_minutes,
+                         proj_lr=tc.proj_lr, ctc_head=tc.ctc_head, progress=_bar_factory("audio", progress), log=log)
+    report["projection_init"] = init or {"method": "random"}
+    ctl = report["audio_control"]["after"]
+    log("audio: loss with own / other clips' audio: " + ", ".join(
+        f"{t} {v['own_audio']:.3f} / {v['other_audio']:.3f}" for t, v in ctl.items()))
+    return report
 
 
 def stage_save(model, out, manifest_extra, overwrite):

@@ -8,6 +8,9 @@ from typing import Optional
 from ..errors import ConfigError, choices
 
 
+PROJ_INITS = ("data", "random")
+
+
 @dataclass
 class TrainConfig:
     seed: int = 0
@@ -52,35 +55,47 @@ class TrainConfig:
     lora_dropout: float = 0.05
     lora_targets: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                         "up_proj", "down_proj"])
-    proj_init_scale: float = 0.5  # speech_llama_proj output scale at init, relative to the LM's embedding norm
+    # ---- audio-path init (see audio_stage.boost_cross_attention / init_projection_from_data)
+    qformer_cross_gain: float = 4.0  # Q-Former cross-attention output weights x this at init
+    proj_init: str = "data"  # "data": centred + scaled on training clips; "random": scaled random weights
+    proj_init_scale: float = 1.0  # speech-token spread at init, relative to the LM's mean embedding norm
     # ---- stage 1: text LM pretraining
-    lm_epochs: float = 4.0
+    lm_epochs: float = 12.0
     lm_batch: int = 32
     lm_lr: float = 2e-3
     lm_warmup: int = 100
     lm_weight_decay: float = 0.1
-    lm_prompted_share: float = 0.2  # share of sequences in the SALMONN prompt layout with an empty speech slot
-    lm_slot_share: float = 0.4  # share in the prompt layout with text in the speech slot (see text.slot_tokens)
+    lm_prompted_share: float = 0.1  # share of sequences in the SALMONN prompt layout with an empty speech slot
+    lm_slot_share: float = 0.7  # share in the prompt layout with text in the speech slot (see text.slot_tokens)
+    lm_slot_full_share: float = 0.15  # share of those slots kept 30 s long; the rest cut as the audio stage cuts
     # ---- stage 2: audio (SALMONN) training
-    epochs: float = 10.0
+    epochs: float = 7.0
     batch: int = 8
-    lr: float = 2e-3
+    lr: float = 1e-3
     lora_lr: Optional[float] = 1e-3  # None: same as lr
+    proj_lr: Optional[float] = 3e-5  # speech_llama_proj (see audio_stage._lr_of); None: same as lr
     warmup: int = 150
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    ctc_head: str = "lm"  # "lm": the LM's frozen norm + output layer; "linear": a free head (audio_stage.CtcHead)
     ctc_weight: float = 1.0  # auxiliary CTC on the speech tokens of ASR clips (0 = SALMONN's loss only)
     full_share: float = 0.15  # share of batches with all 30 s of windows; the rest keep speech + 2-24 padding windows
-    max_minutes: Optional[float] = 32.0  # safety stop of the audio stage (wall time; the schedule is by steps)
+    max_minutes: Optional[float] = 34.0  # safety stop of the audio stage (wall time; the schedule is by steps)
     # ---- feature caching
     cache_batch: int = 8
     # ---- decoding defaults written into the artifact
-    num_beams: int = 4
+    num_beams: int = 1  # greedy: 4 beams scored CIDEr-D 0.22 vs 0.48 on 50 dev clips (this model)
     max_new_tokens: int = 48
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def __post_init__(self):
+        if self.proj_init not in PROJ_INITS:
+            raise ConfigError(f"proj_init {self.proj_init!r} is not one of {choices(PROJ_INITS)}")
+        if self.ctc_head not in ("lm", "linear"):
+            raise ConfigError(f"ctc_head {self.ctc_head!r} is not one of {choices(('lm', 'linear'))}")
 
     def replace(self, **kw) -> "TrainConfig":
         known = {f.name for f in fields(self)}

@@ -108,13 +108,23 @@ def slot_tokens(tokenizer, task: str, text: str, n_slots: int, rng: np.random.Ge
     return slot + [FILLER] * (n_slots - len(slot))
 
 
+def short_slot(slot: list, rng: np.random.Generator, full_share: float) -> list:
+    """The slot as the audio stage's training batches see it (audio_stage.kept_windows): all of it for
+    `full_share` of the sequences, else through its last token plus 2-24 filler windows."""
+    if rng.random() < full_share:
+        return slot
+    last = max((i for i, t in enumerate(slot) if t != FILLER), default=0)
+    return slot[: min(len(slot), last + 1 + int(rng.integers(2, 25)))]
+
+
 def lm_sequences(corpus: Corpus, tokenizer, cfg: SalmonnConfig, rng: np.random.Generator, prompted_share: float,
-                 slot_share: float = 0.0, n_slots: int = 88):
+                 slot_share: float = 0.0, n_slots: int = 88, slot_full_share: float = 1.0):
     """One epoch of LM sequences over the corpus, each text in one of three layouts:
 
     plain (BOS + answer + EOS); the SALMONN prompt with an empty speech slot (`prompted_share`);
     the SALMONN prompt with text in the speech slot (`slot_share`): the transcript itself for ASR,
     a few words of the caption for captioning, so the small LM learns to read its speech slot.
+    Slots are cut short as the audio stage cuts its windows (`short_slot`) but in `slot_full_share`.
     """
     prompt_ids = {}
     for task in cfg.instructions:
@@ -127,7 +137,8 @@ def lm_sequences(corpus: Corpus, tokenizer, cfg: SalmonnConfig, rng: np.random.G
         r = rng.random()
         before, after = prompt_ids[task]
         if r < slot_share:
-            ids = before + slot_tokens(tokenizer, task, text, n_slots, rng) + after + ids
+            slot = short_slot(slot_tokens(tokenizer, task, text, n_slots, rng), rng, slot_full_share)
+            ids = before + slot + after + ids
         elif r < slot_share + prompted_share:
             ids = before + after + ids
         seqs.append([tokenizer.bos_token_id] + ids)
@@ -176,9 +187,46 @@ def lm_eval_loss(model, tokenizer, texts: list, batch: int = 64) -> float:
     return tot / max(n, 1)
 
 
+@torch.no_grad()
+def slot_reading(model, tokenizer, cfg: SalmonnConfig, corpus: Corpus, n_slots: int, seed: int, n: int = 32) -> dict:
+    """Does the pretrained LM read its speech slot? Per task, the answer's loss after a slot holding the
+    text of the same item vs of another item (`n` items, cut slots as in training). Equal = it does not."""
+    rng = np.random.default_rng([seed, 44])
+    was = model.training
+    model.eval()
+    out = {}
+    try:
+        for task, texts in (("asr", corpus.asr), ("caption", corpus.caption)):
+            texts = [texts[i] for i in rng.permutation(len(texts))[:n]]
+            if len(texts) < 2:
+                continue
+            b, a = prompt_parts(cfg, task)
+            before = tokenizer(b, add_special_tokens=False)["input_ids"]
+            after = tokenizer(a, add_special_tokens=False)["input_ids"]
+            slots = [short_slot(slot_tokens(tokenizer, task, t, n_slots, rng), rng, 0.0) for t in texts]
+            res = {}
+            for name, shift in (("own_slot", 0), ("other_slot", len(texts) // 2)):
+                seqs, starts = [], []
+                for k, t in enumerate(texts):
+                    head = [tokenizer.bos_token_id] + before + slots[(k + shift) % len(texts)] + after
+                    starts.append(len(head))
+                    seqs.append(head + target_ids(tokenizer, t))
+                ids, mask = pad_batch(seqs)
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+                labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+                for k, st in enumerate(starts):
+                    labels[k, : st - 1] = -100
+                res[name] = round(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                  ignore_index=-100).item(), 4)
+            out[task] = res
+    finally:
+        model.train(was)
+    return out
+
+
 def pretrain_lm(model, corpus: Corpus, tokenizer, cfg: SalmonnConfig, *, epochs: float, batch: int, lr: float,
                 warmup: int, weight_decay: float, prompted_share: float, seed: int, slot_share: float = 0.0,
-                n_slots: int = 88, progress: Optional[Callable] = None) -> dict:
+                n_slots: int = 88, slot_full_share: float = 1.0, progress: Optional[Callable] = None) -> dict:
     """Train the causal LM on the corpus (all weights); returns a report with the loss curve."""
     rng = np.random.default_rng([seed, 11])
     n_items = len(corpus.items())
@@ -191,7 +239,7 @@ def pretrain_lm(model, corpus: Corpus, tokenizer, cfg: SalmonnConfig, *, epochs:
     bar = progress(total) if progress else None
     first = None
     while step < total:
-        seqs = lm_sequences(corpus, tokenizer, cfg, rng, prompted_share, slot_share, n_slots)
+        seqs = lm_sequences(corpus, tokenizer, cfg, rng, prompted_share, slot_share, n_slots, slot_full_share)
         for chunk in length_batches(seqs, batch, rng):
             if step >= total:
                 break
