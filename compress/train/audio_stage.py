@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..models.salmonn import _pad_to_same_length, window_tokens
 from .features import FeatureCache
 from .optim import make_optimizer, set_lr, warmup_cosine
+from .recipe import CTC_HEADS
 from .text import FILLER, target_ids
 
 TRAINABLE_PREFIXES = ("ln_speech.", "beats.", "ln_audio.", "speech_Qformer.", "speech_query_tokens",
@@ -107,9 +108,6 @@ def kept_windows(model, cache: FeatureCache, idx: list, rng: np.random.Generator
     frames = max(int(cache.offsets[i + 1] - cache.offsets[i]) for i in idx) // 2  # fbank 100/s -> Whisper 50/s
     need = -(-frames // model.cfg.window_stride) + int(rng.integers(2, 25))
     return min(total, need)
-
-
-CTC_HEADS = ("lm", "linear")
 
 
 class CtcHead(torch.nn.Module):

@@ -9,6 +9,7 @@ from ..errors import ConfigError, choices
 
 
 PROJ_INITS = ("data", "random")
+CTC_HEADS = ("lm", "linear")  # see audio_stage.CtcHead
 
 
 @dataclass
@@ -94,8 +95,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.proj_init not in PROJ_INITS:
             raise ConfigError(f"proj_init {self.proj_init!r} is not one of {choices(PROJ_INITS)}")
-        if self.ctc_head not in ("lm", "linear"):
-            raise ConfigError(f"ctc_head {self.ctc_head!r} is not one of {choices(('lm', 'linear'))}")
+        if self.ctc_head not in CTC_HEADS:
+            raise ConfigError(f"ctc_head {self.ctc_head!r} is not one of {choices(CTC_HEADS)}")
 
     def replace(self, **kw) -> "TrainConfig":
         known = {f.name for f in fields(self)}
