@@ -48,6 +48,16 @@ def pad_fbanks(fbanks: list) -> tuple:
     return out, pad
 
 
+def cached_inputs(cache: FeatureCache, idx: list) -> tuple:
+    """Whisper outputs (B, 1500, Dw) float32, BEATs fbanks and their padding mask of clips `idx`, in that order."""
+    order = np.argsort(idx)  # memory-mapped rows read in file order
+    rows = np.asarray(cache.whisper[np.asarray(idx)[order]])
+    wh = torch.empty((len(idx),) + rows.shape[1:], dtype=torch.float32)
+    wh[torch.as_tensor(order)] = torch.from_numpy(rows.astype(np.float32))
+    fb, pad = pad_fbanks([cache.fbank_of(i) for i in idx])
+    return wh, fb, pad
+
+
 def speech_from_features(model, whisper_out: torch.Tensor, fbank: Optional[torch.Tensor],
                          fbank_pad: Optional[torch.Tensor], *, beats_mode: str = "on",
                          keep_windows: Optional[int] = None) -> torch.Tensor:
@@ -176,10 +186,7 @@ def init_projection_from_data(model, cache: FeatureCache, idx: list, scale: floa
     seen = {}
     hook = model.speech_Qformer.register_forward_hook(lambda m, i, o: seen.__setitem__("q", o))
     try:
-        rows = np.asarray(cache.whisper[np.sort(np.asarray(idx))])
-        wh = torch.from_numpy(rows.astype(np.float32))
-        fb, pad = pad_fbanks([cache.fbank_of(i) for i in sorted(idx)])
-        speech_from_features(model, wh, fb, pad, keep_windows=60)
+        speech_from_features(model, *cached_inputs(cache, idx), keep_windows=60)
     finally:
         hook.remove()
         model.train(was)
@@ -199,12 +206,7 @@ def init_projection_from_data(model, cache: FeatureCache, idx: list, scale: floa
 def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list, *, beats_mode="on",
                ctc_head: Optional[CtcHead] = None, ctc_weight: float = 0.0, keep_windows: Optional[int] = None) -> tuple:
     """Mean target-token loss of a batch (+ ctc_weight x CTC on its ASR clips), and {name: (loss sum, count)}."""
-    order = np.argsort(idx)  # memory-mapped rows read in file order
-    rows = np.asarray(cache.whisper[np.asarray(idx)[order]])
-    wh = torch.empty((len(idx),) + rows.shape[1:], dtype=torch.float32)
-    wh[torch.as_tensor(order)] = torch.from_numpy(rows.astype(np.float32))
-    fb, pad = pad_fbanks([cache.fbank_of(i) for i in idx])
-    speech = speech_from_features(model, wh, fb, pad, beats_mode=beats_mode, keep_windows=keep_windows)
+    speech = speech_from_features(model, *cached_inputs(cache, idx), beats_mode=beats_mode, keep_windows=keep_windows)
     embeds, mask, labels = llm_batch(model, speech, tasks, targets)
     logits = model.llama_model(inputs_embeds=embeds, attention_mask=mask).logits
     tok_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
@@ -322,8 +324,6 @@ def audio_control(model, cache: FeatureCache, samples: list, n: int = 16, keep_w
     """Does the model read the audio? Per task, the target loss of `n` training clips with their own
     audio and with the audio of other clips of the same task (targets unchanged). Equal losses mean the
     LM answers from its prior alone."""
-    from .text import target_ids
-
     was = model.training
     model.eval()
     out = {}

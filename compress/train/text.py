@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.config import SPEECH_PLACEHOLDER, SalmonnConfig
+from ..models.salmonn import prompt_ids as model_prompt_ids
 from .optim import make_optimizer, set_lr, warmup_cosine
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -126,11 +127,7 @@ def lm_sequences(corpus: Corpus, tokenizer, cfg: SalmonnConfig, rng: np.random.G
     a few words of the caption for captioning, so the small LM learns to read its speech slot.
     Slots are cut short as the audio stage cuts its windows (`short_slot`) but in `slot_full_share`.
     """
-    prompt_ids = {}
-    for task in cfg.instructions:
-        b, a = prompt_parts(cfg, task)
-        prompt_ids[task] = (tokenizer(b, add_special_tokens=False)["input_ids"],
-                            tokenizer(a, add_special_tokens=False)["input_ids"])
+    prompt_ids = {task: model_prompt_ids(tokenizer, cfg, cfg.instructions[task]) for task in cfg.instructions}
     seqs = []
     for task, text in corpus.items():
         ids = target_ids(tokenizer, text)
@@ -200,9 +197,7 @@ def slot_reading(model, tokenizer, cfg: SalmonnConfig, corpus: Corpus, n_slots: 
             texts = [texts[i] for i in rng.permutation(len(texts))[:n]]
             if len(texts) < 2:
                 continue
-            b, a = prompt_parts(cfg, task)
-            before = tokenizer(b, add_special_tokens=False)["input_ids"]
-            after = tokenizer(a, add_special_tokens=False)["input_ids"]
+            before, after = model_prompt_ids(tokenizer, cfg, cfg.instructions[task])
             slots = [short_slot(slot_tokens(tokenizer, task, t, n_slots, rng), rng, 0.0) for t in texts]
             res = {}
             for name, shift in (("own_slot", 0), ("other_slot", len(texts) // 2)):
