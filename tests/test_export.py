@@ -195,6 +195,48 @@ def test_export_step_is_terminal_and_validated():
     assert [c.type for c in r.steps] == ["magnitude", "export"]
 
 
+@pytest.mark.parametrize("step", [{"type": "rtn"}, {"type": "gptq"}, {"type": "bitsandbytes", "mode": "int8"},
+                                  {"type": "torchao"}, {"type": "liger"}], ids=lambda s: s["type"])
+def test_export_after_quantization_is_refused_before_loading(step):
+    from compress.recipe import recipe_from_dict
+
+    doc = {"name": "x", "calibration": {"data": DEV, "samples": 2}, "steps": [step, {"type": "export"}]}
+    with pytest.raises(ConfigError, match=rf"cannot follow steps\[0\] \({step['type']}\).*int8: true"):
+        recipe_from_dict(doc)
+
+
+def test_exporting_a_quantized_artifact_is_one_clear_error(tmp_path, capsys):
+    from compress.recipe import recipe_from_dict
+    from compress.runner import run_recipe
+
+    art = str(tmp_path / "rtn")
+    run_recipe(recipe_from_dict({"name": "q", "steps": [{"type": "rtn", "bits": 8}]}), "tiny", art, progress=False,
+               bench=False, log=lambda *a: None)
+    out = tmp_path / "onnx"
+    assert main(["export", "--model", art, "--format", "onnx", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "quantized modules (gptq)" in err and "--int8" in err and "Traceback" not in err
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".onnx")]
+
+
+def test_export_after_layer_drop_matches_pytorch(tmp_path):
+    """Export after a compression step: the dropped model's graphs give PyTorch's greedy tokens."""
+    from compress.recipe import recipe_from_dict
+    from compress.runner import run_recipe
+
+    doc = {"name": "drop", "calibration": {"data": DEV, "samples": 2},
+           "steps": [{"type": "layer_drop", "part": "llm", "count": 1}]}
+    art = str(tmp_path / "dropped")
+    run_recipe(recipe_from_dict(doc), "tiny", art, progress=False, bench=False, log=lambda *a: None)
+    dropped = load_model(art)
+    out = str(tmp_path / "onnx")
+    assert main(["export", "--model", art, "--format", "onnx", "--out", out, "--check", DEV, "--check-limit", "1",
+                 "--check-tokens", "5"]) == 0
+    man = read_manifest(out)
+    assert man["export"]["graphs"]["llm"]["num_layers"] == len(dropped.llm_base().model.layers)
+    assert man["check"]["clips"] == 2 and man["check"]["identical"] == 2
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")
 def test_tensorrt_recipe_fails_before_loading(tmp_path):
     from compress.recipe import recipe_from_dict

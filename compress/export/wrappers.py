@@ -108,3 +108,9 @@ def require_exportable(model) -> None:
     if not hasattr(model, "llama_model") or not hasattr(model, "speech_encoder"):
         raise UserError(f"export needs a SALMONN model (got {type(model).__name__}); an exported directory "
                         "cannot be exported again")
+    replaced = getattr(model, "module_overrides", {})
+    if replaced:
+        kinds = sorted({spec.get("kind", "?") for spec in replaced.values()})
+        raise UserError(f"export: this model has {len(replaced)} quantized modules ({', '.join(kinds)}), which have "
+                        "no ONNX / TensorRT mapping; export the model before quantizing (onnx: --int8 quantizes the "
+                        "LLM graph in ONNX Runtime)")

@@ -41,6 +41,8 @@ def _mean(xs) -> Optional[float]:
 class QuantStep(Step):
     """Shared glue: target selection, replacing a module (with its override record), measuring afterwards."""
 
+    exportable = False  # packed / bitsandbytes / torchao modules: no ONNX mapping, LoRA cannot merge into them
+
     def targets(self, model, ctx) -> dict:
         linears = select_linears(model, self.config.targets)
         if not linears:

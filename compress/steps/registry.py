@@ -25,6 +25,7 @@ class Step:
     Config: ClassVar[type]
     saves_artifact: ClassVar[bool] = True  # False for steps whose effect cannot be stored (e.g. compile)
     terminal: ClassVar[bool] = False  # True for steps that must come last (export)
+    exportable: ClassVar[bool] = True  # False for steps whose modules the ONNX / TensorRT export cannot trace
 
     @classmethod
     def needs_calibration(cls, config) -> bool:

@@ -240,6 +240,7 @@ class Liger(Step):
 
     Config = LigerConfig
     saves_artifact = False
+    exportable = False  # Triton kernels: torch.export / ONNX cannot trace them
 
     def run(self, model, ctx) -> dict:
         c = self.config
