@@ -140,6 +140,7 @@ def cmd_run(args) -> int:
 
     recipe = load_recipe(args.recipe)  # validated completely before any model is loaded
     run_recipe(recipe, args.model, args.out, overwrite=args.overwrite, bench=not args.no_bench, storage=args.storage,
+               weights_dtype=args.save_dtype,
                model_kwargs={"allow_unsafe_pickle": args.allow_unsafe_pickle, "dtype": args.dtype,
                              "qformer_config": args.qformer_config, "seed": args.seed})
     return 0
@@ -258,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-bench", action="store_true", help="skip the recipe's benchmark section")
     s.add_argument("--storage", choices=["sparse", "dense"], default="sparse",
                    help="sparse: pruned matrices stored as bitmask + non-zeros when smaller (default); dense: as is")
+    s.add_argument("--save-dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                   help="dtype of the stored floating weights (2+ dims; quantized modules keep theirs); auto "
+                        "(default): the source artifact's stored dtype (the demo: float16), or the in-memory dtype "
+                        "for presets and when --dtype is given")
     s.set_defaults(fn=cmd_run)
 
     from .export import FORMATS

@@ -111,8 +111,9 @@ def recipe_from_dict(doc: dict, name: str = "<recipe>", base_dir: Optional[str] 
         blocked = [f"steps[{i}] ({c.type})" for i, c in enumerate(steps[:-1]) if not STEPS[c.type].exportable]
         if blocked:
             raise ConfigError(f"{name}: the export step cannot follow {', '.join(blocked)}: it puts in "
-                              "quantized or custom-kernel modules that have no ONNX / TensorRT mapping; export the unquantized model and set `int8: true` "
-                              "on the export step for an int8 ONNX graph (exportable steps: "
+                              "quantized or custom-kernel modules that have no ONNX / TensorRT mapping; export the "
+                              "unquantized model and set `int8: true` on the export step for an int8 ONNX graph "
+                              "(exportable steps: "
                               f"{choices(t for t, s in STEPS.items() if s.exportable and not s.terminal)})")
     try:
         r = Recipe(steps=steps, base_dir=base_dir, **doc)

@@ -79,7 +79,8 @@ def source_info(spec: str, model) -> dict:
 
 
 def run_recipe(recipe, spec: str, out: str, *, overwrite: bool = False, model_kwargs: Optional[dict] = None,
-               progress: bool = True, bench: bool = True, storage: str = "sparse", log=print) -> dict:
+               progress: bool = True, bench: bool = True, storage: str = "sparse",
+               weights_dtype: Optional[str] = "auto", log=print) -> dict:
     from .loaders import load_model
     from .loaders.artifact import save_artifact
 
@@ -107,12 +108,15 @@ def run_recipe(recipe, spec: str, out: str, *, overwrite: bool = False, model_kw
     if steps[-1].terminal:
         log(f"{steps[-1].config.format} export written to {out}")
     else:
-        save_artifact(model, out, overwrite=overwrite, storage=storage, manifest_extra=extra())
+        if weights_dtype == "auto":  # keep the source's storage dtype unless the user cast the model on load
+            weights_dtype = None if (model_kwargs or {}).get("dtype") else getattr(model, "stored_dtype", None)
+        save_artifact(model, out, overwrite=overwrite, storage=storage, weights_dtype=weights_dtype,
+                      manifest_extra=extra())
         from .loaders.artifact import read_manifest
 
         st = read_manifest(out)["storage"]
-        log(f"artifact written to {out} ({st['mode']} storage: {st['stored_tensor_bytes']:,} tensor bytes, "
-            f"dense would be {st['dense_tensor_bytes']:,})")
+        log(f"artifact written to {out} ({st['mode']} storage, {st['weights_dtype']} weights: "
+            f"{st['stored_tensor_bytes']:,} tensor bytes, dense would be {st['dense_tensor_bytes']:,})")
     result = {"artifact": out, "steps": reports}
     if bench and recipe.benchmark is not None:
         result["bench"] = bench_pair(recipe, spec, out, model_kwargs or {}, log=log)

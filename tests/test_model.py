@@ -106,6 +106,36 @@ def test_artifact_round_trip(tiny, tmp_path):
     assert part_stats(back) == part_stats(tiny)
 
 
+def test_low_memory_load_restores_everything(tiny, tmp_path, monkeypatch):
+    """Meta build + chunked copy: every tensor real, non-persistent buffers recomputed, shared tensors still
+    shared, identical outputs, also when every module is its own chunk and when loading straight to float16."""
+    import compress.loaders.materialize as mat
+
+    out = save_artifact(tiny, str(tmp_path / "art"))
+    monkeypatch.setattr(mat, "CHUNK_BYTES", 1)
+    back = load_model(out)
+    ref = dict(tiny.named_buffers())
+    for name, t in list(back.named_parameters()) + list(back.named_buffers()):
+        assert t.device.type == "cpu"
+    for name, b in back.named_buffers():  # includes rotary inv_freq and the Q-Former's position_ids
+        assert torch.equal(b, ref[name]), name
+    shared = {}
+    for mod_name, mod in tiny.named_modules(remove_duplicate=False):
+        for pn, p in mod.named_parameters(recurse=False):
+            shared.setdefault(id(p), []).append(f"{mod_name}.{pn}")
+    groups = [g for g in shared.values() if len(g) > 1]
+    assert groups  # BEATs' relative-position table
+    params = {n: p for m_name, m in back.named_modules(remove_duplicate=False) for n, p in
+              ((f"{m_name}.{pn}", p) for pn, p in m.named_parameters(recurse=False))}
+    for g in groups:
+        assert len({id(params[n]) for n in g}) == 1, g
+    clip = [tone(1.5)]
+    a = tiny.generate(clip, "caption", num_beams=1, max_new_tokens=6, ignore_eos=True)
+    assert back.generate(clip, "caption", num_beams=1, max_new_tokens=6, ignore_eos=True)[0].token_ids == a[0].token_ids
+    half = load_model(out, dtype="float16")
+    assert {p.dtype for p in half.parameters()} == {torch.float16} and half.stored_dtype == "float32"
+
+
 def test_artifact_refuses_overwrite_and_cleans_up_on_failure(tiny, tmp_path, monkeypatch):
     out = str(tmp_path / "art")
     save_artifact(tiny, out)

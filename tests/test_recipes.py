@@ -220,3 +220,33 @@ def test_benchmark_recipes_validate():
     for p in paths:
         r = load_recipe(p)
         assert r.steps and r.name == os.path.splitext(os.path.basename(p))[0]
+
+
+def test_save_dtype_auto_keeps_the_sources_storage(tmp_path):
+    """run --save-dtype: auto keeps a float16 source float16 (weights of 2+ dims; 1-D tensors and quantized
+    modules keep theirs), float32 forces float32; the stored sparsity is the reported one either way."""
+    from compress.loaders.artifact import save_artifact
+
+    src = str(tmp_path / "src16")
+    save_artifact(load_model("tiny"), src, weights_dtype="float16")
+    r = load_recipe(os.path.join(ROOT, "recipes", "magnitude-50.yaml"))
+    for want, arg in (("float16", "auto"), ("float32", "float32")):
+        out = str(tmp_path / want)
+        rep = run_recipe(r, src, out, progress=False, bench=False, log=lambda *a: None, weights_dtype=arg)
+        st = load_file(os.path.join(out, "model.safetensors"))
+        assert json.load(open(os.path.join(out, "manifest.json")))["storage"]["weights_dtype"] == want
+        big = {str(v.dtype) for k, v in st.items()  # pruned matrices may be stored as mask + 1-D non-zeros
+               if v.is_floating_point() and (v.dim() >= 2 or k.endswith("__sparse_values"))}
+        small = {str(v.dtype) for k, v in st.items()
+                 if v.is_floating_point() and v.dim() == 1 and not k.endswith("__sparse_values")}
+        assert big == {f"torch.{want}"} and small <= {"torch.float32"}
+        m = load_model(out)
+        names = list(select_linears(m, r.steps[-1].targets))
+        assert _zeros_in_saved(out, names) == pytest.approx(rep["steps"][-1]["measured_sparsity"], abs=1e-12)
+    q = recipe_from_dict({"name": "q", "steps": [{"type": "rtn", "bits": 4}]})
+    out = str(tmp_path / "q16")
+    run_recipe(q, src, out, progress=False, bench=False, log=lambda *a: None)
+    m = load_model(out)
+    assert m.module_overrides and m.stored_dtype == "float16"
+    ids = m.generate([np.zeros(16000, dtype=np.float32)], "asr", num_beams=1, max_new_tokens=3, ignore_eos=True)
+    assert len(ids[0].token_ids) == 3

@@ -94,13 +94,49 @@ def _fsync_tree(root: str) -> None:
 
 
 STORAGE = ("dense", "sparse")
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def storable(name: str, t: torch.Tensor) -> bool:
+    """Tensors a storage dtype applies to: floating weights of 2+ dims (norms, biases and scalars keep theirs)."""
+    return t.is_floating_point() and t.dim() >= 2
+
+
+def cast_for_storage(state: dict, dtype: Optional[str], keep: tuple = ()) -> dict:
+    """`state` with its storable tensors cast to `dtype` (None: unchanged); names under a `keep` prefix (modules a
+    step replaced, e.g. quantized Linears with their own scale dtypes) are left as they are."""
+    if dtype is None:
+        return state
+    if dtype not in WEIGHT_DTYPES:
+        raise UserError(f"unknown weights dtype {dtype!r}; valid: {', '.join(WEIGHT_DTYPES)}")
+    want = WEIGHT_DTYPES[dtype]
+    prefixes = tuple(k + "." for k in keep)
+    return {k: (v.to(want) if storable(k, v) and not k.startswith(prefixes) else v) for k, v in state.items()}
+
+
+def stored_dtype(state: dict) -> Optional[str]:
+    """The dtype holding most elements among the storable tensors of a state dict (None if there are none)."""
+    count: dict = {}
+    for k, v in state.items():
+        if storable(k, v):
+            count[v.dtype] = count.get(v.dtype, 0) + v.numel()
+    return dominant_dtype(count)
+
+
+def dominant_dtype(count: dict) -> Optional[str]:
+    """{torch dtype: elements} -> the name of the dtype with most elements (None when empty or not a float dtype)."""
+    names = {d: n for n, d in WEIGHT_DTYPES.items()}
+    return names.get(max(count, key=count.get)) if count else None
 
 
 def save_artifact(model, out_dir: str, *, manifest_extra: Optional[dict] = None, overwrite: bool = False,
-                  storage: str = "dense") -> str:
+                  storage: str = "dense", weights_dtype: Optional[str] = None) -> str:
     """Write `model` (a Salmonn) as an artifact directory; returns its absolute path.
 
     storage="sparse" stores each weight matrix as bitmask + non-zeros when that is smaller (pruned weights).
+    weights_dtype: store floating weights of 2+ dims in this dtype (float32 / float16 / bfloat16; None: as in
+    memory); modules a step replaced (quantized Linears) keep their own dtypes. Loading casts back to the dtype
+    the model is built in.
     """
     from safetensors.torch import save_file
 
@@ -111,6 +147,7 @@ def save_artifact(model, out_dir: str, *, manifest_extra: Optional[dict] = None,
 
     def write(tmp: str) -> None:
         unique, aliases = split_shared(model.state_dict())
+        unique = cast_for_storage(unique, weights_dtype, keep=tuple(getattr(model, "module_overrides", {})))
         dense_bytes = tensor_bytes(unique)
         sparse = {}
         if storage == "sparse":
@@ -122,7 +159,8 @@ def save_artifact(model, out_dir: str, *, manifest_extra: Optional[dict] = None,
                        "modules": getattr(model, "module_overrides", {})}, f, indent=1, default=str)
         model.tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
         write_manifest(tmp, {
-            "storage": {"mode": storage, "sparse_tensors": len(sparse), "dense_tensor_bytes": dense_bytes,
+            "storage": {"mode": storage, "weights_dtype": stored_dtype(unique), "sparse_tensors": len(sparse),
+                        "dense_tensor_bytes": dense_bytes,
                         "stored_tensor_bytes": tensor_bytes(unique)},
             **(manifest_extra or {}),
         })
@@ -196,12 +234,12 @@ def verify_files(path: str, manifest: dict, *, hashes: bool = True) -> None:
 
 
 def load_artifact(path: str, *, verify: bool = True, dtype=None):
-    """Artifact directory -> Salmonn with `load_report` and `manifest` attached."""
-    from safetensors.torch import load_file
+    """Artifact directory -> Salmonn with `load_report` and `manifest` attached (see loaders/materialize.py)."""
     from transformers import AutoTokenizer
 
     from ..models.build import build_modules
     from ..models.config import SalmonnConfig
+    from .materialize import load_weights, materialize
 
     manifest = read_manifest(path)
     if manifest.get("kind", "pytorch") != "pytorch":
@@ -212,25 +250,22 @@ def load_artifact(path: str, *, verify: bool = True, dtype=None):
         conf = json.load(f)
     cfg = SalmonnConfig.from_dict(conf["model"])
     tok = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"), local_files_only=True)
-    model = build_modules(cfg, tok, seed=None)
+    # Low-memory load: build on meta, real storage once (in `dtype` when given), weights a chunk at a time.
+    model = build_modules(cfg, tok, seed=None, device="meta")
     overrides = conf.get("modules") or {}
     if overrides:  # modules a step replaced (e.g. quantized Linears): rebuild them empty before loading
         from ..steps.overrides import restore_modules
 
         restore_modules(model, overrides)
-    state = load_file(os.path.join(path, WEIGHTS))
-    if conf.get("sparse"):
-        from .sparse_storage import decode
-
-        state = decode(state, conf["sparse"])
-    for alias, canonical in conf.get("aliases", {}).items():
-        state[alias] = state[canonical]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    materialize(model, dtype)
+    got = load_weights(model, os.path.join(path, WEIGHTS), sparse=conf.get("sparse") or {},
+                       aliases=conf.get("aliases") or {})
+    if got["missing"] or got["unexpected"]:
         raise CheckpointError(
-            f"artifact {path!r} does not match its config: missing {sorted(missing)[:5]} "
-            f"({len(missing)}), unexpected {sorted(unexpected)[:5]} ({len(unexpected)})"
+            f"artifact {path!r} does not match its config: missing {got['missing'][:5]} "
+            f"({len(got['missing'])}), unexpected {got['unexpected'][:5]} ({len(got['unexpected'])})"
         )
+    model.stored_dtype = dominant_dtype(got["storage_counts"])  # what `run --save-dtype auto` writes back
     if dtype is not None:
         model.to(dtype)
     from ..steps.runtime import apply_runtime  # runtime-only changes (sdpa, real_length, compile, liger)

@@ -27,12 +27,16 @@ def encode(state: dict) -> tuple:
     return out, index
 
 
+def decode_one(mask: torch.Tensor, values: torch.Tensor, info: dict) -> torch.Tensor:
+    """The dense tensor of one entry: `info` is its index record (shape, dtype)."""
+    n = int(np.prod(info["shape"]))
+    nz = np.unpackbits(mask.numpy())[:n].astype(bool)
+    dense = torch.zeros(n, dtype=getattr(torch, info["dtype"]))
+    dense[torch.from_numpy(nz)] = values
+    return dense.view(info["shape"])
+
+
 def decode(state: dict, index: dict) -> dict:
     for name, info in index.items():
-        n = int(np.prod(info["shape"]))
-        nz = np.unpackbits(state.pop(name + MASK).numpy())[:n].astype(bool)
-        values = state.pop(name + VALUES)
-        dense = torch.zeros(n, dtype=getattr(torch, info["dtype"]))
-        dense[torch.from_numpy(nz)] = values
-        state[name] = dense.view(info["shape"])
+        state[name] = decode_one(state.pop(name + MASK), state.pop(name + VALUES), info)
     return state

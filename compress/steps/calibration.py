@@ -121,6 +121,22 @@ def run_hooked(handles: list, fn: Callable) -> None:
             h.remove()
 
 
+def counted(forward: Callable, bar) -> Callable:
+    """forward() that advances a progress bar (closed after its `total` calls; later calls are not counted)."""
+    calls = [0]
+
+    def f(sample):
+        out = forward(sample)
+        calls[0] += 1
+        if calls[0] <= bar.total:
+            bar.update(1)
+            if calls[0] == bar.total:
+                bar.close()
+        return out
+
+    return f
+
+
 def forward_all(forward: Callable, samples: list) -> Callable:
     return lambda: [forward(s) for s in samples]
 
@@ -181,11 +197,11 @@ def by_blocks(model, linears: dict, ctx, collect: Callable, act: Callable, *, se
     from ..models.salmonn import PARTS, part_of
 
     samples = ctx.calibration()
-    fwd = ctx.calibration_forward
     for part in PARTS:
         mine = {n: m for n, m in linears.items() if part_of(n) == part}
         if not mine:
             continue
+        fwd = counted(ctx.calibration_forward, ctx.bar(len(samples), f"{label} {part}: calibration forwards"))
         blocks = part_blocks(model, part)
         done = set()
         if blocks is not None and sequential:

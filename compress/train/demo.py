@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 
 from ..errors import ConfigError, UserError
+from ..loaders.artifact import storable
 from . import recipe
 from .optim import seed_everything
 
@@ -180,23 +181,12 @@ def match_embedding_scale(model, filler_id: Optional[int] = None, weight_scale: 
         proj.bias.copy_(table[filler_id])
 
 
-def storable(name: str, t: torch.Tensor) -> bool:
-    return t.is_floating_point() and t.dim() >= 2
-
-
 @torch.no_grad()
 def round_to_storage(module: torch.nn.Module, skip: Optional[str] = None) -> None:
     """Round frozen weights to their float16 storage now, so training sees the weights that ship."""
     for n, p in module.named_parameters():
         if storable(n, p) and not (skip and skip in n):
             p.copy_(p.half().float())
-
-
-def to_storage_dtype(model) -> None:
-    """Weights of 2+ dims to float16 in place (the artifact's storage); 1-D tensors stay float32."""
-    for n, p in model.named_parameters():
-        if storable(n, p):
-            p.data = p.data.half()
 
 
 def stage_features(tc, model, samples, data_dir, progress, log):
@@ -233,8 +223,7 @@ def stage_audio(tc, model, samples, cache, progress, log):
 def stage_save(model, out, manifest_extra, overwrite):
     from ..loaders.artifact import save_artifact
 
-    to_storage_dtype(model)
-    return save_artifact(model, out, manifest_extra=manifest_extra, overwrite=overwrite)
+    return save_artifact(model, out, manifest_extra=manifest_extra, overwrite=overwrite, weights_dtype="float16")
 
 
 def quick_eval(model, samples: list, limit: int, num_beams: int = 1) -> dict:
