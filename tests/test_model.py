@@ -168,3 +168,32 @@ def test_artifact_corruption_detected(tiny, tmp_path):
 def test_unknown_spec():
     with pytest.raises(UserError, match="tiny"):
         load_model("no-such-model")
+
+
+def test_safetensors_reader_matches_safetensors(tmp_path):
+    """The loader's plain-read safetensors reader gives safetensors' own tensors, for every dtype we store."""
+    from safetensors.torch import load_file, save_file
+
+    from compress.errors import CheckpointError
+    from compress.loaders.materialize import SafetensorsReader
+
+    g = torch.Generator().manual_seed(0)
+    state = {"f32": torch.randn(3, 5, generator=g), "f16": torch.randn(7, generator=g).half(),
+             "bf16": torch.randn(2, 2, generator=g).bfloat16(), "i32": torch.arange(6, dtype=torch.int32).view(2, 3),
+             "u8": torch.arange(9, dtype=torch.uint8), "b": torch.tensor([True, False, True]),
+             "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4)}
+    path = str(tmp_path / "w.safetensors")
+    save_file(state, path, metadata={"format": "x"})
+    ref = load_file(path)
+    with SafetensorsReader(path) as f:
+        assert sorted(f.keys()) == sorted(state)
+        for k in state:
+            got = f.get_tensor(k)
+            assert got.dtype == ref[k].dtype and got.shape == ref[k].shape and torch.equal(got, ref[k]), k
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:-8])
+    with SafetensorsReader(path) as f, pytest.raises(CheckpointError, match="truncated"):
+        [f.get_tensor(k) for k in f.keys()]
+    open(path, "wb").write(b"\x05\x00")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        SafetensorsReader(path)
