@@ -56,6 +56,17 @@ def _recompute_buffer(mod: nn.Module, name: str) -> None:
                               "loading an artifact; this module type is not supported by the low-memory loader")
 
 
+def owning_module(key: str, modules: set) -> str:
+    """The module a state-dict key belongs to: its longest dotted prefix that names a module (bitsandbytes keys
+    such as `...base_layer.weight.absmax` belong to `...base_layer`, not to `...base_layer.weight`)."""
+    parts = key.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:i])
+        if prefix in modules:
+            return prefix
+    return ""
+
+
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
                       "BOOL": torch.bool}
@@ -109,6 +120,7 @@ def load_weights(model: nn.Module, path: str, *, sparse: dict, aliases: dict,
     for alias, canonical in aliases.items():
         copies[canonical].append(alias)
     expected = set(model.state_dict())
+    modules = {n for n, _ in model.named_modules()}
     loaded, unexpected, counts = set(), [], defaultdict(int)
     chunk, size, prefix = {}, 0, None
 
@@ -124,7 +136,7 @@ def load_weights(model: nn.Module, path: str, *, sparse: dict, aliases: dict,
         names = sorted({k[: -len(MASK)] if k.endswith(MASK) else k[: -len(VALUES)] if k.endswith(VALUES) else k
                         for k in f.keys()})
         for name in names:
-            owner = name.rpartition(".")[0]
+            owner = owning_module(name, modules)
             if size >= chunk_bytes and owner != prefix:  # a module's tensors stay in one chunk (custom loaders)
                 flush()
             prefix = owner
