@@ -115,6 +115,8 @@ def load_weights(model: nn.Module, path: str, *, sparse: dict, aliases: dict,
     """Copy the tensors of the safetensors file at `path` into `model`, a chunk of modules at a time (sparse
     entries decoded, aliases filled from their canonical tensor). Returns {"missing", "unexpected",
     "storage_counts"}; storage_counts maps each stored floating dtype of 2+-dim tensors to its element count."""
+    from .artifact import storable
+
     chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     copies = defaultdict(list)
     for alias, canonical in aliases.items():
@@ -144,7 +146,7 @@ def load_weights(model: nn.Module, path: str, *, sparse: dict, aliases: dict,
                 t = decode_one(f.get_tensor(name + MASK), f.get_tensor(name + VALUES), sparse[name])
             else:
                 t = f.get_tensor(name)
-            if t.is_floating_point() and t.dim() >= 2:
+            if storable(name, t):
                 counts[t.dtype] += t.numel()
             chunk[name] = t
             for alias in copies.get(name, ()):

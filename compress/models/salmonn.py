@@ -207,10 +207,16 @@ def window_tokens(m, speech: torch.Tensor, kernel: int, stride: int) -> torch.Te
     return q.reshape(b, -1, q.shape[-1])  # (B, L*Q, D)
 
 
-def prompt_ids(tokenizer, cfg: SalmonnConfig, instruction: str) -> tuple:
-    """Token ids of the prompt before and after the speech tokens (the template split at <SpeechHere>)."""
+def prompt_text(cfg: SalmonnConfig, instruction: str) -> tuple:
+    """(before, after): the prompt strings around the speech tokens (the template split at <SpeechHere>)."""
     text = cfg.prompt_template.format(f"{SPEECH_PLACEHOLDER} {instruction}")
     before, after = text.split("<SpeechHere>")
+    return before, after
+
+
+def prompt_ids(tokenizer, cfg: SalmonnConfig, instruction: str) -> tuple:
+    """Token ids of the prompt before and after the speech tokens (see prompt_text)."""
+    before, after = prompt_text(cfg, instruction)
     return (tokenizer(before, add_special_tokens=False)["input_ids"],
             tokenizer(after, add_special_tokens=False)["input_ids"])
 

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.config import SPEECH_PLACEHOLDER, SalmonnConfig
-from ..models.salmonn import prompt_ids as model_prompt_ids
+from ..models.config import SalmonnConfig
+from ..models.salmonn import prompt_ids as model_prompt_ids, prompt_text
 from .optim import make_optimizer, set_lr, warmup_cosine
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -47,13 +47,6 @@ def _unique(texts) -> list:
     return out
 
 
-def prompt_parts(cfg: SalmonnConfig, task: str) -> tuple:
-    """(before, after) prompt strings around the speech tokens, exactly as Salmonn.build_inputs splits them."""
-    text = cfg.prompt_template.format(f"{SPEECH_PLACEHOLDER} {cfg.instructions[task]}")
-    before, after = text.split("<SpeechHere>")
-    return before, after
-
-
 def train_tokenizer(corpus: Corpus, cfg: SalmonnConfig, vocab_size: int):
     """Byte-level BPE (GPT-2 style pre-tokenisation) on the corpus and the prompts; a PreTrainedTokenizerFast."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -64,7 +57,7 @@ def train_tokenizer(corpus: Corpus, cfg: SalmonnConfig, vocab_size: int):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIALS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    prompts = [p for task in cfg.instructions for p in prompt_parts(cfg, task)]
+    prompts = [p for task in cfg.instructions for p in prompt_text(cfg, cfg.instructions[task])]
     texts = [" " + t for _, t in corpus.items()] + prompts * 50
     tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
