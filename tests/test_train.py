@@ -184,6 +184,90 @@ def test_short_slot_keeps_every_token_and_a_bounded_tail():
     assert short_slot(slot, rng, 1.0) == slot
 
 
+def test_lm_sequences_score_only_the_answer_of_prompt_layouts(tiny_data):
+    from compress.train.text import BOS, EOS, FILLER, lm_sequences, target_ids
+
+    tc, cfg, tok, corpus, _, _ = _tiny_model(tiny_data)
+    rng = np.random.default_rng(0)
+    seqs = lm_sequences(corpus, tok, cfg, rng, prompted_share=0.2, slot_share=0.5, n_slots=n_speech_tokens(cfg),
+                        copy_share=0.5)
+    answers = {tuple(target_ids(tok, t)) for _, t in corpus.items()}
+    n_items = len(corpus.items())
+    assert len(seqs) == n_items + round(0.5 * n_items)
+    kinds = {"plain": 0, "prompt": 0, "copy": 0}
+    for ids, start in seqs:
+        assert ids[0] == BOS and ids[-1] == EOS
+        if start == 1:  # plain text: every token scored
+            assert tuple(ids[1:]) in answers
+            kinds["plain"] += 1
+        else:  # prompt layouts: the scored part is the answer alone, after the prompt
+            assert ids[start - 1] != EOS and 1 < start < len(ids)
+            kinds["copy" if tuple(ids[start:]) not in answers else "prompt"] += 1
+            if tuple(ids[start:]) not in answers:  # a copy item: its pieces are in the slot, in order
+                slot = [t for t in ids[:start] if t != FILLER]
+                it = iter(slot)
+                assert all(t in it for t in ids[start:-1])
+    assert kinds["plain"] and kinds["prompt"] and kinds["copy"] == round(0.5 * n_items)
+    unscored = lm_sequences(corpus, tok, cfg, np.random.default_rng(0), 0.2, 0.5, n_speech_tokens(cfg),
+                            answer_only=False)
+    assert all(start == 1 for _, start in unscored)
+
+
+def test_copy_phase_comes_first_and_is_counted(tiny_data):
+    from compress.models.build import llm_from_config
+    from compress.models.salmonn import prompt_ids
+    from compress.train.text import EOS, FILLER, copy_sequences, pretrain_lm
+
+    tc, cfg, tok, corpus, _, _ = _tiny_model(tiny_data)
+    before, after = prompt_ids(tok, cfg, cfg.instructions["asr"])
+    for ids, start in copy_sequences(tok, cfg, np.random.default_rng(0), 20, n_speech_tokens(cfg), 0.0):
+        assert ids[1:1 + len(before)] == before and ids[start - len(after):start] == after
+        answer = ids[start:]
+        assert answer[-1] == EOS and 4 <= len(answer) - 1 <= 20
+        it = iter(t for t in ids[1 + len(before):start - len(after)] if t != FILLER)
+        assert all(t in it for t in answer[:-1])  # the slot holds the answer's pieces, in order
+    lm = llm_from_config(cfg.llm)
+    rep = pretrain_lm(lm, corpus, tok, cfg, epochs=1, batch=8, lr=1e-3, warmup=1, weight_decay=0.0,
+                      prompted_share=0.1, seed=0, slot_share=0.5, n_slots=n_speech_tokens(cfg), copy_steps=3)
+    per_epoch = -(-len(corpus.items()) // 8)
+    assert rep["copy_steps"] == 3 and rep["steps"] == 3 + per_epoch
+
+
+def test_lm_loss_scores_from_start():
+    from compress.train.text import lm_loss
+
+    class Fixed(torch.nn.Module):  # logits favour token 5 everywhere
+        def forward(self, input_ids, attention_mask):
+            logits = torch.zeros(input_ids.shape + (8,))
+            logits[..., 5] = 4.0
+            return type("O", (), {"logits": logits})()
+
+    ids = torch.tensor([[1, 5, 5, 3, 3]])
+    mask = torch.ones_like(ids)
+    lp = torch.log_softmax(torch.tensor([0.0] * 5 + [4.0] + [0.0] * 2), 0)
+    assert torch.isclose(lm_loss(Fixed(), ids, mask, [3]), -lp[3])  # tokens 3, 3 scored
+    assert torch.isclose(lm_loss(Fixed(), ids, mask), -(2 * lp[5] + 2 * lp[3]) / 4)
+
+
+def test_caption_ctc_targets_are_content_words(tiny_data):
+    from compress.train.audio_stage import epoch_plan
+    from compress.train.text import content_pieces
+
+    tc, cfg, tok, corpus, samples, _ = _tiny_model(tiny_data)
+    assert content_pieces(tok, "A siren, then the rain") == \
+        tok(" siren rain", add_special_tokens=False)["input_ids"]
+    for ctc_caption in (True, False):
+        for idx, tasks, tgts, ctc in epoch_plan(samples, tok, np.random.default_rng(0), 4, ctc_caption):
+            for task, tgt, c in zip(tasks, tgts, ctc):
+                if task == "asr":
+                    assert c == tgt
+                elif ctc_caption:
+                    text = tok.decode(tgt[:-1]).strip()
+                    assert c == content_pieces(tok, text) + [tok.eos_token_id]
+                else:
+                    assert c is None
+
+
 def test_slot_reading_reports_own_and_other_slot_losses(tiny_data):
     from compress.models.build import llm_from_config
     from compress.train.text import slot_reading
@@ -191,7 +275,7 @@ def test_slot_reading_reports_own_and_other_slot_losses(tiny_data):
     tc, cfg, tok, corpus, _, _ = _tiny_model(tiny_data)
     lm = llm_from_config(cfg.llm)
     out = slot_reading(lm, tok, cfg, corpus, n_speech_tokens(cfg), seed=0)
-    assert set(out) == {"asr", "caption"}
+    assert set(out) == {"asr", "caption", "copy"}
     for v in out.values():
         assert set(v) == {"own_slot", "other_slot"} and all(np.isfinite(x) and x > 0 for x in v.values())
 
@@ -216,6 +300,25 @@ def test_projection_init_from_data_sets_scale_and_centre(tiny_data, tmp_path):
     spread = (sp - sp.mean(0)).norm(dim=1).mean().item()
     assert abs(spread / table.norm(dim=1).mean().item() - 1.0) < 1e-3
     assert info["clips"] == len(idx) and 0 < info["window_dependent_share"] < 1
+
+
+def test_whisper_off_leaves_beats_alone(tiny_data, tmp_path):
+    """A clip trained with its Whisper features off: its tokens no longer depend on Whisper; others unchanged."""
+    from compress.train.audio_stage import cached_inputs, speech_from_features
+    from compress.train.demo import stage_features
+
+    tc, cfg, tok, corpus, samples, model = _tiny_model(tiny_data)
+    cache = stage_features(tc, model, samples, str(tmp_path), False, lambda *a: None)
+    model.eval()
+    wh, fb, pad = cached_inputs(cache, [0, 1])
+    other = wh.clone()
+    other[0] = torch.randn_like(other[0])
+    with torch.no_grad():
+        plain = speech_from_features(model, wh, fb, pad, keep_windows=20)
+        off = speech_from_features(model, wh, fb, pad, keep_windows=20, whisper_off=[True, False])
+        off2 = speech_from_features(model, other, fb, pad, keep_windows=20, whisper_off=[True, False])
+    assert torch.equal(off[1], plain[1]) and not torch.allclose(off[0], plain[0])
+    assert torch.allclose(off[0], off2[0])
 
 
 @pytest.mark.parametrize("kind", ["lm", "linear"])

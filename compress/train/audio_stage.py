@@ -20,7 +20,7 @@ from ..models.salmonn import _pad_to_same_length, window_tokens
 from .features import FeatureCache
 from .optim import make_optimizer, set_lr, warmup_cosine
 from .recipe import CTC_HEADS
-from .text import FILLER, target_ids
+from .text import FILLER, content_pieces, target_ids
 
 TRAINABLE_PREFIXES = ("ln_speech.", "beats.", "ln_audio.", "speech_Qformer.", "speech_query_tokens",
                       "speech_llama_proj.")
@@ -60,14 +60,17 @@ def cached_inputs(cache: FeatureCache, idx: list) -> tuple:
 
 def speech_from_features(model, whisper_out: torch.Tensor, fbank: Optional[torch.Tensor],
                          fbank_pad: Optional[torch.Tensor], *, beats_mode: str = "on",
-                         keep_windows: Optional[int] = None) -> torch.Tensor:
+                         keep_windows: Optional[int] = None, whisper_off: Optional[list] = None) -> torch.Tensor:
     """Salmonn.encode_audio from the Whisper encoder output (B, 1500, Dw) and BEATs fbanks -> (B, L, D).
 
     Padded BEATs tokens are zeroed, which is what a batch of one clip (no padding) gives at inference.
     `beats_mode='zero'` replaces the BEATs features by zeros (ablation). `keep_windows` (training only)
-    keeps the first windows of the 30 s layout and drops the rest (see `kept_windows`).
+    keeps the first windows of the 30 s layout and drops the rest (see `kept_windows`). `whisper_off`
+    (training only): clips whose Whisper features are zeroed, so that BEATs alone must carry them.
     """
     speech = model.ln_speech(whisper_out)
+    if whisper_off is not None and any(whisper_off):
+        speech = speech.masked_fill(torch.tensor(whisper_off)[:, None, None], 0.0)
     if model.beats is not None and fbank is not None:
         audio, tok_pad = model.beats._encode_fbank(fbank, fbank_pad if fbank_pad is not None and fbank_pad.any() else None)
         audio = model.ln_audio(audio)
@@ -149,7 +152,7 @@ class CtcHead(torch.nn.Module):
 
 
 def ctc_loss(head: CtcHead, speech: torch.Tensor, targets: list, lm=None) -> torch.Tensor:
-    """CTC of the answer's word pieces (EOS dropped) over the speech tokens, blank = FILLER; mean over clips."""
+    """CTC of word pieces (each target's last id, EOS, dropped) over the speech tokens, blank = FILLER; mean over clips."""
     logp = F.log_softmax(head(speech, lm).float(), dim=-1).transpose(0, 1)  # (L, B, V)
     tg = [t[:-1] for t in targets]
     flat = torch.tensor([i for t in tg for i in t], dtype=torch.long)
@@ -204,9 +207,14 @@ def init_projection_from_data(model, cache: FeatureCache, idx: list, scale: floa
 
 
 def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list, *, beats_mode="on",
-               ctc_head: Optional[CtcHead] = None, ctc_weight: float = 0.0, keep_windows: Optional[int] = None) -> tuple:
-    """Mean target-token loss of a batch (+ ctc_weight x CTC on its ASR clips), and {name: (loss sum, count)}."""
-    speech = speech_from_features(model, *cached_inputs(cache, idx), beats_mode=beats_mode, keep_windows=keep_windows)
+               ctc_head: Optional[CtcHead] = None, ctc_weight: float = 0.0, keep_windows: Optional[int] = None,
+               ctc_targets: Optional[list] = None, whisper_off: Optional[list] = None) -> tuple:
+    """Mean target-token loss of a batch (+ ctc_weight x CTC), and {name: (loss sum, count)}.
+
+    CTC covers the clips whose `ctc_targets` entry is not None (word pieces + EOS, see `epoch_plan`);
+    without `ctc_targets`, the ASR clips with their targets."""
+    speech = speech_from_features(model, *cached_inputs(cache, idx), beats_mode=beats_mode, keep_windows=keep_windows,
+                                  whisper_off=whisper_off)
     embeds, mask, labels = llm_batch(model, speech, tasks, targets)
     logits = model.llama_model(inputs_embeds=embeds, attention_mask=mask).logits
     tok_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
@@ -218,35 +226,46 @@ def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list
         m = valid & rows[:, None]
         per_task[task] = (tok_loss[m].sum().item(), int(m.sum()))
     loss = tok_loss[valid].mean()
-    asr = [i for i, t in enumerate(tasks) if t == "asr"]
-    if ctc_head is not None and ctc_weight > 0 and asr:
-        ctc = ctc_loss(ctc_head, speech[asr], [targets[i] for i in asr], model.llm_base())
-        per_task["ctc"] = (ctc.item() * len(asr), len(asr))
+    if ctc_targets is None:
+        ctc_targets = [t if task == "asr" else None for task, t in zip(tasks, targets)]
+    rows = [i for i, t in enumerate(ctc_targets) if t is not None and len(t) > 1]
+    if ctc_head is not None and ctc_weight > 0 and rows:
+        ctc = ctc_loss(ctc_head, speech[rows], [ctc_targets[i] for i in rows], model.llm_base())
+        per_task["ctc"] = (ctc.item() * len(rows), len(rows))
         loss = loss + ctc_weight * ctc
     return loss, per_task
 
 
-def epoch_plan(samples: list, tokenizer, rng: np.random.Generator, batch: int) -> list:
-    """Shuffled batches of (indices, tasks, target ids); a caption clip's target is one of its references."""
+def epoch_plan(samples: list, tokenizer, rng: np.random.Generator, batch: int, ctc_caption: bool = False) -> list:
+    """Shuffled batches of (indices, tasks, target ids, CTC targets); a caption clip's target is one of its
+    references. CTC targets: an ASR clip's target; with `ctc_caption` a caption clip's content words
+    (`text.content_pieces` of the same reference, + EOS: the layout its slot had in LM pretraining)."""
     order = rng.permutation(len(samples))
     out = []
     for i in range(0, len(order), batch):
         idx = [int(j) for j in order[i:i + batch]]
-        tasks, tgts = [], []
+        tasks, tgts, ctc = [], [], []
         for j in idx:
             s = samples[j]
             refs = s.references or [s.text]
             text = s.text if s.task == "asr" else refs[int(rng.integers(len(refs)))]
             tasks.append(s.task)
             tgts.append(target_ids(tokenizer, text))
-        out.append((idx, tasks, tgts))
+            if s.task == "asr":
+                ctc.append(tgts[-1])
+            else:
+                ctc.append(content_pieces(tokenizer, text) + [tokenizer.eos_token_id] if ctc_caption else None)
+        out.append((idx, tasks, tgts, ctc))
     return out
 
 
 def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, batch: int, lr: float,
                 lora_lr: Optional[float], warmup: int, weight_decay: float, grad_clip: float, seed: int,
                 ctc_weight: float = 0.0, full_share: float = 1.0, max_minutes: Optional[float] = None,
-                proj_lr: Optional[float] = None, ctc_head: str = "lm", progress: Optional[Callable] = None, log=print) -> dict:
+                proj_lr: Optional[float] = None, ctc_head: str = "lm", ctc_caption: bool = False,
+                whisper_drop: float = 0.0, progress: Optional[Callable] = None, log=print) -> dict:
+    """SALMONN's stage (see the module docstring). `whisper_drop`: share of caption clips trained with their
+    Whisper features zeroed (BEATs alone), so that the BEATs branch learns to carry the sound."""
     trainable = set_trainable(model)
     rng = np.random.default_rng([seed, 22])
     per_epoch = -(-len(samples) // batch)
@@ -268,7 +287,7 @@ def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, bat
     task_tail: dict = {}  # task -> [(loss sum, tokens)] per step
     bar = progress(total) if progress else None
     while step < total and stopped is None:
-        for idx, tasks, tgts in epoch_plan(samples, model.tokenizer, rng, batch):
+        for idx, tasks, tgts, ctc_tgts in epoch_plan(samples, model.tokenizer, rng, batch, ctc_caption):
             if step >= total:
                 break
             if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
@@ -276,8 +295,9 @@ def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, bat
                 break
             set_lr(opt, base, warmup_cosine(step, total, warmup))
             keep = kept_windows(model, cache, idx, rng, full_share)
+            off = [t == "caption" and rng.random() < whisper_drop for t in tasks] if whisper_drop > 0 else None
             loss, per_task = batch_loss(model, cache, idx, tasks, tgts, ctc_head=head, ctc_weight=ctc_weight,
-                                        keep_windows=keep)
+                                        keep_windows=keep, ctc_targets=ctc_tgts, whisper_off=off)
             for task, (tot, n) in per_task.items():
                 task_tail.setdefault(task, []).append((tot, n))
             opt.zero_grad(set_to_none=True)
@@ -300,7 +320,7 @@ def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, bat
             "trainable_tensors": len(trainable), "first_loss": losses[0] if losses else None,
             "final_loss": float(np.mean(losses[-50:])) if losses else None, "loss_curve": _curve(losses),
             "final_loss_per_task": {t: round(_tail(v), 4) for t, v in task_tail.items()},
-            "ctc_weight": ctc_weight, "ctc_head": ctc_head, "full_length_share": full_share, "lr": lr, "lora_lr": lora_lr,
+            "ctc_weight": ctc_weight, "ctc_head": ctc_head, "ctc_caption": ctc_caption, "whisper_drop": whisper_drop, "full_length_share": full_share, "lr": lr, "lora_lr": lora_lr,
             "proj_lr": proj_lr, "seconds": round(time.perf_counter() - t0, 1),
             "audio_control": {"what": "target loss of the last 16 training clips per task with their own audio vs "
                                       "the audio of other clips (equal = the audio is not read)",

@@ -113,7 +113,8 @@ def stage_lm(tc, cfg, corpus, tok, progress: bool, dev_texts: Optional[list], lo
     report = pretrain_lm(lm, corpus, tok, cfg, epochs=tc.lm_epochs, batch=tc.lm_batch, lr=tc.lm_lr,
                          warmup=tc.lm_warmup, weight_decay=tc.lm_weight_decay, prompted_share=tc.lm_prompted_share,
                          slot_share=tc.lm_slot_share, n_slots=n_speech_tokens(cfg),
-                         slot_full_share=tc.lm_slot_full_share, seed=tc.seed,
+                         slot_full_share=tc.lm_slot_full_share, copy_share=tc.lm_copy_share,
+                         answer_only=tc.lm_answer_only, copy_steps=tc.lm_copy_steps, seed=tc.seed,
                          progress=_bar_factory("lm", progress))
     report["parameters"] = sum(p.numel() for p in lm.parameters())
     if tc.lm_slot_share > 0:
@@ -212,7 +213,8 @@ def stage_audio(tc, model, samples, cache, progress, log):
     report = train_audio(model, samples, cache, epochs=tc.epochs, batch=tc.batch, lr=tc.lr, lora_lr=tc.lora_lr,
                          warmup=tc.warmup, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip, seed=tc.seed,
                          ctc_weight=tc.ctc_weight, full_share=tc.full_share, max_minutes=tc.max_minutes,
-                         proj_lr=tc.proj_lr, ctc_head=tc.ctc_head, progress=_bar_factory("audio", progress), log=log)
+                         proj_lr=tc.proj_lr, ctc_head=tc.ctc_head, ctc_caption=tc.ctc_caption,
+                         whisper_drop=tc.whisper_drop, progress=_bar_factory("audio", progress), log=log)
     report["projection_init"] = init or {"method": "random"}
     ctl = report["audio_control"]["after"]
     log("audio: loss with own / other clips' audio: " + ", ".join(

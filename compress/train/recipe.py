@@ -61,7 +61,7 @@ class TrainConfig:
     proj_init: str = "data"  # "data": centred + scaled on training clips; "random": scaled random weights
     proj_init_scale: float = 1.0  # speech-token spread at init, relative to the LM's mean embedding norm
     # ---- stage 1: text LM pretraining
-    lm_epochs: float = 12.0
+    lm_epochs: float = 10.0
     lm_batch: int = 32
     lm_lr: float = 2e-3
     lm_warmup: int = 100
@@ -69,6 +69,9 @@ class TrainConfig:
     lm_prompted_share: float = 0.1  # share of sequences in the SALMONN prompt layout with an empty speech slot
     lm_slot_share: float = 0.7  # share in the prompt layout with text in the speech slot (see text.slot_tokens)
     lm_slot_full_share: float = 0.15  # share of those slots kept 30 s long; the rest cut as the audio stage cuts
+    lm_copy_share: float = 0.2  # synthetic random-piece copy items, x the corpus size (see text.copy_slot)
+    lm_answer_only: bool = True  # prompt layouts score the answer only (see text.lm_sequences)
+    lm_copy_steps: int = 800  # LM steps on synthetic copies alone before the corpus (see text.pretrain_lm)
     # ---- stage 2: audio (SALMONN) training
     epochs: float = 7.0
     batch: int = 8
@@ -80,6 +83,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ctc_head: str = "lm"  # "lm": the LM's frozen norm + output layer; "linear": a free head (audio_stage.CtcHead)
     ctc_weight: float = 1.0  # auxiliary CTC on the speech tokens of ASR clips (0 = SALMONN's loss only)
+    ctc_caption: bool = True  # ... and of caption clips, on their content words (see audio_stage.epoch_plan)
+    whisper_drop: float = 0.25  # share of caption clips trained on BEATs alone (Whisper features zeroed)
     full_share: float = 0.15  # share of batches with all 30 s of windows; the rest keep speech + 2-24 padding windows
     max_minutes: Optional[float] = 34.0  # safety stop of the audio stage (wall time; the schedule is by steps)
     # ---- feature caching
@@ -123,7 +128,7 @@ PRESETS = {
         beats_heads=2, beats_patch_embed=16, beats_conv_pos=8, beats_conv_pos_groups=4, beats_buckets=16,
         beats_max_distance=32, beats_dropout=0.0, qformer_hidden=32, qformer_heads=2, qformer_ffn=64,
         qformer_layers=2, llm_hidden=32, llm_layers=2, llm_heads=2, llm_kv_heads=2, llm_ffn=64,
-        lora_r=4, lora_alpha=16, lora_dropout=0.0, lm_epochs=3, lm_batch=8, lm_lr=3e-3, lm_warmup=2,
+        lora_r=4, lora_alpha=16, lora_dropout=0.0, lm_epochs=3, lm_batch=8, lm_lr=3e-3, lm_warmup=2, lm_copy_steps=4,
         epochs=8, batch=4, lr=3e-3, warmup=2, cache_batch=4, num_beams=2, max_new_tokens=12),
 }
 
