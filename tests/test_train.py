@@ -209,7 +209,7 @@ def test_lm_sequences_score_only_the_answer_of_prompt_layouts(tiny_data):
                 assert all(t in it for t in ids[start:-1])
     assert kinds["plain"] and kinds["prompt"] and kinds["copy"] == round(0.5 * n_items)
     unscored = lm_sequences(corpus, tok, cfg, np.random.default_rng(0), 0.2, 0.5, n_speech_tokens(cfg),
-                            answer_only=False)
+                            copy_share=0.5, answer_only=False)
     assert all(start == 1 for _, start in unscored)
 
 
@@ -300,6 +300,35 @@ def test_projection_init_from_data_sets_scale_and_centre(tiny_data, tmp_path):
     spread = (sp - sp.mean(0)).norm(dim=1).mean().item()
     assert abs(spread / table.norm(dim=1).mean().item() - 1.0) < 1e-3
     assert info["clips"] == len(idx) and 0 < info["window_dependent_share"] < 1
+
+
+def test_ctc_readout_spells_tokens_that_are_word_embeddings(tiny_data, tmp_path):
+    """Speech tokens that are exactly the transcript's piece embeddings (filler between) read out perfectly."""
+    from compress.train import audio_stage
+    from compress.train.demo import stage_features
+    from compress.train.text import FILLER
+
+    tc, cfg, tok, corpus, samples, model = _tiny_model(tiny_data)
+    cache = stage_features(tc, model, samples, str(tmp_path), False, lambda *a: None)
+    table = model.llama_model.get_input_embeddings().weight
+    asr = [i for i, s in enumerate(samples) if s.task == "asr"]
+
+    def spelled(model, wh, fb, pad, keep_windows=None):
+        rows = []
+        for i in range(wh.shape[0]):
+            pieces = tok(" " + samples[asr[i]].text, add_special_tokens=False)["input_ids"]
+            slot = [t for p in pieces for t in (p, FILLER)][:keep_windows]
+            rows.append(table[torch.tensor(slot + [FILLER] * (keep_windows - len(slot)))] * 50)
+        return torch.stack(rows)
+
+    real = audio_stage.ctc_readout(model, cache, samples)
+    assert real["clips"] == len(asr) and np.isfinite(real["wer"])
+    orig = audio_stage.speech_from_features
+    audio_stage.speech_from_features = spelled
+    try:
+        assert audio_stage.ctc_readout(model, cache, samples)["wer"] == 0.0
+    finally:
+        audio_stage.speech_from_features = orig
 
 
 def test_whisper_off_leaves_beats_alone(tiny_data, tmp_path):

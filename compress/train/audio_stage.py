@@ -324,7 +324,8 @@ def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, bat
             "proj_lr": proj_lr, "seconds": round(time.perf_counter() - t0, 1),
             "audio_control": {"what": "target loss of the last 16 training clips per task with their own audio vs "
                                       "the audio of other clips (equal = the audio is not read)",
-                              "before": control_before, "after": audio_control(model, cache, samples)}}
+                              "before": control_before, "after": audio_control(model, cache, samples)},
+            "ctc_readout": ctc_readout(model, cache, samples)}
 
 
 def _lr_of(name: str, *, lr: float, lora_lr: Optional[float], proj_lr: Optional[float]) -> float:
@@ -360,6 +361,33 @@ def audio_control(model, cache: FeatureCache, samples: list, n: int = 16, keep_w
     finally:
         model.train(was)
     return out
+
+
+@torch.no_grad()
+def ctc_readout(model, cache: FeatureCache, samples: list, n: int = 20, keep_windows: int = 60) -> dict:
+    """Do the speech tokens spell the transcript? Greedy CTC read-out of `n` training ASR clips' speech
+    tokens through the LM's own final norm and output layer (the `lm` CTC head without its scale, which
+    does not change the argmax; blank = FILLER), scored with corpus WER. High = the tokens do not carry
+    the words, whatever the LM does with them."""
+    from ..metrics import wer
+
+    ids = [i for i, s in enumerate(samples) if s.task == "asr"][-n:]
+    if not ids:
+        return {}
+    was = model.training
+    model.eval()
+    try:
+        speech = speech_from_features(model, *cached_inputs(cache, ids), keep_windows=keep_windows)
+        lm = model.llm_base()
+        best = lm.get_output_embeddings()(lm.model.norm(speech)).argmax(-1).tolist()
+    finally:
+        model.train(was)
+    hyps = []
+    for row in best:
+        out = [t for k, t in enumerate(row) if t != FILLER and (k == 0 or t != row[k - 1])]
+        hyps.append(model.tokenizer.decode(out).strip())
+    refs = [samples[i].text for i in ids]
+    return {"clips": len(ids), "wer": round(wer(refs, hyps), 4), "examples": [list(p) for p in zip(refs, hyps)][:3]}
 
 
 def _tail(pairs: list, n: int = 50) -> float:

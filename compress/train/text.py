@@ -130,7 +130,7 @@ def lm_sequences(corpus: Corpus, tokenizer, cfg: SalmonnConfig, rng: np.random.G
 
     plain (BOS + answer + EOS, every token scored); the SALMONN prompt with an empty speech slot
     (`prompted_share`); the SALMONN prompt with text in the speech slot (`slot_share`): the transcript
-    itself for ASR, a few words of the caption for captioning, so the small LM learns to read its speech
+    itself for ASR, the caption's content words for captioning, so the small LM learns to read its speech
     slot. Slots are cut short as the audio stage cuts its windows (`short_slot`) but in `slot_full_share`.
     Plus `copy_share` x the corpus size synthetic copy items (`copy_slot`, ASR prompt).
 
@@ -157,20 +157,20 @@ def lm_sequences(corpus: Corpus, tokenizer, cfg: SalmonnConfig, rng: np.random.G
         else:
             seqs.append(([tokenizer.bos_token_id] + ids, 1))
     seqs += copy_sequences(tokenizer, cfg, rng, int(round(copy_share * len(corpus.items()))), n_slots,
-                           slot_full_share)
+                           slot_full_share, answer_only)
     order = rng.permutation(len(seqs))
     return [seqs[i] for i in order]
 
 
 def copy_sequences(tokenizer, cfg: SalmonnConfig, rng: np.random.Generator, n: int, n_slots: int,
-                   slot_full_share: float) -> list:
+                   slot_full_share: float, answer_only: bool = True) -> list:
     """`n` synthetic copy items (`copy_slot`, 4-20 pieces) in the ASR prompt layout, as (ids, first scored position)."""
     before, after = model_prompt_ids(tokenizer, cfg, cfg.instructions["asr"])
     out = []
     for _ in range(n):
         slot, answer = copy_slot(tokenizer, int(rng.integers(4, 21)), n_slots, rng)
         head = [tokenizer.bos_token_id] + before + short_slot(slot, rng, slot_full_share) + after
-        out.append((head + answer, len(head)))
+        out.append((head + answer, len(head) if answer_only else 1))
     return out
 
 
