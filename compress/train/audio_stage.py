@@ -366,9 +366,9 @@ def audio_control(model, cache: FeatureCache, samples: list, n: int = 16, keep_w
 @torch.no_grad()
 def ctc_readout(model, cache: FeatureCache, samples: list, n: int = 20, keep_windows: int = 60) -> dict:
     """Do the speech tokens spell the transcript? Greedy CTC read-out of `n` training ASR clips' speech
-    tokens through the LM's own final norm and output layer (the `lm` CTC head without its scale, which
-    does not change the argmax; blank = FILLER), scored with corpus WER. High = the tokens do not carry
-    the words, whatever the LM does with them."""
+    tokens through a fresh `CtcHead("lm")` (the LM's own final norm and output layer; its learned scale,
+    not kept after training, does not change the argmax; blank = FILLER), scored with corpus WER.
+    High = the tokens do not carry the words, whatever the LM does with them."""
     from ..metrics import wer
 
     ids = [i for i, s in enumerate(samples) if s.task == "asr"][-n:]
@@ -378,8 +378,8 @@ def ctc_readout(model, cache: FeatureCache, samples: list, n: int = 20, keep_win
     model.eval()
     try:
         speech = speech_from_features(model, *cached_inputs(cache, ids), keep_windows=keep_windows)
-        lm = model.llm_base()
-        best = lm.get_output_embeddings()(lm.model.norm(speech)).argmax(-1).tolist()
+        head = CtcHead("lm", speech.shape[-1], model.llama_model.get_input_embeddings().num_embeddings)
+        best = head(speech, model.llm_base()).argmax(-1).tolist()
     finally:
         model.train(was)
     hyps = []

@@ -123,6 +123,14 @@ def copy_slot(tokenizer, n_tokens: int, n_slots: int, rng: np.random.Generator) 
     return spread(toks[: n_slots - 4], n_slots, rng), toks + [tokenizer.eos_token_id]
 
 
+def prompt_item(bos: int, prompt: tuple, slot: list, answer: list, answer_only: bool = True) -> tuple:
+    """(ids, first scored position) of BOS + prompt-before + slot + prompt-after + answer; with `answer_only`
+    only the answer is scored, else every token after BOS."""
+    before, after = prompt
+    head = [bos] + before + slot + after
+    return head + answer, len(head) if answer_only else 1
+
+
 def lm_sequences(corpus: Corpus, tokenizer, cfg: SalmonnConfig, rng: np.random.Generator, prompted_share: float,
                  slot_share: float = 0.0, n_slots: int = 88, slot_full_share: float = 1.0, copy_share: float = 0.0,
                  answer_only: bool = True) -> list:
@@ -140,20 +148,15 @@ def lm_sequences(corpus: Corpus, tokenizer, cfg: SalmonnConfig, rng: np.random.G
     same task reached 44% in 400 steps and rising; measured in session 5).
     """
     prompt_ids = {task: model_prompt_ids(tokenizer, cfg, cfg.instructions[task]) for task in cfg.instructions}
-    seqs = []
-
-    def prompted(task, slot, answer):
-        before, after = prompt_ids[task]
-        head = [tokenizer.bos_token_id] + before + slot + after
-        seqs.append((head + answer, len(head) if answer_only else 1))
-
+    bos, seqs = tokenizer.bos_token_id, []
     for task, text in corpus.items():
         ids = target_ids(tokenizer, text)
         r = rng.random()
         if r < slot_share:
-            prompted(task, short_slot(slot_tokens(tokenizer, task, text, n_slots, rng), rng, slot_full_share), ids)
+            slot = short_slot(slot_tokens(tokenizer, task, text, n_slots, rng), rng, slot_full_share)
+            seqs.append(prompt_item(bos, prompt_ids[task], slot, ids, answer_only))
         elif r < slot_share + prompted_share:
-            prompted(task, [], ids)
+            seqs.append(prompt_item(bos, prompt_ids[task], [], ids, answer_only))
         else:
             seqs.append(([tokenizer.bos_token_id] + ids, 1))
     seqs += copy_sequences(tokenizer, cfg, rng, int(round(copy_share * len(corpus.items()))), n_slots,
@@ -165,12 +168,12 @@ def lm_sequences(corpus: Corpus, tokenizer, cfg: SalmonnConfig, rng: np.random.G
 def copy_sequences(tokenizer, cfg: SalmonnConfig, rng: np.random.Generator, n: int, n_slots: int,
                    slot_full_share: float, answer_only: bool = True) -> list:
     """`n` synthetic copy items (`copy_slot`, 4-20 pieces) in the ASR prompt layout, as (ids, first scored position)."""
-    before, after = model_prompt_ids(tokenizer, cfg, cfg.instructions["asr"])
+    prompt = model_prompt_ids(tokenizer, cfg, cfg.instructions["asr"])
     out = []
     for _ in range(n):
         slot, answer = copy_slot(tokenizer, int(rng.integers(4, 21)), n_slots, rng)
-        head = [tokenizer.bos_token_id] + before + short_slot(slot, rng, slot_full_share) + after
-        out.append((head + answer, len(head) if answer_only else 1))
+        out.append(prompt_item(tokenizer.bos_token_id, prompt, short_slot(slot, rng, slot_full_share), answer,
+                               answer_only))
     return out
 
 
@@ -236,17 +239,14 @@ def slot_reading(model, tokenizer, cfg: SalmonnConfig, corpus: Corpus, n_slots: 
                 items = [(slot_tokens(tokenizer, task, t, n_slots, rng), target_ids(tokenizer, t)) for t in texts]
             if len(items) < 2:
                 continue
-            before, after = model_prompt_ids(tokenizer, cfg, cfg.instructions["asr" if task == "copy" else task])
+            prompt = model_prompt_ids(tokenizer, cfg, cfg.instructions["asr" if task == "copy" else task])
             slots = [short_slot(slot, rng, 0.0) for slot, _ in items]
             res = {}
             for name, shift in (("own_slot", 0), ("other_slot", len(items) // 2)):
-                seqs, starts = [], []
-                for k, (_, answer) in enumerate(items):
-                    head = [tokenizer.bos_token_id] + before + slots[(k + shift) % len(items)] + after
-                    starts.append(len(head))
-                    seqs.append(head + answer)
-                ids, mask = pad_batch(seqs)
-                res[name] = round(lm_loss(model, ids, mask, starts).item(), 4)
+                seqs = [prompt_item(tokenizer.bos_token_id, prompt, slots[(k + shift) % len(items)], answer)
+                        for k, (_, answer) in enumerate(items)]
+                ids, mask = pad_batch([q for q, _ in seqs])
+                res[name] = round(lm_loss(model, ids, mask, [st for _, st in seqs]).item(), 4)
             out[task] = res
     finally:
         model.train(was)
@@ -272,7 +272,8 @@ def pretrain_lm(model, corpus: Corpus, tokenizer, cfg: SalmonnConfig, *, epochs:
     first = None
     while step < total:
         if step < copy_steps:
-            seqs = copy_sequences(tokenizer, cfg, rng, (copy_steps - step) * batch, n_slots, slot_full_share)
+            seqs = copy_sequences(tokenizer, cfg, rng, (copy_steps - step) * batch, n_slots, slot_full_share,
+                                  answer_only)
         else:
             seqs = lm_sequences(corpus, tokenizer, cfg, rng, prompted_share, slot_share, n_slots, slot_full_share,
                                 copy_share, answer_only)
