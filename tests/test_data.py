@@ -37,10 +37,26 @@ def test_sentence_pool_is_real_varied_and_split_disjoint():
     assert len(by["train"]) >= 1000 and len(by["dev"]) >= 100 and len(by["test"]) >= 100
     assert not by["train"] & by["dev"] and not by["train"] & by["test"] and not by["dev"] & by["test"]
     vocab = {w for split in by.values() for s in split for w in s.split()}
-    assert len(vocab) > 3000
+    assert 1500 < len(vocab) <= sentences.VOCABULARY
+    train_words = {w for s in by["train"] for w in s.split()}  # closed vocabulary
+    assert all(set(s.split()) <= train_words for split in ("dev", "test") for s in by[split])
     for s in sentences.load_pool():
         n = len(sentences.normalise(s).split())
         assert 5 <= n <= 20, s
+
+
+def test_closed_vocabulary_moves_unseen_words_to_train():
+    cands = [f"the cat saw item {w}" for w in ("apple", "pear", "plum", "fig", "lime", "kiwi", "date", "nut",
+                                                "bean", "corn", "rice", "oat", "rye", "pea", "yam", "leek")]
+    by_hash = {sp: [c for c in cands if sentences.hash_split(c) == sp] for sp in sentences.SPLITS}
+    assert by_hash["train"] and (by_hash["dev"] or by_hash["test"])
+    held = (by_hash["dev"] + by_hash["test"])[0]  # a dev/test sentence whose last word no train sentence has
+    word = held.split()[-1]
+    covered = [t + " " + word for t in by_hash["train"] if sentences.hash_split(t + " " + word) == "train"][0]
+    got = sentences.closed_vocabulary_splits([held] + by_hash["train"])
+    assert got[held] == "train" and all(got[c] == "train" for c in by_hash["train"])
+    got = sentences.closed_vocabulary_splits([held, covered] + by_hash["train"])  # now a train sentence has it
+    assert got[held] == sentences.hash_split(held) != "train"
 
 
 def test_normalise_plain_words():

@@ -29,7 +29,7 @@ SPLIT_IDS = {"train": 0, "dev": 1, "test": 2}
 DEFAULT_COUNTS = {"train": (2000, 2000), "dev": (100, 100), "test": (100, 100)}
 HELDOUT_SHARE = 0.2  # of the dev / test ASR clips
 ASR_NOISE_SHARE = 0.3
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 def select_voices(spec: str | None) -> list[str]:

@@ -11,9 +11,14 @@ the generator needs no WordNet at run time; ``python -m compress.data.sentences 
 regenerates it from an installed ``wordnet-base``.
 
 Selection: 6 to 20 words, letters and simple punctuation only (no digits, no acronyms, no
-ellipses), a short block-list of sensitive words, unique after normalisation. Split: a stable
-hash of the normalised text puts 10 % in ``test``, 10 % in ``dev`` and 80 % in ``train``, so
-dev and test sentences never occur in training, whatever the seed.
+ellipses), a short block-list of sensitive words, unique after normalisation, and every word among
+the ``VOCABULARY`` (2,000) most frequent words of all such examples: a closed vocabulary, as in
+WSJ's 5k closed-vocabulary task. (Without it, WordNet's examples each illustrate a rare word: on the
+first pool, 20 % of the test split's running words occurred in no training clip, which no model
+trained on a few thousand clips can spell.) Split: a stable hash of the normalised text puts 10 %
+in ``test``, 10 % in ``dev`` and 80 % in ``train``; a dev or test sentence with a word that no
+train sentence has moves to ``train`` (closed vocabulary). Dev and test sentences never occur in
+training, whatever the seed.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import functools
 import hashlib
 import random
 import re
+from collections import Counter
 from pathlib import Path
 
 from ..errors import ConfigError, choices
@@ -29,6 +35,7 @@ from ..errors import ConfigError, choices
 POOL_FILE = Path(__file__).with_name("sentences.txt")
 WORDNET_DIR = Path("/usr/share/wordnet")
 POOL_SIZE = 4000
+VOCABULARY = 2000  # pool sentences use only this many of the most frequent words of the examples
 MIN_WORDS, MAX_WORDS = 6, 20
 SPLITS = ("train", "dev", "test")
 LICENCE = ("WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved. "
@@ -52,10 +59,28 @@ def normalise(text: str) -> str:
     return " ".join(w for w in words if w)
 
 
-def split_of(sentence: str) -> str:
-    """The split a sentence belongs to, from a stable hash of its normalised text."""
+def hash_split(sentence: str) -> str:
+    """The split a stable hash of the normalised text gives (before the closed-vocabulary rule)."""
     bucket = int(hashlib.sha1(normalise(sentence).encode()).hexdigest()[:8], 16) % 10
     return "test" if bucket == 0 else "dev" if bucket == 1 else "train"
+
+
+def closed_vocabulary_splits(pool) -> dict:
+    """{normalised sentence: split}: `hash_split`, then dev/test sentences with a word absent from every
+    train sentence move to train, so that every dev/test word occurs in the training text."""
+    by = {normalise(s): hash_split(s) for s in pool}
+    train_words = {w for s, sp in by.items() if sp == "train" for w in s.split()}
+    return {s: sp if sp == "train" or set(s.split()) <= train_words else "train" for s, sp in by.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _pool_splits() -> dict:
+    return closed_vocabulary_splits(load_pool())
+
+
+def split_of(sentence: str) -> str:
+    """The split of a pool sentence (see `closed_vocabulary_splits`); `hash_split` for any other text."""
+    return _pool_splits().get(normalise(sentence)) or hash_split(sentence)
 
 
 @functools.lru_cache(maxsize=1)
@@ -103,8 +128,10 @@ def extract_wordnet_examples(wordnet_dir=WORDNET_DIR) -> list[str]:
     return out
 
 
-def build_pool(wordnet_dir=WORDNET_DIR, size: int = POOL_SIZE, seed: int = 0) -> list[str]:
-    """Filter, de-duplicate and sample the pool; sorted for a readable file."""
+def build_pool(wordnet_dir=WORDNET_DIR, size: int = POOL_SIZE, seed: int = 0,
+               vocabulary: int = VOCABULARY) -> list[str]:
+    """Filter, de-duplicate, keep the sentences over the `vocabulary` most frequent words, sample at most
+    `size`; sorted for a readable file."""
     seen, kept = set(), []
     for s in extract_wordnet_examples(wordnet_dir):
         s = s.rstrip(" ;:,")
@@ -112,17 +139,22 @@ def build_pool(wordnet_dir=WORDNET_DIR, size: int = POOL_SIZE, seed: int = 0) ->
         if _acceptable(s) and key not in seen:
             seen.add(key)
             kept.append(s)
+    counts = Counter(w for s in kept for w in normalise(s).split())
+    common = {w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:vocabulary]}
+    kept = [s for s in kept if set(normalise(s).split()) <= common]
     random.Random(seed).shuffle(kept)
     return sorted(kept[:size], key=str.lower)
 
 
 def write_pool(path=POOL_FILE, **kwargs) -> int:
     pool = build_pool(**kwargs)
-    header = [f"# {len(pool)} English sentences: usage examples from Princeton WordNet 3.0 (Debian wordnet-base).",
+    header = [f"# {len(pool)} English sentences: usage examples from Princeton WordNet 3.0 (Debian wordnet-base) "
+              f"over their {kwargs.get('vocabulary', VOCABULARY)} most frequent words.",
               f"# {LICENCE}",
               "# Regenerate: python -m compress.data.sentences --rebuild"]
     Path(path).write_text("\n".join(header + pool) + "\n", encoding="utf-8")
     load_pool.cache_clear()
+    _pool_splits.cache_clear()
     return len(pool)
 
 
