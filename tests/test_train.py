@@ -350,9 +350,9 @@ def test_whisper_off_leaves_beats_alone(tiny_data, tmp_path):
     assert torch.allclose(off[0], off2[0])
 
 
-@pytest.mark.parametrize("kind", ["lm", "linear"])
+@pytest.mark.parametrize("kind", ["lm", "linear", "embed"])
 def test_ctc_head_learns_on_free_tokens(tiny_data, kind):
-    """Both CTC heads give a loss that falls when the speech tokens themselves are optimised."""
+    """Every CTC head gives a loss that falls when the speech tokens themselves are optimised."""
     from compress.train.audio_stage import CtcHead, ctc_loss
 
     torch.manual_seed(0)
@@ -390,3 +390,59 @@ def test_audio_control_compares_own_and_other_audio(tiny_data, tmp_path):
             other, _ = batch_loss(model, cache, ids[2:] + ids[:2], [task] * 4, tg, keep_windows=60)
         assert v == {"own_audio": round(own.item(), 4), "other_audio": round(other.item(), 4)}
     assert model.training is False  # the mode it was called in is restored
+
+
+def test_embed_head_prefers_the_nearest_embedding(tiny_data):
+    """The `embed` head's argmax is the embedding row closest to the token, whatever the scale."""
+    from compress.train.audio_stage import CtcHead
+
+    tc, cfg, tok, corpus, samples, model = _tiny_model(tiny_data)
+    lm = model.llm_base()
+    table = lm.get_input_embeddings().weight.detach()
+    head = CtcHead("embed", tc.llm_hidden, table.shape[0])
+    ids = torch.tensor([3, 17, 42, 99])
+    x = table[ids] + 0.01 * torch.randn(4, table.shape[1], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for scale in (0.0, 2.0):
+            head.log_scale.fill_(scale)
+            assert torch.equal(head(x[None], lm)[0].argmax(-1), ids)
+
+
+def test_beats_zero_mode_matches_zeroed_beats_features(tiny_data, tmp_path):
+    """beats_mode='zero' skips BEATs and gives what zeroing its output gives (the warm-up's and the ablation's input)."""
+    from compress.train.audio_stage import cached_inputs, speech_from_features
+    from compress.train.demo import stage_features
+
+    tc, cfg, tok, corpus, samples, model = _tiny_model(tiny_data)
+    cache = stage_features(tc, model, samples, str(tmp_path), False, lambda *a: None)
+    model.eval()
+    wh, fb, pad = cached_inputs(cache, [0, 1, 2])
+    handle = model.ln_audio.register_forward_hook(lambda mod, args, out: torch.zeros_like(out))
+    with torch.no_grad():
+        zeroed = speech_from_features(model, wh, fb, pad, keep_windows=20)
+        handle.remove()
+        skipped = speech_from_features(model, wh, None, None, beats_mode="zero", keep_windows=20)
+        plain = speech_from_features(model, wh, fb, pad, keep_windows=20)
+    assert torch.allclose(skipped, zeroed, atol=1e-6) and not torch.allclose(plain, zeroed)
+
+
+def test_ctc_warmup_trains_the_front_alone_then_the_joint_stage_starts_from_it(tiny_data, tmp_path):
+    from compress.train.audio_stage import train_audio
+    from compress.train.demo import stage_features
+
+    tc, cfg, tok, corpus, samples, model = _tiny_model(tiny_data)
+    cache = stage_features(tc, model, samples, str(tmp_path), False, lambda *a: None)
+    lm_before = {n: p.detach().clone() for n, p in model.llm_base().named_parameters() if "lora_" not in n}
+    beats_before = {n: p.detach().clone() for n, p in model.beats.named_parameters()}
+    report = train_audio(model, samples, cache, epochs=0.01, batch=4, lr=3e-3, lora_lr=None, warmup=1,
+                         weight_decay=0.0, grad_clip=1.0, seed=0, ctc_weight=1.0, ctc_head="embed",
+                         warmup_steps=30, warmup_batch=4, warmup_lr=3e-3, log=lambda *a: None)
+    warm = report["ctc_warmup"]
+    assert warm["steps"] == 30 and warm["final_loss"] < warm["first_loss"], warm
+    assert {"wer", "clips"} <= set(warm["ctc_readout"])
+    assert report["steps"] == 1 and report["ctc_head"] == "embed"
+    # the LM base never trains; ln_audio's gain starts at zero, so the one joint step opens it a little and
+    # BEATs itself (no gradient through a zero gain) is still untouched
+    assert all(torch.equal(p, lm_before[n]) for n, p in model.llm_base().named_parameters() if "lora_" not in n)
+    assert 0 < model.ln_audio.weight.abs().max() < 0.1
+    assert all(torch.equal(p, beats_before[n]) for n, p in model.beats.named_parameters())

@@ -71,13 +71,13 @@ def speech_from_features(model, whisper_out: torch.Tensor, fbank: Optional[torch
     speech = model.ln_speech(whisper_out)
     if whisper_off is not None and any(whisper_off):
         speech = speech.masked_fill(torch.tensor(whisper_off)[:, None, None], 0.0)
-    if model.beats is not None and fbank is not None:
+    if model.beats is not None and beats_mode == "zero":  # BEATs tokens never outnumber Whisper's 1500 frames
+        speech = torch.cat([speech, speech.new_zeros(speech.shape[:2] + (model.ln_audio.normalized_shape[0],))], -1)
+    elif model.beats is not None and fbank is not None:
         audio, tok_pad = model.beats._encode_fbank(fbank, fbank_pad if fbank_pad is not None and fbank_pad.any() else None)
         audio = model.ln_audio(audio)
         if tok_pad is not None:
             audio = audio.masked_fill(tok_pad.unsqueeze(-1), 0.0)
-        if beats_mode == "zero":
-            audio = torch.zeros_like(audio)
         speech, audio = _pad_to_same_length(speech, audio)
         speech = torch.cat([speech, audio], dim=-1)
     if keep_windows is not None:
@@ -130,7 +130,10 @@ class CtcHead(torch.nn.Module):
     a hidden state, times a learned scale: CTC then pulls each window's token towards the embedding
     of the word piece spoken in it, which is what the LM learned to copy from its speech slot in
     pretraining. `linear`: a LayerNorm (no affine) and a free linear layer (tokens only need to be
-    linearly decodable). The blank is the filler token of the slot-reading sequences. (A head of
+    linearly decodable). `embed`: minus the squared distance to each row of the LM's frozen input
+    embedding table, times a learned scale: CTC pulls each token onto the embedding of its word piece
+    (the blank's is the filler's), the layout of the text slots the LM was pretrained to read. The
+    blank is the filler token of the slot-reading sequences. (A head of
     cosine similarities to the frozen embedding table did not learn at all: the table's rows share
     one dominant direction, so all cosines are nearly equal.)
     """
@@ -148,6 +151,10 @@ class CtcHead(torch.nn.Module):
     def forward(self, speech: torch.Tensor, lm=None) -> torch.Tensor:
         if self.kind == "linear":
             return self.out(F.layer_norm(speech, speech.shape[-1:]))
+        if self.kind == "embed":
+            table = lm.get_input_embeddings().weight.detach()
+            sq = table.pow(2).sum(1)  # logits start spread over ~10 units between near and far rows
+            return (speech @ table.T - 0.5 * sq) * (self.log_scale.exp() * 10.0 / sq.mean())
         return lm.get_output_embeddings()(lm.model.norm(speech)) * self.log_scale.exp()
 
 
@@ -236,6 +243,61 @@ def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list
     return loss, per_task
 
 
+def ctc_warmup(model, samples: list, cache: FeatureCache, head: CtcHead, *, steps: int, batch: int, lr: float,
+               seed: int, proj_lr: Optional[float] = None, progress: Optional[Callable] = None) -> dict:
+    """CTC alone on the ASR clips' speech tokens, before SALMONN's loss: no LLM forward and no BEATs (its
+    features zeroed), so a step costs a fraction of a joint one and the Q-Former learns to spell first.
+
+    Trains ln_speech, the Q-Former, its queries, the projection (at `proj_lr`) and the head; each batch
+    keeps the windows of its longest clip plus 2 of padding. Returns the loss curve and the greedy
+    read-out (`ctc_readout`) after it."""
+    asr = [i for i, s in enumerate(samples) if s.task == "asr"]
+    if steps <= 0 or not asr:
+        return {"steps": 0}
+    mods = [model.ln_speech, model.speech_Qformer]
+    named = [(n, p) for mod in mods for n, p in mod.named_parameters()] + [("speech_query_tokens", model.speech_query_tokens)]
+    proj = list(model.speech_llama_proj.parameters())
+    head_named = list(head.named_parameters())
+    groups = [{"params": [p for _, p in named] + [p for n, p in head_named if n != "log_scale"], "lr": lr},
+              {"params": proj, "lr": proj_lr or lr},
+              {"params": [p for n, p in head_named if n == "log_scale"], "lr": HEAD_SCALE_LR}]
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
+    base = [g["lr"] for g in opt.param_groups]
+    rng = np.random.default_rng([seed, 44])
+    targets = {i: target_ids(model.tokenizer, samples[i].text) for i in asr}
+    was = model.training
+    model.train()
+    model.speech_encoder.eval()
+    lm = model.llm_base()
+    losses, t0 = [], time.perf_counter()
+    bar = progress(steps) if progress else None
+    for step in range(steps):
+        set_lr(opt, base, warmup_cosine(step, steps, min(100, steps // 10)))
+        idx = [int(i) for i in rng.choice(asr, min(batch, len(asr)), replace=False)]
+        wh, fb, pad = cached_inputs(cache, idx)
+        frames = max(int(cache.offsets[i + 1] - cache.offsets[i]) for i in idx) // 2
+        keep = -(-frames // model.cfg.window_stride) + 2
+        speech = speech_from_features(model, wh, None, None, beats_mode="zero", keep_windows=keep)
+        loss = ctc_loss(head, speech, [targets[i] for i in idx], lm)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(ctc=f"{np.mean(losses[-50:]):.3f}")
+    if bar is not None:
+        bar.close()
+    model.train(was)
+    from .text import _curve
+
+    return {"steps": steps, "batch": batch, "lr": lr, "proj_lr": proj_lr, "first_loss": losses[0],
+            "final_loss": float(np.mean(losses[-50:])), "loss_curve": _curve(losses),
+            "seconds": round(time.perf_counter() - t0, 1), "ctc_readout": ctc_readout(model, cache, samples, head=head)}
+
+
 def epoch_plan(samples: list, tokenizer, rng: np.random.Generator, batch: int, ctc_caption: bool = False) -> list:
     """Shuffled batches of (indices, tasks, target ids, CTC targets); a caption clip's target is one of its
     references. CTC targets: an ASR clip's target; with `ctc_caption` a caption clip's content words
@@ -263,9 +325,13 @@ def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, bat
                 lora_lr: Optional[float], warmup: int, weight_decay: float, grad_clip: float, seed: int,
                 ctc_weight: float = 0.0, full_share: float = 1.0, max_minutes: Optional[float] = None,
                 proj_lr: Optional[float] = None, ctc_head: str = "lm", ctc_caption: bool = False,
-                whisper_drop: float = 0.0, progress: Optional[Callable] = None, log=print) -> dict:
+                whisper_drop: float = 0.0, warmup_steps: int = 0, warmup_batch: int = 16, warmup_lr: float = 1e-3,
+                progress: Optional[Callable] = None, warmup_progress: Optional[Callable] = None, log=print) -> dict:
     """SALMONN's stage (see the module docstring). `whisper_drop`: share of caption clips trained with their
-    Whisper features zeroed (BEATs alone), so that the BEATs branch learns to carry the sound."""
+    Whisper features zeroed (BEATs alone), so that the BEATs branch learns to carry the sound.
+    `warmup_steps` of `ctc_warmup` come first (same CTC head, kept for the joint steps); BEATs' output
+    LayerNorm (ln_audio) then starts at zero gain, so that the joint steps begin from the inputs the
+    warm-up saw (BEATs zeroed) and the BEATs branch opens as it learns."""
     trainable = set_trainable(model)
     rng = np.random.default_rng([seed, 22])
     per_epoch = -(-len(samples) // batch)
@@ -273,10 +339,20 @@ def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, bat
     lr_of = partial(_lr_of, lr=lr, lora_lr=lora_lr, proj_lr=proj_lr)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     head = None
-    if ctc_weight > 0:
+    if ctc_weight > 0 or warmup_steps > 0:
         head = CtcHead(ctc_head, model.speech_llama_proj.out_features,
                        model.llama_model.get_input_embeddings().num_embeddings)
         named += [(f"ctc_head.{n}", p) for n, p in head.named_parameters()]
+    warm = {"steps": 0}
+    if warmup_steps > 0:
+        if model.beats is not None:
+            with torch.no_grad():
+                model.ln_audio.weight.zero_()
+                model.ln_audio.bias.zero_()
+        warm = ctc_warmup(model, samples, cache, head, steps=warmup_steps, batch=warmup_batch, lr=warmup_lr,
+                          seed=seed, proj_lr=proj_lr, progress=warmup_progress)
+        log(f"audio: CTC warm-up {warm['steps']} steps in {warm['seconds']:.0f} s, loss {warm['first_loss']:.3f} -> "
+            f"{warm['final_loss']:.3f}, greedy read-out WER {warm['ctc_readout'].get('wer')}")
     opt = make_optimizer(named, lr, weight_decay, lr_of)
     base = [g["lr"] for g in opt.param_groups]
     params = [p for _, p in named]
@@ -325,7 +401,10 @@ def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, bat
             "audio_control": {"what": "target loss of the last 16 training clips per task with their own audio vs "
                                       "the audio of other clips (equal = the audio is not read)",
                               "before": control_before, "after": audio_control(model, cache, samples)},
-            "ctc_readout": ctc_readout(model, cache, samples)}
+            "ctc_warmup": warm, "ctc_readout": ctc_readout(model, cache, samples, head=head)}
+
+
+HEAD_SCALE_LR = 0.03  # the CTC head's one scalar (log temperature): at the weights' LR it took thousands of steps
 
 
 def _lr_of(name: str, *, lr: float, lora_lr: Optional[float], proj_lr: Optional[float]) -> float:
@@ -333,6 +412,8 @@ def _lr_of(name: str, *, lr: float, lora_lr: Optional[float], proj_lr: Optional[
     embedding space, whose scale is small (mean row norm ~0.6 here): an Adam step of `lr` on its
     weights moves a speech token by several embedding norms, and the tokens then drift to norms
     of 20-80 and lose their window-to-window differences (measured), hence a much lower LR."""
+    if name == "ctc_head.log_scale":
+        return HEAD_SCALE_LR
     if "lora_" in name and lora_lr:
         return lora_lr
     if name.startswith("speech_llama_proj.") and proj_lr:
@@ -364,10 +445,11 @@ def audio_control(model, cache: FeatureCache, samples: list, n: int = 16, keep_w
 
 
 @torch.no_grad()
-def ctc_readout(model, cache: FeatureCache, samples: list, n: int = 20, keep_windows: int = 60) -> dict:
+def ctc_readout(model, cache: FeatureCache, samples: list, n: int = 20, keep_windows: int = 60,
+                head: Optional[CtcHead] = None) -> dict:
     """Do the speech tokens spell the transcript? Greedy CTC read-out of `n` training ASR clips' speech
-    tokens through a fresh `CtcHead("lm")` (the LM's own final norm and output layer; its learned scale,
-    not kept after training, does not change the argmax; blank = FILLER), scored with corpus WER.
+    tokens through `head`, by default a fresh `CtcHead("lm")` (the LM's own final norm and output layer;
+    a learned scale does not change the argmax; blank = FILLER), scored with corpus WER.
     High = the tokens do not carry the words, whatever the LM does with them."""
     from ..metrics import wer
 
@@ -378,7 +460,7 @@ def ctc_readout(model, cache: FeatureCache, samples: list, n: int = 20, keep_win
     model.eval()
     try:
         speech = speech_from_features(model, *cached_inputs(cache, ids), keep_windows=keep_windows)
-        head = CtcHead("lm", speech.shape[-1], model.llama_model.get_input_embeddings().num_embeddings)
+        head = head or CtcHead("lm", speech.shape[-1], model.llama_model.get_input_embeddings().num_embeddings)
         best = head(speech, model.llm_base()).argmax(-1).tolist()
     finally:
         model.train(was)

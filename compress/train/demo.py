@@ -7,8 +7,10 @@ Stages (each timed, wall clock, and recorded in the artifact's manifest under "t
   tokenizer  byte-level BPE trained on the training text (sentences + captions + the SALMONN prompts)
   lm         a small Llama trained as a text LM on that corpus (all weights), then frozen
   features   the frozen Whisper tiny.en encoder run once per training clip (cached), BEATs fbanks
-  audio      SALMONN's stage: BEATs (from scratch), Q-Former, projection and LoRA (every projection of the LM) on
-             ASR + captioning with the SALMONN prompt, teacher forcing, loss on the target tokens only
+  audio      a CTC warm-up of the audio front alone (Q-Former + projection spell the ASR transcripts onto the LM's
+             word embeddings, no LM forward), then SALMONN's stage: BEATs (from scratch), Q-Former, projection
+             and LoRA (every projection of the LM) on ASR + captioning with the SALMONN prompt, teacher forcing,
+             loss on the target tokens only (+ the CTC term)
   save       weights of 2+ dimensions stored as float16 (loaded back as float32), tokenizer, manifest
 """
 
@@ -214,7 +216,10 @@ def stage_audio(tc, model, samples, cache, progress, log):
                          warmup=tc.warmup, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip, seed=tc.seed,
                          ctc_weight=tc.ctc_weight, full_share=tc.full_share, max_minutes=tc.max_minutes,
                          proj_lr=tc.proj_lr, ctc_head=tc.ctc_head, ctc_caption=tc.ctc_caption,
-                         whisper_drop=tc.whisper_drop, progress=_bar_factory("audio", progress), log=log)
+                         whisper_drop=tc.whisper_drop, warmup_steps=tc.ctc_warmup_steps,
+                         warmup_batch=tc.ctc_warmup_batch, warmup_lr=tc.ctc_warmup_lr,
+                         progress=_bar_factory("audio", progress), warmup_progress=_bar_factory("ctc warm-up", progress),
+                         log=log)
     report["projection_init"] = init or {"method": "random"}
     ctl = report["audio_control"]["after"]
     log("audio: loss with own / other clips' audio: " + ", ".join(

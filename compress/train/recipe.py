@@ -9,7 +9,7 @@ from ..errors import ConfigError, choices
 
 
 PROJ_INITS = ("data", "random")
-CTC_HEADS = ("lm", "linear")  # see audio_stage.CtcHead
+CTC_HEADS = ("lm", "linear", "embed")  # see audio_stage.CtcHead
 
 
 @dataclass
@@ -73,7 +73,7 @@ class TrainConfig:
     lm_answer_only: bool = True  # prompt layouts score the answer only (see text.lm_sequences)
     lm_copy_steps: int = 800  # LM steps on synthetic copies alone before the corpus (see text.pretrain_lm)
     # ---- stage 2: audio (SALMONN) training
-    epochs: float = 7.0
+    epochs: float = 6.0
     batch: int = 8
     lr: float = 1e-3
     lora_lr: Optional[float] = 1e-3  # None: same as lr
@@ -81,10 +81,14 @@ class TrainConfig:
     warmup: int = 150
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    ctc_head: str = "lm"  # "lm": the LM's frozen norm + output layer; "linear": a free head (audio_stage.CtcHead)
+    ctc_head: str = "embed"  # "lm": the LM's frozen norm + output layer; "linear": a free head; "embed": distance to the
+    # LM's input embeddings (audio_stage.CtcHead)
+    ctc_warmup_steps: int = 1600  # CTC alone on ASR clips before SALMONN's loss (audio_stage.ctc_warmup); 0 = none
+    ctc_warmup_batch: int = 16
+    ctc_warmup_lr: float = 1e-3
     ctc_weight: float = 1.0  # auxiliary CTC on the speech tokens of ASR clips (0 = SALMONN's loss only)
     ctc_caption: bool = True  # ... and of caption clips, on their content words (see audio_stage.epoch_plan)
-    whisper_drop: float = 0.25  # share of caption clips trained on BEATs alone (Whisper features zeroed)
+    whisper_drop: float = 0.5  # share of caption clips trained on BEATs alone (Whisper features zeroed)
     full_share: float = 0.15  # share of batches with all 30 s of windows; the rest keep speech + 2-24 padding windows
     max_minutes: Optional[float] = 34.0  # safety stop of the audio stage (wall time; the schedule is by steps)
     # ---- feature caching
@@ -129,7 +133,7 @@ PRESETS = {
         beats_max_distance=32, beats_dropout=0.0, qformer_hidden=32, qformer_heads=2, qformer_ffn=64,
         qformer_layers=2, llm_hidden=32, llm_layers=2, llm_heads=2, llm_kv_heads=2, llm_ffn=64,
         lora_r=4, lora_alpha=16, lora_dropout=0.0, lm_epochs=3, lm_batch=8, lm_lr=3e-3, lm_warmup=2, lm_copy_steps=4,
-        epochs=8, batch=4, lr=3e-3, warmup=2, cache_batch=4, num_beams=2, max_new_tokens=12),
+        ctc_warmup_steps=4, ctc_warmup_batch=4, epochs=8, batch=4, lr=3e-3, warmup=2, cache_batch=4, num_beams=2, max_new_tokens=12),
 }
 
 
