@@ -96,10 +96,19 @@ def test_pipeline_trains_and_writes_a_loadable_artifact(tiny_data, tmp_path):
     sample = read_annotations(tiny_data)[0]
     outs = model.generate([load_audio(sample.path)], "caption", num_beams=1, max_new_tokens=6)
     assert isinstance(outs[0].text, str)
-    # reproducible from the seed: a second run gives the same weights
+    # reproducible from the seed: a second run (LM retrained) gives the same weights ...
     s2 = train(tc, str(tmp_path / "again"), data_dir=str(tmp_path / "work"), annotations=tiny_data,
-               progress=False, log=lambda *a: None)
+               progress=False, reuse_lm=False, log=lambda *a: None)
+    assert "reused_from" not in s2["lm"] and s2["lm"]["loss_curve"] == s["lm"]["loss_curve"]
     assert s2["audio"]["loss_curve"] == s["audio"]["loss_curve"]
+    # ... and so does one that takes the LM from the first run's cache in the data folder
+    s3 = train(tc, str(tmp_path / "third"), data_dir=str(tmp_path / "work"), annotations=tiny_data,
+               progress=False, log=lambda *a: None)
+    assert s3["lm"]["reused_from"].startswith(str(tmp_path / "work" / "lm"))
+    assert s3["audio"]["loss_curve"] == s["audio"]["loss_curve"]
+    other = train(tc.replace(lm_epochs=2), str(tmp_path / "fourth"), data_dir=str(tmp_path / "work"),
+                  annotations=tiny_data, progress=False, log=lambda *a: None)
+    assert "reused_from" not in other["lm"]  # another LM option, another cache entry
 
 
 def _demo_present() -> bool:
@@ -446,3 +455,19 @@ def test_ctc_warmup_trains_the_front_alone_then_the_joint_stage_starts_from_it(t
     assert all(torch.equal(p, lm_before[n]) for n, p in model.llm_base().named_parameters() if "lora_" not in n)
     assert 0 < model.ln_audio.weight.abs().max() < 0.1
     assert all(torch.equal(p, beats_before[n]) for n, p in model.beats.named_parameters())
+
+
+def test_lm_cache_that_does_not_fit_is_refused(tiny_data, tmp_path):
+    from safetensors.torch import save_file
+
+    from compress.errors import ConfigError
+    from compress.train.demo import cached_stage_lm, lm_cache_key
+
+    tc, cfg, tok, corpus, samples, model = _tiny_model(tiny_data)
+    key = lm_cache_key(tc, cfg, corpus, tok)
+    assert key != lm_cache_key(tc.replace(lm_lr=1e-4), cfg, corpus, tok)
+    (tmp_path / "lm").mkdir()
+    save_file({"model.embed_tokens.weight": torch.zeros(3, 3)}, str(tmp_path / "lm" / f"lm-{key}.safetensors"))
+    (tmp_path / "lm" / f"lm-{key}.json").write_text("{}")
+    with pytest.raises(ConfigError, match="does not match the LM.*--no-lm-cache"):
+        cached_stage_lm(tc, cfg, corpus, tok, False, None, str(tmp_path), True, lambda *a: None)

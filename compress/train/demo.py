@@ -131,6 +131,60 @@ def stage_lm(tc, cfg, corpus, tok, progress: bool, dev_texts: Optional[list], lo
     return lm, report
 
 
+LM_FIELDS_PREFIXES = ("lm_", "llm_", "vocab_size", "seed", "window_seconds")
+
+
+def lm_cache_key(tc, cfg, corpus, tok) -> str:
+    """What the LM stage depends on: its options, the LLM shape, the speech slot's length, corpus and tokenizer."""
+    import hashlib
+
+    h = hashlib.sha256()
+    opts = {k: v for k, v in sorted(tc.to_dict().items()) if k.startswith(LM_FIELDS_PREFIXES)}
+    h.update(json.dumps([opts, cfg.llm, n_speech_tokens(cfg), corpus.asr, corpus.caption], sort_keys=True,
+                        default=str).encode())
+    h.update(tok.backend_tokenizer.to_str().encode())
+    return h.hexdigest()[:16]
+
+
+def cached_stage_lm(tc, cfg, corpus, tok, progress: bool, dev_texts: Optional[list], data_dir: str,
+                    use_cache: bool, log):
+    """`stage_lm`, or its earlier result with the same `lm_cache_key` from DATA_DIR/lm/ (the stage is
+    deterministic from the seed, so a hit gives the weights a rerun would). Returns (lm, report)."""
+    from safetensors.torch import load_file, save_file
+
+    from ..models.build import llm_from_config
+
+    key = lm_cache_key(tc, cfg, corpus, tok)
+    folder = os.path.join(data_dir, "lm")
+    w_p, r_p = os.path.join(folder, f"lm-{key}.safetensors"), os.path.join(folder, f"lm-{key}.json")
+    if use_cache and os.path.isfile(w_p) and os.path.isfile(r_p):
+        lm = llm_from_config(cfg.llm)
+        try:
+            res = lm.load_state_dict(load_file(w_p), strict=False)
+            bad = res.unexpected_keys or sorted(set(res.missing_keys) - {"lm_head.weight"})
+        except RuntimeError as exc:  # shape mismatch
+            bad = str(exc).splitlines()[-1].strip()
+        if bad:
+            raise ConfigError(f"LM cache {w_p} does not match the LM ({str(bad)[:200]}); delete it or pass "
+                              "--no-lm-cache")
+        lm.tie_weights()  # a tied output layer is stored once, as the embedding
+        with open(r_p) as f:
+            report = json.load(f)
+        report["reused_from"] = w_p
+        log(f"lm: reusing {w_p} (same options, corpus and tokenizer; trained in {report.get('seconds')} s)")
+        return lm, report
+    lm, report = stage_lm(tc, cfg, corpus, tok, progress, dev_texts, log)
+    os.makedirs(folder, exist_ok=True)
+    tied = lm.get_output_embeddings().weight is lm.get_input_embeddings().weight
+    state = {k: v.detach().contiguous() for k, v in lm.state_dict().items() if not (tied and k == "lm_head.weight")}
+    save_file(state, w_p + ".part")
+    os.replace(w_p + ".part", w_p)
+    with open(r_p + ".part", "w") as f:
+        json.dump(report, f)
+    os.replace(r_p + ".part", r_p)
+    return lm, report
+
+
 def n_speech_tokens(cfg) -> int:
     """Speech tokens per clip: windows over the 1500 Whisper frames times the queries per window."""
     frames = cfg.whisper.get("max_source_positions", 1500)
@@ -255,8 +309,9 @@ def quick_eval(model, samples: list, limit: int, num_beams: int = 1) -> dict:
 # ------------------------------------------------------------------------------------------ the command
 def train(tc: recipe.TrainConfig, out: str, *, data_dir: str = DEFAULT_DATA, annotations: Optional[str] = None,
           overwrite: bool = False, progress: bool = True, eval_data: Optional[str] = None, eval_limit: int = 20,
-          command: Optional[list] = None, log=print) -> dict:
-    """Run every stage; returns the summary (also stored in the artifact's manifest)."""
+          command: Optional[list] = None, reuse_lm: bool = True, log=print) -> dict:
+    """Run every stage; returns the summary (also stored in the artifact's manifest). `reuse_lm`: take the LM
+    stage's result from `data_dir` when an identical one is there (see `cached_stage_lm`)."""
     from ..data.annotations import read_annotations
     from ..loaders.artifact import MANIFEST, dir_bytes, load_artifact
 
@@ -278,7 +333,7 @@ def train(tc: recipe.TrainConfig, out: str, *, data_dir: str = DEFAULT_DATA, ann
     cfg = recipe.salmonn_config(tc, len(tok), bos=tok.bos_token_id, eos=tok.eos_token_id, pad=tok.pad_token_id)
     dev = read_annotations(eval_data) if eval_data else None
     dev_texts = [s.text for s in dev if s.task == "asr"] if dev else None
-    lm, lm_report = st.run("lm", stage_lm, tc, cfg, corpus, tok, progress, dev_texts, log)
+    lm, lm_report = st.run("lm", cached_stage_lm, tc, cfg, corpus, tok, progress, dev_texts, data_dir, reuse_lm, log)
     model, whisper_source = assemble(tc, cfg, tok, lm)
     cache = st.run("features", stage_features, tc, model, samples, data_dir, progress, log)
     audio_report = st.run("audio", stage_audio, tc, model, samples, cache, progress, log)
@@ -341,6 +396,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-limit", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--overwrite", action="store_true", help="replace --out even if it is not a demo artifact")
+    ap.add_argument("--no-lm-cache", action="store_true",
+                    help="train the LM even if --data-dir holds one trained with the same options, corpus and tokenizer")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -349,6 +406,7 @@ def main(argv=None) -> int:
         tc = recipe.preset(args.preset).replace(seed=args.seed, **_parse_set(args.set))
         summary = train(tc, args.out, data_dir=args.data_dir, annotations=args.annotations, overwrite=args.overwrite,
                         progress=not args.no_progress, eval_data=args.eval_data, eval_limit=args.eval_limit,
+                        reuse_lm=not args.no_lm_cache,
                         command=["python", "-m", "compress.train.demo"] + list(argv if argv is not None else sys.argv[1:]))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
