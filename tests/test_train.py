@@ -455,6 +455,11 @@ def test_ctc_warmup_trains_the_front_alone_then_the_joint_stage_starts_from_it(t
     assert all(torch.equal(p, lm_before[n]) for n, p in model.llm_base().named_parameters() if "lora_" not in n)
     assert 0 < model.ln_audio.weight.abs().max() < 0.1
     assert all(torch.equal(p, beats_before[n]) for n, p in model.beats.named_parameters())
+    captions = [s for s in samples if s.task == "caption"]  # no ASR clip: no warm-up, the joint stage still runs
+    report = train_audio(model, captions, cache, epochs=0.01, batch=4, lr=3e-3, lora_lr=None, warmup=1,
+                         weight_decay=0.0, grad_clip=1.0, seed=0, ctc_weight=1.0, ctc_head="embed",
+                         warmup_steps=5, log=lambda *a: None)
+    assert report["ctc_warmup"] == {"steps": 0} and report["steps"] == 1
 
 
 def test_lm_cache_that_does_not_fit_is_refused(tiny_data, tmp_path):

@@ -351,8 +351,9 @@ def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, bat
                 model.ln_audio.bias.zero_()
         warm = ctc_warmup(model, samples, cache, head, steps=warmup_steps, batch=warmup_batch, lr=warmup_lr,
                           seed=seed, proj_lr=proj_lr, progress=warmup_progress)
-        log(f"audio: CTC warm-up {warm['steps']} steps in {warm['seconds']:.0f} s, loss {warm['first_loss']:.3f} -> "
-            f"{warm['final_loss']:.3f}, greedy read-out WER {warm['ctc_readout'].get('wer')}")
+        if warm["steps"]:  # none without ASR clips
+            log(f"audio: CTC warm-up {warm['steps']} steps in {warm['seconds']:.0f} s, loss {warm['first_loss']:.3f} "
+                f"-> {warm['final_loss']:.3f}, greedy read-out WER {warm['ctc_readout'].get('wer')}")
     opt = make_optimizer(named, lr, weight_decay, lr_of)
     base = [g["lr"] for g in opt.param_groups]
     params = [p for _, p in named]
