@@ -456,7 +456,8 @@ def test_ctc_warmup_trains_the_front_alone_then_the_joint_stage_starts_from_it(t
     assert 0 < model.ln_audio.weight.abs().max() < 0.1
     assert all(torch.equal(p, beats_before[n]) for n, p in model.beats.named_parameters())
     captions = [s for s in samples if s.task == "caption"]  # no ASR clip: no warm-up, the joint stage still runs
-    report = train_audio(model, captions, cache, epochs=0.01, batch=4, lr=3e-3, lora_lr=None, warmup=1,
+    cap_cache = stage_features(tc, model, captions, str(tmp_path / "captions"), False, lambda *a: None)
+    report = train_audio(model, captions, cap_cache, epochs=0.01, batch=4, lr=3e-3, lora_lr=None, warmup=1,
                          weight_decay=0.0, grad_clip=1.0, seed=0, ctc_weight=1.0, ctc_head="embed",
                          warmup_steps=5, log=lambda *a: None)
     assert report["ctc_warmup"] == {"steps": 0} and report["steps"] == 1

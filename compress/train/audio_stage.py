@@ -118,9 +118,13 @@ def kept_windows(model, cache: FeatureCache, idx: list, rng: np.random.Generator
     if full_share >= 1.0 or rng.random() < full_share:
         return None
     total = (cache.whisper.shape[1] - model.cfg.window_kernel) // model.cfg.window_stride + 1
+    return min(total, speech_windows(model, cache, idx) + int(rng.integers(2, 25)))
+
+
+def speech_windows(model, cache: FeatureCache, idx: list) -> int:
+    """Q-Former windows (by stride) that the longest of clips `idx` covers."""
     frames = max(int(cache.offsets[i + 1] - cache.offsets[i]) for i in idx) // 2  # fbank 100/s -> Whisper 50/s
-    need = -(-frames // model.cfg.window_stride) + int(rng.integers(2, 25))
-    return min(total, need)
+    return -(-frames // model.cfg.window_stride)
 
 
 class CtcHead(torch.nn.Module):
@@ -276,9 +280,8 @@ def ctc_warmup(model, samples: list, cache: FeatureCache, head: CtcHead, *, step
         set_lr(opt, base, warmup_cosine(step, steps, min(100, steps // 10)))
         idx = [int(i) for i in rng.choice(asr, min(batch, len(asr)), replace=False)]
         wh, fb, pad = cached_inputs(cache, idx)
-        frames = max(int(cache.offsets[i + 1] - cache.offsets[i]) for i in idx) // 2
-        keep = -(-frames // model.cfg.window_stride) + 2
-        speech = speech_from_features(model, wh, None, None, beats_mode="zero", keep_windows=keep)
+        speech = speech_from_features(model, wh, None, None, beats_mode="zero",
+                                      keep_windows=speech_windows(model, cache, idx) + 2)
         loss = ctc_loss(head, speech, [targets[i] for i in idx], lm)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -158,7 +158,7 @@ def lm_sequences(corpus: Corpus, tokenizer, cfg: SalmonnConfig, rng: np.random.G
         elif r < slot_share + prompted_share:
             seqs.append(prompt_item(bos, prompt_ids[task], [], ids, answer_only))
         else:
-            seqs.append(([tokenizer.bos_token_id] + ids, 1))
+            seqs.append(([bos] + ids, 1))
     seqs += copy_sequences(tokenizer, cfg, rng, int(round(copy_share * len(corpus.items()))), n_slots,
                            slot_full_share, answer_only)
     order = rng.permutation(len(seqs))
