@@ -119,6 +119,19 @@ def test_wanda_sequential_sees_pruned_earlier_layers(tmp_path):
     assert any(not torch.equal(a[k] == 0, b[k] == 0) for k in l1)  # second layer: pruned inputs differ
 
 
+def test_wanda_scope_row_or_layer(tmp_path):
+    base = {"name": "w", "calibration": {"data": CALIB, "samples": 4}}
+    for scope in ("row", "layer"):
+        r = recipe_from_dict({**base, "steps": [{"type": "wanda", "sparsity": 0.5, "scope": scope}]})
+        run_recipe(r, "tiny", str(tmp_path / scope), progress=False, bench=False, log=lambda *a: None)
+    key = "llama_model.base_model.model.model.layers.0.mlp.up_proj.weight"
+    w = {s: load_model(str(tmp_path / s)).state_dict()[key] for s in ("row", "layer")}
+    row_share = {s: (w[s] == 0).float().mean(dim=1) for s in w}
+    assert torch.all(row_share["row"] == 0.5)  # every output row loses exactly half
+    assert (w["layer"] == 0).float().mean().item() == pytest.approx(0.5, abs=1e-3)  # the layer as a whole does
+    assert row_share["layer"].std() > 0.01  # rows differ: the comparison group is the layer
+
+
 def test_layer_drop_explicit_layers_and_renumbering(tmp_path):
     r = recipe_from_dict({"name": "d", "steps": [{"type": "layer_drop", "part": "llm", "layers": [0]}]})
     out = str(tmp_path / "d")

@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/tools/compare_wanda.py --model demo --data benchmarks/data/test.json \\
         --out benchmarks/results/wanda-compare
 
-Runs: our wanda-50 and magnitude-50 recipes; llm-compressor Wanda 50% on the model's LLM (LoRA kept
+Runs: our wanda-50 and magnitude-50 recipes, and their comparison-group controls (Wanda over the whole
+layer, magnitude per output row: which of "activation-weighted" and "per row" matters); llm-compressor Wanda 50% on the model's LLM (LoRA kept
 aside, base weights only) calibrated on the text of the calibration split; then benchmarks baseline
 and the three results with `salmonn-compress bench` settings given here, and writes a table + diffs.
 """
@@ -55,15 +56,20 @@ def main():
     from compress.data.annotations import read_annotations
     from compress.loaders import load_model
     from compress.loaders.artifact import save_artifact
-    from compress.recipe import load_recipe
+    from compress.recipe import load_recipe, recipe_from_dict
     from compress.runner import run_recipe
 
     os.makedirs(a.out, exist_ok=True)
     arts = {}
-    for name in ("wanda-50", "magnitude-50"):
+    for name, scope in (("wanda-50", None), ("magnitude-50", None), ("wanda-50", "layer"), ("magnitude-50", "row")):
+        recipe = load_recipe(os.path.join(ROOT, "recipes", f"{name}.yaml"))
+        if scope:
+            doc = recipe.to_dict()
+            doc["steps"][0]["scope"] = scope
+            doc["name"] = name = f"{name}-{scope}"
+            recipe = recipe_from_dict(doc, name, recipe.base_dir)
         arts[name] = os.path.join(a.out, "artifacts", name)
-        run_recipe(load_recipe(os.path.join(ROOT, "recipes", f"{name}.yaml")), a.model, arts[name],
-                   overwrite=True, bench=False)
+        run_recipe(recipe, a.model, arts[name], overwrite=True, bench=False)
     # llm-compressor: text-only calibration on the same calibration split's sentences.
     model = load_model(a.model)
     plain_dir, pruned_dir = os.path.join(a.out, "plain-llm"), os.path.join(a.out, "llmc-llm")

@@ -103,11 +103,13 @@ class Magnitude(PruneStep):
 class WandaConfig(PruneConfig):
     type: Literal["wanda"] = "wanda"
     sequential: bool = True  # prune block by block; later blocks calibrate on the pruned earlier ones
+    # comparison group of the scores: each output row (the Wanda paper's choice for LLMs) or the whole layer
+    scope: Literal["row", "layer"] = "row"
 
 
 @register("wanda")
 class Wanda(PruneStep):
-    """Wanda: |W| x ||X||_2 compared within each output row, activations from real audio through the model."""
+    """Wanda: |W| x ||X||_2 compared within each output row (or layer), activations from real audio through the model."""
 
     Config = WandaConfig
 
@@ -121,7 +123,8 @@ class Wanda(PruneStep):
         linears = self.targets(model, ctx)
         def prune(group: dict, norms: dict) -> None:
             for n, m in group.items():
-                sp.apply_mask(m.weight, _mask(sp.wanda_scores(m.weight, norms[n]), c.sparsity, pattern, True))
+                sp.apply_mask(m.weight, _mask(sp.wanda_scores(m.weight, norms[n]), c.sparsity, pattern,
+                                              c.scope == "row"))
 
         by_blocks(model, linears, ctx, collect_input_norms, prune, sequential=c.sequential, label="wanda")
         report = measure(model, linears, pattern)
