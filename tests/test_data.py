@@ -59,6 +59,18 @@ def test_closed_vocabulary_moves_unseen_words_to_train():
     assert got[held] == sentences.hash_split(held) != "train"
 
 
+def test_chain_sentences_are_new_closed_vocabulary_and_deterministic():
+    got = sentences.chain_sentences(300, seed=4)
+    assert got == sentences.chain_sentences(300, seed=4) and got != sentences.chain_sentences(300, seed=5)
+    assert len(set(got)) == 300
+    pool = {sentences.normalise(s) for s in sentences.load_pool()}
+    train_words = {w for s in sentences.sentences_for("train") for w in sentences.normalise(s).split()}
+    for s in got:
+        assert s not in pool and s == sentences.normalise(s)
+        assert sentences.MIN_WORDS <= len(s.split()) <= sentences.MAX_WORDS and set(s.split()) <= train_words
+    assert len({w for s in got for w in s.split()}) > 700  # varied (889 words in 300), not a few loops
+
+
 def test_normalise_plain_words():
     assert sentences.normalise("The dog's tail-end, wagging!") == "the dog's tail end wagging"
     assert sentences.normalise("'Quoted' words; yes.") == "quoted words yes"
@@ -172,6 +184,19 @@ def test_build_with_tts_deterministic_and_heldout(tmp_path):
         assert s.text in train_text and s.extra["split"] == "train" and not s.extra["heldout_voice"]
         wav = load_audio(s.path)
         assert len(wav) / 16000 == pytest.approx(s.extra["seconds"], abs=0.02)
+
+
+@needs_tts
+def test_build_chain_clips_train_only(tmp_path):
+    ann = build.build_split(tmp_path, "train", 0, 1, 0, voices=FAST_VOICES, progress=False, n_chain=2)
+    samples = read_annotations(ann)
+    chain = [s for s in samples if s.extra.get("sentence_source") == "chain"]
+    assert [s.text for s in chain] == sentences.chain_sentences(2, 0) and all(s.task == "asr" for s in chain)
+    assert json.loads(ann.read_text())["meta"]["chain"] == 2
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["asr_00000.ogg", "chain_00000.ogg",
+                                                                       "chain_00001.ogg"]
+    with pytest.raises(ConfigError, match="--chain adds training clips"):
+        build.build_split(tmp_path, "dev", 0, 1, 0, voices=FAST_VOICES, progress=False, n_chain=1)
 
 
 @needs_tts

@@ -100,6 +100,44 @@ def sentences_for(split: str) -> list[str]:
     return [s for s in load_pool() if split_of(s) == split]
 
 
+def chain_sentences(n: int, seed: int = 0, split: str = "train") -> list[str]:
+    """`n` new word sequences from a word-bigram (Markov) chain over one split's normalised sentences.
+
+    Each is 6 to 20 words, unique, and is no pool sentence of any split; every word is a word of that
+    split, so dev and test stay closed-vocabulary and unseen. Often ungrammatical ("he served him a game
+    turn the painter decided me"): they are there to give the ASR data many more word sequences than
+    the pool has sentences, so a model cannot get by on remembering whole sentences.
+    Deterministic from `seed`."""
+    import numpy as np
+
+    texts = [normalise(t).split() for t in sentences_for(split)]
+    follow: dict = {}
+    for words in texts:
+        seq = ["<s>"] + words + ["</s>"]
+        for a, b in zip(seq, seq[1:]):
+            follow.setdefault(a, []).append(b)
+    taken = {normalise(t) for t in load_pool()}
+    rng = np.random.default_rng([int(seed), 5])
+    out = []
+    for _ in range(200 * max(n, 1)):
+        if len(out) >= n:
+            break
+        cur, words = "<s>", []
+        while len(words) <= MAX_WORDS:
+            nxt = follow[cur]
+            cur = nxt[int(rng.integers(len(nxt)))]
+            if cur == "</s>":
+                break
+            words.append(cur)
+        sentence = " ".join(words)
+        if MIN_WORDS <= len(words) <= MAX_WORDS and sentence not in taken:
+            taken.add(sentence)
+            out.append(sentence)
+    if len(out) < n:
+        raise ConfigError(f"the {split} sentences give only {len(out)} chain sentences, not {n}")
+    return out
+
+
 def _acceptable(sentence: str) -> bool:
     if not _ALLOWED.fullmatch(sentence) or ".." in sentence:
         return False
