@@ -277,6 +277,25 @@ def test_caption_ctc_targets_are_content_words(tiny_data):
                     assert c is None
 
 
+def test_epoch_takes_all_pool_clips_and_some_chain_clips():
+    from compress.data.annotations import Sample
+    from compress.train.audio_stage import epoch_ids, epoch_size
+    from compress.train.text import build_corpus
+
+    samples = [Sample(f"p{i}", f"/p{i}", "asr", f"pool {i}") for i in range(5)]
+    samples += [Sample(f"c{i}", f"/c{i}", "asr", f"chain {i}", extra={"sentence_source": "chain"}) for i in range(10)]
+    samples += [Sample("k", "/k", "caption", "a beep", ["a beep", "one beep", "a short beep"])]
+    assert build_corpus(samples).asr == [f"pool {i}" for i in range(5)]  # the LM learns pool sentences only
+    rng = np.random.default_rng(0)
+    assert sorted(epoch_ids(samples, rng)) == list(range(16)) and epoch_size(samples) == 16
+    epochs = [epoch_ids(samples, rng, 3) for _ in range(4)]
+    assert epoch_size(samples, 3) == 9 and all(len(e) == 9 == len(set(e)) for e in epochs)
+    assert all({0, 1, 2, 3, 4, 15} <= set(e.tolist()) for e in epochs)  # every pool and caption clip, each epoch
+    drawn = [sorted(set(e.tolist()) - {0, 1, 2, 3, 4, 15}) for e in epochs]
+    assert all(len(d) == 3 and set(d) <= set(range(5, 15)) for d in drawn) and len({tuple(d) for d in drawn}) > 1
+    assert epoch_size(samples, 50) == 16  # more than there are: all of them
+
+
 def test_slot_reading_reports_own_and_other_slot_losses(tiny_data):
     from compress.models.build import llm_from_config
     from compress.train.text import slot_reading
@@ -477,3 +496,45 @@ def test_lm_cache_that_does_not_fit_is_refused(tiny_data, tmp_path):
     (tmp_path / "lm" / f"lm-{key}.json").write_text("{}")
     with pytest.raises(ConfigError, match="does not match the LM.*--no-lm-cache"):
         cached_stage_lm(tc, cfg, corpus, tok, False, None, str(tmp_path), True, lambda *a: None)
+
+
+def test_feature_cache_copies_known_clips_and_matches_a_fresh_one(tiny_data, tmp_path):
+    from compress.models.build import whisper_encoder_from_config
+    from compress.train.features import build_cache
+
+    samples = [s for s in read_annotations(tiny_data) if s.task == "caption"]
+    torch.manual_seed(0)
+    enc = whisper_encoder_from_config(recipe.preset("test").whisper)
+    calls = []
+    enc.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    logs = []
+    build_cache(enc, samples[:4], str(tmp_path / "c"), batch=3, log=logs.append)
+    assert sum(calls) == 4
+    calls.clear()
+    grown = build_cache(enc, samples[2:] , str(tmp_path / "c"), batch=3, log=logs.append)
+    assert sum(calls) == len(samples) - 4  # clips 2 and 3 came from the first cache
+    assert any("2 of 6 clips copied" in m for m in logs)
+    fresh = build_cache(enc, samples[2:], str(tmp_path / "fresh"), batch=3, log=logs.append)
+    assert np.array_equal(np.asarray(grown.whisper), np.asarray(fresh.whisper))
+    assert np.array_equal(grown.fbank, fresh.fbank) and np.array_equal(grown.offsets, fresh.offsets)
+    calls.clear()
+    again = build_cache(enc, samples[2:], str(tmp_path / "c"), batch=3, log=logs.append)
+    assert calls == [] and logs[-1].startswith("features: reusing the cache")
+    assert np.array_equal(np.asarray(again.whisper), np.asarray(fresh.whisper))
+
+
+def test_augment_features_drops_and_masks_inside_the_clip_only():
+    from compress.train.audio_stage import augment_features
+
+    wh = torch.ones(2, 100, 8)
+    out = augment_features(wh, [30, 60], torch.Generator().manual_seed(0), 0.0, 3, 12)
+    assert torch.equal(wh, torch.ones(2, 100, 8))  # input untouched
+    zeroed = (out == 0).all(dim=-1)
+    assert not zeroed[0, 30:].any() and not zeroed[1, 60:].any()  # padding frames never masked
+    assert 0 < zeroed.sum() <= 2 * 3 * 11
+    again = augment_features(wh, [30, 60], torch.Generator().manual_seed(0), 0.0, 3, 12)
+    assert torch.equal(out, again)
+    big = torch.ones(4, 200, 64)
+    d = augment_features(big, [200] * 4, torch.Generator().manual_seed(1), 0.2, 0, 12)
+    assert (d == 0).float().mean().item() == pytest.approx(0.2, abs=0.01)
+    assert torch.allclose(d[d != 0], torch.tensor(1.25))  # kept values rescaled: the mean is unchanged

@@ -247,14 +247,40 @@ def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list
     return loss, per_task
 
 
+def augment_features(wh: torch.Tensor, frames: list, gen: torch.Generator, dropout: float, masks: int,
+                     max_width: int) -> torch.Tensor:
+    """Training-only noise on cached Whisper outputs (B, T, D): element dropout at rate `dropout` (kept values
+    scaled by 1/(1-p)) and `masks` time spans per clip of 0 to `max_width` - 1 frames zeroed, placed inside
+    the clip's own `frames` (its speech, not the 30 s padding). The front cannot lean on any single frame."""
+    out = wh
+    if dropout > 0:
+        keep = torch.rand(wh.shape, generator=gen) >= dropout
+        out = wh * keep / (1.0 - dropout)
+    if masks > 0 and max_width > 1:
+        out = out.clone() if out is wh else out
+        for b, n in enumerate(frames):
+            for _ in range(masks):
+                w = int(torch.randint(0, max_width, (1,), generator=gen))
+                start = int(torch.randint(0, max(1, n - w), (1,), generator=gen))
+                out[b, start:start + w] = 0
+    return out
+
+
+def clip_frames(cache: FeatureCache, idx: list) -> list:
+    """Whisper frames (50 per second) each clip's audio covers: half its 100-per-second fbank frames."""
+    return [int(cache.offsets[i + 1] - cache.offsets[i]) // 2 for i in idx]
+
+
 def ctc_warmup(model, samples: list, cache: FeatureCache, head: CtcHead, *, steps: int, batch: int, lr: float,
-               seed: int, proj_lr: Optional[float] = None, progress: Optional[Callable] = None) -> dict:
+               seed: int, proj_lr: Optional[float] = None, feature_dropout: float = 0.0, time_masks: int = 0,
+               mask_width: int = 12, progress: Optional[Callable] = None) -> dict:
     """CTC alone on the ASR clips' speech tokens, before SALMONN's loss: no LLM forward and no BEATs (its
     features zeroed), so a step costs a fraction of a joint one and the Q-Former learns to spell first.
 
     Trains ln_speech, the Q-Former, its queries, the projection (at `proj_lr`) and the head; each batch
-    keeps the windows of its longest clip plus 2 of padding. Returns the loss curve and the greedy
-    read-out (`ctc_readout`) after it."""
+    keeps the windows of its longest clip plus 2 of padding; `feature_dropout` / `time_masks` (of up to
+    `mask_width` frames) add `augment_features` noise. Returns the loss curve and the greedy read-out
+    (`ctc_readout`) after it."""
     asr = [i for i, s in enumerate(samples) if s.task == "asr"]
     if steps <= 0 or not asr:
         return {"steps": 0}
@@ -269,6 +295,7 @@ def ctc_warmup(model, samples: list, cache: FeatureCache, head: CtcHead, *, step
     opt = torch.optim.AdamW(groups, weight_decay=0.01)
     base = [g["lr"] for g in opt.param_groups]
     rng = np.random.default_rng([seed, 44])
+    gen = torch.Generator().manual_seed(int(seed) * 1000 + 45)
     targets = {i: target_ids(model.tokenizer, samples[i].text) for i in asr}
     was = model.training
     model.train()
@@ -280,6 +307,8 @@ def ctc_warmup(model, samples: list, cache: FeatureCache, head: CtcHead, *, step
         set_lr(opt, base, warmup_cosine(step, steps, min(100, steps // 10)))
         idx = [int(i) for i in rng.choice(asr, min(batch, len(asr)), replace=False)]
         wh, fb, pad = cached_inputs(cache, idx)
+        if feature_dropout > 0 or time_masks > 0:
+            wh = augment_features(wh, clip_frames(cache, idx), gen, feature_dropout, time_masks, mask_width)
         speech = speech_from_features(model, wh, None, None, beats_mode="zero",
                                       keep_windows=speech_windows(model, cache, idx) + 2)
         loss = ctc_loss(head, speech, [targets[i] for i in idx], lm)
@@ -296,16 +325,25 @@ def ctc_warmup(model, samples: list, cache: FeatureCache, head: CtcHead, *, step
     model.train(was)
     from .text import _curve
 
-    return {"steps": steps, "batch": batch, "lr": lr, "proj_lr": proj_lr, "first_loss": losses[0],
+    return {"steps": steps, "batch": batch, "lr": lr, "proj_lr": proj_lr, "feature_dropout": feature_dropout,
+            "time_masks": time_masks, "mask_width": mask_width, "first_loss": losses[0],
             "final_loss": float(np.mean(losses[-50:])), "loss_curve": _curve(losses),
             "seconds": round(time.perf_counter() - t0, 1), "ctc_readout": ctc_readout(model, cache, samples, head=head)}
 
 
-def epoch_plan(samples: list, tokenizer, rng: np.random.Generator, batch: int, ctc_caption: bool = False) -> list:
+def is_chain(sample) -> bool:
+    """A clip of a word-bigram chain sentence (compress.data.sentences.chain_sentences), not a pool sentence."""
+    return sample.extra.get("sentence_source") == "chain"
+
+
+def epoch_plan(samples: list, tokenizer, rng: np.random.Generator, batch: int, ctc_caption: bool = False,
+               chain_per_epoch: Optional[int] = None) -> list:
     """Shuffled batches of (indices, tasks, target ids, CTC targets); a caption clip's target is one of its
     references. CTC targets: an ASR clip's target; with `ctc_caption` a caption clip's content words
-    (`text.content_pieces` of the same reference, + EOS: the layout its slot had in LM pretraining)."""
-    order = rng.permutation(len(samples))
+    (`text.content_pieces` of the same reference, + EOS: the layout its slot had in LM pretraining).
+    `chain_per_epoch`: an epoch takes every other clip and this many chain-sentence clips drawn afresh
+    (None: all of them)."""
+    order = epoch_ids(samples, rng, chain_per_epoch)
     out = []
     for i in range(0, len(order), batch):
         idx = [int(j) for j in order[i:i + batch]]
@@ -324,12 +362,29 @@ def epoch_plan(samples: list, tokenizer, rng: np.random.Generator, batch: int, c
     return out
 
 
+def epoch_ids(samples: list, rng: np.random.Generator, chain_per_epoch: Optional[int] = None) -> np.ndarray:
+    """One epoch's clip indices in shuffled order (see `epoch_plan`)."""
+    if chain_per_epoch is None:
+        return rng.permutation(len(samples))
+    chain = [i for i, s in enumerate(samples) if is_chain(s)]
+    rest = [i for i, s in enumerate(samples) if not is_chain(s)]
+    drawn = rng.choice(chain, min(chain_per_epoch, len(chain)), replace=False) if chain else []
+    return rng.permutation(np.asarray(rest + [int(i) for i in drawn], dtype=np.int64))
+
+
+def epoch_size(samples: list, chain_per_epoch: Optional[int] = None) -> int:
+    if chain_per_epoch is None:
+        return len(samples)
+    chain = sum(is_chain(s) for s in samples)
+    return len(samples) - chain + min(chain_per_epoch, chain)
+
+
 def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, batch: int, lr: float,
                 lora_lr: Optional[float], warmup: int, weight_decay: float, grad_clip: float, seed: int,
                 ctc_weight: float = 0.0, full_share: float = 1.0, max_minutes: Optional[float] = None,
                 proj_lr: Optional[float] = None, ctc_head: str = "lm", ctc_caption: bool = False,
                 whisper_drop: float = 0.0, warmup_steps: int = 0, warmup_batch: int = 16, warmup_lr: float = 1e-3,
-                progress: Optional[Callable] = None, warmup_progress: Optional[Callable] = None, log=print) -> dict:
+                chain_per_epoch: Optional[int] = None, warmup_augment: Optional[dict] = None, progress: Optional[Callable] = None, warmup_progress: Optional[Callable] = None, log=print) -> dict:
     """SALMONN's stage (see the module docstring). `whisper_drop`: share of caption clips trained with their
     Whisper features zeroed (BEATs alone), so that the BEATs branch learns to carry the sound.
     `warmup_steps` of `ctc_warmup` come first (same CTC head, kept for the joint steps); BEATs' output
@@ -337,7 +392,7 @@ def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, bat
     warm-up saw (BEATs zeroed) and the BEATs branch opens as it learns."""
     trainable = set_trainable(model)
     rng = np.random.default_rng([seed, 22])
-    per_epoch = -(-len(samples) // batch)
+    per_epoch = -(-epoch_size(samples, chain_per_epoch) // batch)
     total = max(1, int(round(epochs * per_epoch)))
     lr_of = partial(_lr_of, lr=lr, lora_lr=lora_lr, proj_lr=proj_lr)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -353,7 +408,7 @@ def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, bat
                 model.ln_audio.weight.zero_()
                 model.ln_audio.bias.zero_()
         warm = ctc_warmup(model, samples, cache, head, steps=warmup_steps, batch=warmup_batch, lr=warmup_lr,
-                          seed=seed, proj_lr=proj_lr, progress=warmup_progress)
+                          seed=seed, proj_lr=proj_lr, progress=warmup_progress, **(warmup_augment or {}))
         if warm["steps"]:  # none without ASR clips
             log(f"audio: CTC warm-up {warm['steps']} steps in {warm['seconds']:.0f} s, loss {warm['first_loss']:.3f} "
                 f"-> {warm['final_loss']:.3f}, greedy read-out WER {warm['ctc_readout'].get('wer')}")
@@ -367,7 +422,8 @@ def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, bat
     task_tail: dict = {}  # task -> [(loss sum, tokens)] per step
     bar = progress(total) if progress else None
     while step < total and stopped is None:
-        for idx, tasks, tgts, ctc_tgts in epoch_plan(samples, model.tokenizer, rng, batch, ctc_caption):
+        for idx, tasks, tgts, ctc_tgts in epoch_plan(samples, model.tokenizer, rng, batch, ctc_caption,
+                                                     chain_per_epoch):
             if step >= total:
                 break
             if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
@@ -396,6 +452,7 @@ def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, bat
 
     n_tr = sum(p.numel() for p in params)
     return {"steps": step, "planned_steps": total, "epochs": epochs, "batch": batch, "clips": len(samples),
+            "chain_clips": sum(is_chain(s) for s in samples), "chain_per_epoch": chain_per_epoch,
             "stopped_early_at": stopped, "trainable_parameters": n_tr,
             "trainable_tensors": len(trainable), "first_loss": losses[0] if losses else None,
             "final_loss": float(np.mean(losses[-50:])) if losses else None, "loss_curve": _curve(losses),

@@ -77,7 +77,7 @@ def stage_data(tc: recipe.TrainConfig, data_dir: str, annotations: Optional[str]
     if annotations:
         return annotations, read_annotations(annotations)
     ann = os.path.join(data_dir, "train.json")
-    want = {"seed": tc.seed, "asr": tc.n_asr, "caption": tc.n_caption,
+    want = {"seed": tc.seed, "asr": tc.n_asr, "caption": tc.n_caption, "chain": tc.n_chain or None,
             "generator": f"compress.data.build v{GENERATOR_VERSION}"}
     meta = None
     if os.path.isfile(ann):
@@ -87,9 +87,10 @@ def stage_data(tc: recipe.TrainConfig, data_dir: str, annotations: Optional[str]
         except (OSError, json.JSONDecodeError):
             meta = None
     if meta is None or any(meta.get(k) != v for k, v in want.items()):
-        build_split(data_dir, "train", tc.seed, tc.n_asr, tc.n_caption, progress=progress)
+        build_split(data_dir, "train", tc.seed, tc.n_asr, tc.n_caption, progress=progress, n_chain=tc.n_chain)
     else:
-        print(f"data: reusing {ann} (seed {tc.seed}, {tc.n_asr} ASR + {tc.n_caption} caption clips)")
+        print(f"data: reusing {ann} (seed {tc.seed}, {tc.n_asr} ASR + {tc.n_chain} chain-sentence ASR + "
+              f"{tc.n_caption} caption clips)")
     return ann, read_annotations(ann)
 
 
@@ -212,10 +213,10 @@ def assemble(tc, cfg, tok, lm):
     from .audio_stage import boost_cross_attention
     from .text import FILLER
 
+    round_to_storage(model.speech_encoder)
+    round_to_storage(model.llm_base(), skip="lora_")  # before anything reads the LM's weights
     boost_cross_attention(model, tc.qformer_cross_gain)
     match_embedding_scale(model, FILLER if tc.lm_slot_share > 0 else None, tc.proj_init_scale)
-    round_to_storage(model.speech_encoder)
-    round_to_storage(model.llm_base(), skip="lora_")
     return model, source
 
 
@@ -272,6 +273,10 @@ def stage_audio(tc, model, samples, cache, progress, log):
                          proj_lr=tc.proj_lr, ctc_head=tc.ctc_head, ctc_caption=tc.ctc_caption,
                          whisper_drop=tc.whisper_drop, warmup_steps=tc.ctc_warmup_steps,
                          warmup_batch=tc.ctc_warmup_batch, warmup_lr=tc.ctc_warmup_lr,
+                         chain_per_epoch=tc.chain_per_epoch,
+                         warmup_augment={"feature_dropout": tc.ctc_warmup_feature_dropout,
+                                         "time_masks": tc.ctc_warmup_time_masks,
+                                         "mask_width": tc.ctc_warmup_mask_width},
                          progress=_bar_factory("audio", progress), warmup_progress=_bar_factory("ctc warm-up", progress),
                          log=log)
     report["projection_init"] = init or {"method": "random"}

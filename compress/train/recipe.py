@@ -18,6 +18,11 @@ class TrainConfig:
     # ---- data (train split of compress.data.build)
     n_asr: int = 2000
     n_caption: int = 1000
+    # extra ASR clips of word-bigram sentences over the train text (compress.data.sentences.chain_sentences):
+    # more word sequences than the pool has sentences; used by the CTC warm-up and the joint stage, never by
+    # the LM corpus (the LM learns real sentences only)
+    n_chain: int = 0
+    chain_per_epoch: Optional[int] = None  # chain clips drawn afresh per epoch of the joint stage (None: all)
     # ---- tokenizer (byte-level BPE trained on the training text)
     vocab_size: int = 2048
     # ---- LM corpus: the training clips' texts, plus the whole train-split sentence pool when True
@@ -86,6 +91,9 @@ class TrainConfig:
     ctc_warmup_steps: int = 1600  # CTC alone on ASR clips before SALMONN's loss (audio_stage.ctc_warmup); 0 = none
     ctc_warmup_batch: int = 16
     ctc_warmup_lr: float = 1e-3
+    ctc_warmup_feature_dropout: float = 0.0  # warm-up noise on the Whisper features (audio_stage.augment_features)
+    ctc_warmup_time_masks: int = 0  # ... and zeroed time spans per clip, of up to ctc_warmup_mask_width frames
+    ctc_warmup_mask_width: int = 12
     ctc_weight: float = 1.0  # auxiliary CTC on the speech tokens of ASR clips (0 = SALMONN's loss only)
     ctc_caption: bool = True  # ... and of caption clips, on their content words (see audio_stage.epoch_plan)
     whisper_drop: float = 0.5  # share of caption clips trained on BEATs alone (Whisper features zeroed)
@@ -128,7 +136,7 @@ PRESETS = {
     "demo": TrainConfig(),
     # Seconds on a CPU: used by the tests, runs the whole pipeline on a few clips.
     "test": TrainConfig(
-        n_asr=6, n_caption=6, vocab_size=300, lm_sentence_pool=False, whisper=tiny_whisper(), beats_layers=1, beats_dim=32, beats_ffn=64,
+        n_asr=6, n_caption=6, n_chain=0, chain_per_epoch=None, vocab_size=300, lm_sentence_pool=False, whisper=tiny_whisper(), beats_layers=1, beats_dim=32, beats_ffn=64,
         beats_heads=2, beats_patch_embed=16, beats_conv_pos=8, beats_conv_pos_groups=4, beats_buckets=16,
         beats_max_distance=32, beats_dropout=0.0, qformer_hidden=32, qformer_heads=2, qformer_ffn=64,
         qformer_layers=2, llm_hidden=32, llm_layers=2, llm_heads=2, llm_kv_heads=2, llm_ffn=64,

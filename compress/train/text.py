@@ -31,8 +31,10 @@ class Corpus:
 
 
 def build_corpus(samples: list, extra_sentences: Optional[list] = None) -> Corpus:
-    """Texts of the training samples (ASR transcripts, every caption reference) plus optional extra train sentences."""
-    asr = _unique([s.text for s in samples if s.task == "asr"] + list(extra_sentences or []))
+    """Texts of the training samples (ASR transcripts, every caption reference) plus optional extra train sentences.
+    Chain-sentence clips (``sentence_source: chain``, word-bigram sequences) stay out: the LM learns real text."""
+    asr = _unique([s.text for s in samples if s.task == "asr" and s.extra.get("sentence_source") != "chain"]
+                  + list(extra_sentences or []))
     cap = _unique([r for s in samples if s.task == "caption" for r in (s.references or [s.text])])
     return Corpus(asr=asr, caption=cap)
 
