@@ -74,6 +74,18 @@ def run(model, samples: list, variants=VARIANTS, progress: bool = True) -> dict:
         score, per = cider_d(hyps, refs)
         out[v] = {"cider_d": score, "samples": [{"id": s.id, "hypothesis": h, "cider_d": p}
                                                  for s, h, p in zip(caps, hyps, per)]}
+    if "intact" in out:  # is each variant's difference from intact beyond clip sampling?
+        from ..metrics.bootstrap import paired_bootstrap
+        from ..metrics.cider import tokenize_caption_sets
+
+        def score(cands, references):
+            return cider_d(cands, references, tokenize=False)[0]
+
+        base, toks = tokenize_caption_sets([x["hypothesis"] for x in out["intact"]["samples"]], refs)
+        for v in out:
+            if v != "intact":
+                other, _ = tokenize_caption_sets([x["hypothesis"] for x in out[v]["samples"]], refs)
+                out[v]["vs_intact"] = paired_bootstrap(score, base, other, toks)
     return out
 
 
@@ -96,7 +108,10 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     for v, r in res.items():
-        print(f"{v:<8} CIDEr-D {r['cider_d']:.4f}")
+        d = r.get("vs_intact")
+        vs = (f"  vs intact {d['delta']:+.4f} (95% paired bootstrap over clips {d['low']:+.4f} .. {d['high']:+.4f}; "
+              f"lower in {d['share_below']:.1%} of {d['resamples']} resamples)") if d else ""
+        print(f"{v:<8} CIDEr-D {r['cider_d']:.4f}{vs}")
     if args.out:
         doc = {"what": "captioning CIDEr-D with the BEATs branch intact / fed silence / zeroed",
                "command": "python -m compress.train.ablation " + " ".join(argv if argv is not None else sys.argv[1:]),
