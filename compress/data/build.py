@@ -8,6 +8,10 @@ so the same arguments give identical files, and ``--asr 10`` gives the first 10 
 ``--asr 100``. Sentences come from :mod:`compress.data.sentences` (dev and test sentences never
 occur in train); the voice :data:`~compress.data.tts.HELDOUT_VOICE` never speaks in train and
 speaks a share of the dev and test ASR clips (entries carry ``"voice"`` and ``"heldout_voice"``).
+``--chain N`` (train only) adds N ASR clips ``train/chain_*`` of word-bigram sequences over the train
+sentences (:func:`compress.data.sentences.chain_sentences`, marked ``"sentence_source": "chain"``): far
+more word sequences than the pool's 2,102 train sentences, so that a model cannot get by on whole
+sentences it remembers.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ class TrainConfig:
     # extra ASR clips of word-bigram sentences over the train text (compress.data.sentences.chain_sentences):
     # more word sequences than the pool has sentences; used by the CTC warm-up and the joint stage, never by
     # the LM corpus (the LM learns real sentences only)
-    n_chain: int = 0
-    chain_per_epoch: Optional[int] = None  # chain clips drawn afresh per epoch of the joint stage (None: all)
+    n_chain: int = 2000
+    chain_per_epoch: Optional[int] = 500  # chain clips drawn afresh per epoch of the joint stage (None: all)
     # ---- tokenizer (byte-level BPE trained on the training text)
     vocab_size: int = 2048
     # ---- LM corpus: the training clips' texts, plus the whole train-split sentence pool when True
@@ -78,7 +78,7 @@ class TrainConfig:
     lm_answer_only: bool = True  # prompt layouts score the answer only (see text.lm_sequences)
     lm_copy_steps: int = 800  # LM steps on synthetic copies alone before the corpus (see text.pretrain_lm)
     # ---- stage 2: audio (SALMONN) training
-    epochs: float = 6.0
+    epochs: float = 5.0
     batch: int = 8
     lr: float = 1e-3
     lora_lr: Optional[float] = 1e-3  # None: same as lr
@@ -88,15 +88,15 @@ class TrainConfig:
     grad_clip: float = 1.0
     ctc_head: str = "embed"  # "lm": the LM's frozen norm + output layer; "linear": a free head; "embed": distance to the
     # LM's input embeddings (audio_stage.CtcHead)
-    ctc_warmup_steps: int = 1600  # CTC alone on ASR clips before SALMONN's loss (audio_stage.ctc_warmup); 0 = none
+    ctc_warmup_steps: int = 1000  # CTC alone on ASR clips before SALMONN's loss (audio_stage.ctc_warmup); 0 = none
     ctc_warmup_batch: int = 16
     ctc_warmup_lr: float = 1e-3
-    ctc_warmup_feature_dropout: float = 0.0  # warm-up noise on the Whisper features (audio_stage.augment_features)
-    ctc_warmup_time_masks: int = 0  # ... and zeroed time spans per clip, of up to ctc_warmup_mask_width frames
+    ctc_warmup_feature_dropout: float = 0.2  # warm-up noise on the Whisper features (audio_stage.augment_features)
+    ctc_warmup_time_masks: int = 2  # ... and zeroed time spans per clip, of up to ctc_warmup_mask_width frames
     ctc_warmup_mask_width: int = 12
     ctc_weight: float = 1.0  # auxiliary CTC on the speech tokens of ASR clips (0 = SALMONN's loss only)
     ctc_caption: bool = True  # ... and of caption clips, on their content words (see audio_stage.epoch_plan)
-    whisper_drop: float = 0.5  # share of caption clips trained on BEATs alone (Whisper features zeroed)
+    whisper_drop: float = 0.25  # share of caption clips trained on BEATs alone (Whisper features zeroed)
     full_share: float = 0.15  # share of batches with all 30 s of windows; the rest keep speech + 2-24 padding windows
     max_minutes: Optional[float] = 34.0  # safety stop of the audio stage (wall time; the schedule is by steps)
     # ---- feature caching
