@@ -44,7 +44,8 @@ class RunContext:
     def calibration_forward(self, sample) -> None:
         from .steps.calibration import full_forward
 
-        full_forward(self.model, sample, self.recipe.calibration.with_reference, self.recipe.calibration.inputs)
+        c = self.recipe.calibration
+        full_forward(self.model, sample, c.with_reference, c.inputs, c.speech_windows)
 
     def error(self, msg: str) -> ConfigError:
         return ConfigError(f"recipe {self.recipe.name!r}: {msg}")

@@ -225,6 +225,26 @@ def test_text_calibration_feeds_the_llm_text_only():
     assert audio_emb.shape[1] > emb.shape[1]
 
 
+def test_clip_calibration_keeps_the_clips_speech_windows_only():
+    """speech_windows='clip': the LLM gets the first speech tokens (those of the clip's windows + 2), same values."""
+    from compress.steps.calibration import CalibSample, clip_speech_tokens, llm_inputs
+
+    m = load_model("tiny")
+    m.eval()
+    rng = np.random.default_rng(0)
+    s = CalibSample("a", rng.normal(0, 0.1, 32000).astype(np.float32), "asr", "hello world")
+    with torch.no_grad():
+        full, _ = llm_inputs(m, s, True, "audio")
+        clip, mask = llm_inputs(m, s, True, "audio", "clip")
+        speech = m.encode_audio(**m.prepare_audio([s.audio]))
+    k = clip_speech_tokens(m, 32000)
+    windows_2s = -(-(100 - m.cfg.window_kernel) // m.cfg.window_stride) + 1  # windows covering 2 s = 100 frames
+    assert k == (windows_2s + 2) * m.cfg.num_speech_query_token < speech.shape[1]
+    assert clip.shape[1] == full.shape[1] - (speech.shape[1] - k) and mask.shape[1] == clip.shape[1]
+    i = next(j for j in range(full.shape[1]) if torch.allclose(full[0, j], speech[0, 0]))  # where the slot starts
+    assert torch.allclose(clip[0, i:i + k], speech[0, :k]) and torch.allclose(clip[0, :i], full[0, :i])
+
+
 def test_benchmark_recipes_validate():
     """Recipes kept for recorded benchmark runs (benchmarks/recipes/) load and validate like shipped ones."""
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "recipes")

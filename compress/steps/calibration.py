@@ -26,6 +26,10 @@ class CalibrationConfig(BaseModel):
     # audio: the LLM sees what it sees in use (prompt + speech tokens [+ answer]); text: only BOS + the
     # reference text, as a text-calibrated LLM compressor would (a baseline to compare against; LLM only)
     inputs: Literal["audio", "text"] = "audio"
+    # all: the LLM sees every speech token of the 30 s slot, as in use; clip: only the tokens of the windows the
+    # clip covers (+ 2 of padding), so that the LLM's activation statistics are not mostly the slot's silence
+    # (a 3 s clip covers ~19 of the 187 windows of the demo model)
+    speech_windows: Literal["all", "clip"] = "all"
 
 
 @dataclass
@@ -69,10 +73,23 @@ def reference_ids(model, text: str) -> list:
     return ids + ([eos] if eos is not None else [])
 
 
-def llm_inputs(model, s: CalibSample, with_reference: bool = True, inputs: str = "audio") -> tuple:
+def clip_speech_tokens(model, num_samples: int, margin: int = 2) -> int:
+    """Speech tokens of the windows a clip of `num_samples` (16 kHz) covers, plus `margin` windows."""
+    from ..models.salmonn import real_mel_frames
+
+    cfg = model.cfg
+    enc = real_mel_frames(num_samples, cfg.window_kernel, cfg.window_stride) // 2
+    windows = (enc - cfg.window_kernel) // cfg.window_stride + 1 + margin
+    return windows * cfg.num_speech_query_token
+
+
+def llm_inputs(model, s: CalibSample, with_reference: bool = True, inputs: str = "audio",
+               speech_windows: str = "all") -> tuple:
     """What the LLM sees in use: [BOS, prompt, speech tokens, prompt] (+ the reference answer and EOS).
 
     inputs='text': [BOS] + the reference answer only (no audio, no prompt): text-only calibration.
+    speech_windows='clip': only the speech tokens of the clip's windows (`clip_speech_tokens`); the audio
+    path still encodes the padded 30 s as in use.
     """
     if inputs == "text":
         bos = model.tokenizer.bos_token_id
@@ -80,6 +97,8 @@ def llm_inputs(model, s: CalibSample, with_reference: bool = True, inputs: str =
         emb = model.llama_model.get_input_embeddings()(torch.tensor([ids], device=model.device))
         return emb, torch.ones(emb.shape[:2], dtype=torch.long, device=emb.device)
     speech = model.encode_audio(**model.prepare_audio([s.audio]))
+    if speech_windows == "clip":
+        speech = speech[:, : clip_speech_tokens(model, len(s.audio))]
     emb, mask = model.build_inputs(speech, model.instruction_for(s.task))
     if with_reference and s.reference:
         ids = reference_ids(model, s.reference)
@@ -89,8 +108,9 @@ def llm_inputs(model, s: CalibSample, with_reference: bool = True, inputs: str =
     return emb, mask
 
 
-def full_forward(model, s: CalibSample, with_reference: bool = True, inputs: str = "audio") -> None:
-    emb, mask = llm_inputs(model, s, with_reference, inputs)
+def full_forward(model, s: CalibSample, with_reference: bool = True, inputs: str = "audio",
+                 speech_windows: str = "all") -> None:
+    emb, mask = llm_inputs(model, s, with_reference, inputs, speech_windows)
     model.llama_model(inputs_embeds=emb, attention_mask=mask, use_cache=False)
 
 
