@@ -384,7 +384,8 @@ def train_audio(model, samples: list, cache: FeatureCache, *, epochs: float, bat
                 ctc_weight: float = 0.0, full_share: float = 1.0, max_minutes: Optional[float] = None,
                 proj_lr: Optional[float] = None, ctc_head: str = "lm", ctc_caption: bool = False,
                 whisper_drop: float = 0.0, warmup_steps: int = 0, warmup_batch: int = 16, warmup_lr: float = 1e-3,
-                chain_per_epoch: Optional[int] = None, warmup_augment: Optional[dict] = None, progress: Optional[Callable] = None, warmup_progress: Optional[Callable] = None, log=print) -> dict:
+                chain_per_epoch: Optional[int] = None, warmup_augment: Optional[dict] = None,
+                progress: Optional[Callable] = None, warmup_progress: Optional[Callable] = None, log=print) -> dict:
     """SALMONN's stage (see the module docstring). `whisper_drop`: share of caption clips trained with their
     Whisper features zeroed (BEATs alone), so that the BEATs branch learns to carry the sound.
     `warmup_steps` of `ctc_warmup` come first (same CTC head, kept for the joint steps); BEATs' output
