@@ -34,6 +34,12 @@ DEFAULT_COUNTS = {"train": (2000, 2000), "dev": (100, 100), "test": (100, 100)}
 HELDOUT_SHARE = 0.2  # of the dev / test ASR clips
 ASR_NOISE_SHARE = 0.3
 GENERATOR_VERSION = 2
+CHAIN_SOURCE = "chain"  # "sentence_source" of the --chain clips' entries
+
+
+def is_chain(sample) -> bool:
+    """A clip of a word-bigram chain sentence (`chain_sentences`, ``--chain``), not a pool sentence."""
+    return sample.extra.get("sentence_source") == CHAIN_SOURCE
 
 
 def select_voices(spec: str | None) -> list[str]:
@@ -152,7 +158,7 @@ def build_split(out, split: str, seed: int = 0, n_asr: int | None = None, n_capt
         write_audio(out / rel, wav, fmt)
         written.add(out / rel)
         entries.append({"path": rel, "text": sentence, "task": "asr", "split": split, "heldout_voice": False,
-                        **extra, "seconds": round(len(wav) / S.SR, 2), "sentence_source": "chain"})
+                        **extra, "seconds": round(len(wav) / S.SR, 2), "sentence_source": CHAIN_SOURCE})
         bar.update()
     for i in range(n_caption):
         rng = _rng(seed, split, 2, i)

@@ -236,6 +236,11 @@ def _full_mel_frames(encoder) -> int:
     return encoder.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
 
 
+def window_count(frames: int, kernel: int, stride: int) -> int:
+    """Q-Former windows over `frames` encoder frames (whole windows only, as the unfold takes them)."""
+    return (frames - kernel) // stride + 1
+
+
 def real_mel_frames(num_samples: int, kernel: int, stride: int, full: int = 3000) -> int:
     """Mel frames to keep for a clip of num_samples at 16 kHz: its frames rounded up to whole
     Q-Former windows (the encoder halves the frame rate), at least one window, at most `full`."""

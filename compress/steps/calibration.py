@@ -75,12 +75,11 @@ def reference_ids(model, text: str) -> list:
 
 def clip_speech_tokens(model, num_samples: int, margin: int = 2) -> int:
     """Speech tokens of the windows a clip of `num_samples` (16 kHz) covers, plus `margin` windows."""
-    from ..models.salmonn import real_mel_frames
+    from ..models.salmonn import real_mel_frames, window_count
 
     cfg = model.cfg
     enc = real_mel_frames(num_samples, cfg.window_kernel, cfg.window_stride) // 2
-    windows = (enc - cfg.window_kernel) // cfg.window_stride + 1 + margin
-    return windows * cfg.num_speech_query_token
+    return (window_count(enc, cfg.window_kernel, cfg.window_stride) + margin) * cfg.num_speech_query_token
 
 
 def llm_inputs(model, s: CalibSample, with_reference: bool = True, inputs: str = "audio",

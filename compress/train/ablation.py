@@ -77,6 +77,7 @@ def run(model, samples: list, variants=VARIANTS, progress: bool = True) -> dict:
     if "intact" in out:  # is each variant's difference from intact beyond clip sampling?
         from ..metrics.bootstrap import paired_bootstrap
         from ..metrics.cider import tokenize_caption_sets
+        from ..metrics.ptb import caption_tokenize_batch
 
         def score(cands, references):
             return cider_d(cands, references, tokenize=False)[0]
@@ -84,7 +85,7 @@ def run(model, samples: list, variants=VARIANTS, progress: bool = True) -> dict:
         base, toks = tokenize_caption_sets([x["hypothesis"] for x in out["intact"]["samples"]], refs)
         for v in out:
             if v != "intact":
-                other, _ = tokenize_caption_sets([x["hypothesis"] for x in out[v]["samples"]], refs)
+                other = caption_tokenize_batch([x["hypothesis"] for x in out[v]["samples"]])  # refs done once
                 out[v]["vs_intact"] = paired_bootstrap(score, base, other, toks)
     return out
 

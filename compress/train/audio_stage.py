@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.salmonn import _pad_to_same_length, window_tokens
+from ..data.build import is_chain
+from ..models.salmonn import _pad_to_same_length, window_count, window_tokens
 from .features import FeatureCache
 from .optim import make_optimizer, set_lr, warmup_cosine
 from .recipe import CTC_HEADS
@@ -117,14 +118,18 @@ def kept_windows(model, cache: FeatureCache, idx: list, rng: np.random.Generator
     """
     if full_share >= 1.0 or rng.random() < full_share:
         return None
-    total = (cache.whisper.shape[1] - model.cfg.window_kernel) // model.cfg.window_stride + 1
+    total = window_count(cache.whisper.shape[1], model.cfg.window_kernel, model.cfg.window_stride)
     return min(total, speech_windows(model, cache, idx) + int(rng.integers(2, 25)))
 
 
 def speech_windows(model, cache: FeatureCache, idx: list) -> int:
     """Q-Former windows (by stride) that the longest of clips `idx` covers."""
-    frames = max(int(cache.offsets[i + 1] - cache.offsets[i]) for i in idx) // 2  # fbank 100/s -> Whisper 50/s
-    return -(-frames // model.cfg.window_stride)
+    return -(-max(clip_frames(cache, idx)) // model.cfg.window_stride)
+
+
+def clip_frames(cache: FeatureCache, idx: list) -> list:
+    """Whisper frames (50 per second) each clip's audio covers: half its 100-per-second fbank frames."""
+    return [int(cache.offsets[i + 1] - cache.offsets[i]) // 2 for i in idx]
 
 
 class CtcHead(torch.nn.Module):
@@ -266,11 +271,6 @@ def augment_features(wh: torch.Tensor, frames: list, gen: torch.Generator, dropo
     return out
 
 
-def clip_frames(cache: FeatureCache, idx: list) -> list:
-    """Whisper frames (50 per second) each clip's audio covers: half its 100-per-second fbank frames."""
-    return [int(cache.offsets[i + 1] - cache.offsets[i]) // 2 for i in idx]
-
-
 def ctc_warmup(model, samples: list, cache: FeatureCache, head: CtcHead, *, steps: int, batch: int, lr: float,
                seed: int, proj_lr: Optional[float] = None, feature_dropout: float = 0.0, time_masks: int = 0,
                mask_width: int = 12, progress: Optional[Callable] = None) -> dict:
@@ -329,11 +329,6 @@ def ctc_warmup(model, samples: list, cache: FeatureCache, head: CtcHead, *, step
             "time_masks": time_masks, "mask_width": mask_width, "first_loss": losses[0],
             "final_loss": float(np.mean(losses[-50:])), "loss_curve": _curve(losses),
             "seconds": round(time.perf_counter() - t0, 1), "ctc_readout": ctc_readout(model, cache, samples, head=head)}
-
-
-def is_chain(sample) -> bool:
-    """A clip of a word-bigram chain sentence (compress.data.sentences.chain_sentences), not a pool sentence."""
-    return sample.extra.get("sentence_source") == "chain"
 
 
 def epoch_plan(samples: list, tokenizer, rng: np.random.Generator, batch: int, ctc_caption: bool = False,

@@ -188,8 +188,10 @@ def cached_stage_lm(tc, cfg, corpus, tok, progress: bool, dev_texts: Optional[li
 
 def n_speech_tokens(cfg) -> int:
     """Speech tokens per clip: windows over the 1500 Whisper frames times the queries per window."""
+    from ..models.salmonn import window_count
+
     frames = cfg.whisper.get("max_source_positions", 1500)
-    return ((frames - cfg.window_kernel) // cfg.window_stride + 1) * cfg.num_speech_query_token
+    return window_count(frames, cfg.window_kernel, cfg.window_stride) * cfg.num_speech_query_token
 
 
 def assemble(tc, cfg, tok, lm):

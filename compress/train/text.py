@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.build import is_chain
 from ..models.config import SalmonnConfig
 from ..models.salmonn import prompt_ids as model_prompt_ids, prompt_text
 from .optim import make_optimizer, set_lr, warmup_cosine
@@ -33,8 +34,7 @@ class Corpus:
 def build_corpus(samples: list, extra_sentences: Optional[list] = None) -> Corpus:
     """Texts of the training samples (ASR transcripts, every caption reference) plus optional extra train sentences.
     Chain-sentence clips (``sentence_source: chain``, word-bigram sequences) stay out: the LM learns real text."""
-    asr = _unique([s.text for s in samples if s.task == "asr" and s.extra.get("sentence_source") != "chain"]
-                  + list(extra_sentences or []))
+    asr = _unique([s.text for s in samples if s.task == "asr" and not is_chain(s)] + list(extra_sentences or []))
     cap = _unique([r for s in samples if s.task == "caption" for r in (s.references or [s.text])])
     return Corpus(asr=asr, caption=cap)
 
