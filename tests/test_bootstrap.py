@@ -38,3 +38,18 @@ def test_one_changed_clip_of_many_is_not_significant():
 def test_mismatched_lengths_are_refused():
     with pytest.raises(ValueError, match="equally many"):
         paired_bootstrap(accuracy, ["a"], ["a", "b"], ["a"])
+
+
+def test_wer_bootstrap_matches_corpus_wer_and_sees_a_consistent_loss():
+    from compress.metrics import wer
+    from compress.metrics.bootstrap import wer_bootstrap
+
+    refs = [f"the cat sat on mat number {i}" for i in range(30)]
+    a = list(refs)
+    b = [r.replace("cat", "dog") for r in refs]  # one substitution in every clip
+    out = wer_bootstrap(refs, a, b, resamples=200)
+    assert out["delta"] == pytest.approx(wer(refs, b) - wer(refs, a))
+    assert out["delta"] == pytest.approx(30 / (30 * 7))
+    assert out["low"] > 0 and out["share_below"] == 0.0
+    same = wer_bootstrap(refs, b, b, resamples=50)
+    assert same["delta"] == 0 and same["low"] == same["high"] == 0

@@ -3,10 +3,13 @@
     .venv/bin/python benchmarks/tools/compare_wanda.py --model demo --data benchmarks/data/test.json \\
         --out benchmarks/results/wanda-compare
 
-Runs: our wanda-50 and magnitude-50 recipes, and their comparison-group controls (Wanda over the whole
-layer, magnitude per output row: which of "activation-weighted" and "per row" matters); llm-compressor Wanda 50% on the model's LLM (LoRA kept
+Runs: our wanda-50 and magnitude-50 recipes, their comparison-group controls (Wanda over the whole layer,
+magnitude per output row: which of "activation-weighted" and "per row" matters) and two calibration
+controls of wanda-50 (all 30 s of speech windows in the LLM's calibration inputs, as before the recipe
+used `speech_windows: clip`; ASR clips only); llm-compressor Wanda 50% on the model's LLM (LoRA kept
 aside, base weights only) calibrated on the text of the calibration split; then benchmarks baseline
-and the three results with `salmonn-compress bench` settings given here, and writes a table + diffs.
+and the results with `salmonn-compress bench` settings given here, and writes a table, diffs, and a
+paired bootstrap over clips of each result's WER against magnitude-50's and the baseline's (wer-bootstrap.json).
 """
 
 import argparse
@@ -61,12 +64,17 @@ def main():
 
     os.makedirs(a.out, exist_ok=True)
     arts = {}
-    for name, scope in (("wanda-50", None), ("magnitude-50", None), ("wanda-50", "layer"), ("magnitude-50", "row")):
+    variants = (("wanda-50", None, {}, {}), ("magnitude-50", None, {}, {}),
+                ("wanda-50", "layer", {"scope": "layer"}, {}), ("magnitude-50", "row", {"scope": "row"}, {}),
+                ("wanda-50", "all-windows", {}, {"speech_windows": "all"}),
+                ("wanda-50", "asr-calib", {}, {"tasks": ["asr"]}))
+    for name, suffix, step, calib in variants:
         recipe = load_recipe(os.path.join(ROOT, "recipes", f"{name}.yaml"))
-        if scope:
+        if suffix:
             doc = recipe.to_dict()
-            doc["steps"][0]["scope"] = scope
-            doc["name"] = name = f"{name}-{scope}"
+            doc["steps"][0].update(step)
+            doc["calibration"] = {**(doc.get("calibration") or {}), **calib} if calib else doc.get("calibration")
+            doc["name"] = name = f"{name}-{suffix}"
             recipe = recipe_from_dict(doc, name, recipe.base_dir)
         arts[name] = os.path.join(a.out, "artifacts", name)
         run_recipe(recipe, a.model, arts[name], overwrite=True, bench=False)
@@ -110,6 +118,34 @@ def main():
         with open(r["_path"].replace(".json", ".diff.txt"), "w") as f:
             f.write(diff_text(diff(results[0], r)) + "\n")
     print(table)
+    boot = wer_versus(results, ("baseline", "magnitude-50"))
+    with open(os.path.join(a.out, "wer-bootstrap.json"), "w") as f:
+        json.dump(boot, f, indent=1)
+    for line in boot["lines"]:
+        print(line)
+
+
+def wer_versus(results: list, against: tuple) -> dict:
+    """Paired bootstrap (over the ASR clips all results share) of each result's WER minus each `against` one's."""
+    from compress.metrics.bootstrap import wer_bootstrap
+
+    def asr(r):
+        return {s["id"]: s for s in r["samples"] if s["task"] == "asr" and s.get("error") is None}
+
+    label = {id(r): os.path.basename(r["_path"])[:-5] for r in results}
+    by = {label[id(r)]: asr(r) for r in results}
+    ids = sorted(set.intersection(*(set(v) for v in by.values())))
+    refs = [by["baseline"][i]["reference"] for i in ids]
+    out = {"clips": len(ids), "comparisons": {}, "lines": []}
+    for ref_name in against:
+        for name, samples in by.items():
+            if name == ref_name:
+                continue
+            b = wer_bootstrap(refs, [by[ref_name][i]["hypothesis"] for i in ids], [samples[i]["hypothesis"] for i in ids])
+            out["comparisons"][f"{name} - {ref_name}"] = b
+            out["lines"].append(f"WER {name} - {ref_name}: {b['delta']:+.4f} (95% interval {b['low']:+.4f} .. "
+                                f"{b['high']:+.4f}, {len(ids)} clips)")
+    return out
 
 
 if __name__ == "__main__":

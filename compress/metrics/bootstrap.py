@@ -27,3 +27,17 @@ def paired_bootstrap(metric: Callable[[list, list], float], a: list, b: list, re
     return {"delta": metric(b, references) - metric(a, references),
             "low": float(np.quantile(deltas, tail)), "high": float(np.quantile(deltas, 1 - tail)),
             "share_below": float((deltas < 0).mean()), "resamples": resamples, "level": level, "seed": seed}
+
+
+def wer_bootstrap(references: list, a: list, b: list, **kw) -> dict:
+    """`paired_bootstrap` of corpus WER (b - a; positive = b makes more errors). Each clip's edit count and
+    reference words are computed once (Whisper normalisation), so a resample only sums them."""
+    from .asr import wer_details
+
+    def counts(hyps):
+        return [(d.errors, d.reference_words) for d in (wer_details([r], [h]) for r, h in zip(references, hyps))]
+
+    def corpus(cands, _refs):
+        return sum(e for e, _ in cands) / max(1, sum(w for _, w in cands))
+
+    return paired_bootstrap(corpus, counts(a), counts(b), list(references), **kw)
