@@ -195,6 +195,25 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_set_decoding(args) -> int:
+    from .loaders.artifact import set_generate
+
+    updates = {}
+    for item in args.set:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise UserError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            updates[k] = json.loads(v)
+        except json.JSONDecodeError:
+            raise UserError(f"--set {k}: {v!r} is not a number or true/false") from None
+    if not os.path.isdir(args.artifact):
+        raise UserError(f"{args.artifact!r} is not an artifact directory")
+    after = set_generate(args.artifact, updates, args.note)
+    print(json.dumps(after))
+    return 0
+
+
 def cmd_recipes(args) -> int:
     from .recipe import load_recipe, shipped_recipes
 
@@ -297,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=int, default=3)
     s.add_argument("--threads", type=int, default=None)
     s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("set-decoding", help="change an artifact's default decoding settings (weights untouched)")
+    s.add_argument("artifact", help="artifact directory (rewritten atomically; the change is logged in its manifest)")
+    s.add_argument("--set", action="append", required=True, metavar="KEY=VALUE",
+                   help="num_beams, max_new_tokens, min_length, repetition_penalty or length_penalty")
+    s.add_argument("--note", default="", help="why (kept in the manifest's decoding_changes)")
+    s.set_defaults(fn=cmd_set_decoding)
 
     s = sub.add_parser("recipes", help="list the shipped recipes")
     s.set_defaults(fn=cmd_recipes)

@@ -72,3 +72,34 @@ def test_bad_arguments_exit_2_without_traceback():
         r = run_cli(*args)
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr and "error" in r.stderr
+
+
+def test_set_decoding_changes_the_default_and_logs_it(tmp_path, capsys):
+    import json
+    import os
+
+    from compress.loaders import load_model
+    from compress.loaders.artifact import save_artifact, sha256_file
+
+    art = save_artifact(load_model("tiny"), str(tmp_path / "art"), manifest_extra={"training": {"seed": 0}})
+    weights = sha256_file(os.path.join(art, "model.safetensors"))
+    assert main(["set-decoding", art, "--set", "repetition_penalty=1.2", "--set", "num_beams=2",
+                 "--note", "tuned on dev"]) == 0
+    back = load_model(art)  # the manifest's file table still verifies
+    assert back.cfg.generate.repetition_penalty == 1.2 and back.cfg.generate.num_beams == 2
+    m = back.manifest
+    assert m["training"] == {"seed": 0}  # other manifest fields kept
+    assert m["decoding_changes"][-1]["before"] == {"repetition_penalty": 1.0, "num_beams": 4}
+    assert m["decoding_changes"][-1]["after"] == {"repetition_penalty": 1.2, "num_beams": 2}
+    assert m["decoding_changes"][-1]["note"] == "tuned on dev"
+    assert sha256_file(os.path.join(art, "model.safetensors")) == weights
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
+    capsys.readouterr()
+    before = open(os.path.join(art, "manifest.json")).read()
+    for bad, msg in ((["--set", "beams=2"], "valid:"), (["--set", "repetition_penalty=0"], "> 0"),
+                     (["--set", "num_beams=1.5"], "takes a int"), (["--set", "num_beams"], "KEY=VALUE"),
+                     (["--set", "num_beams=two"], "not a number")):
+        assert main(["set-decoding", art] + bad) == 2, bad
+        assert msg in capsys.readouterr().err, bad
+        assert open(os.path.join(art, "manifest.json")).read() == before  # nothing changed
+    assert json.loads(before)["decoding_changes"][-1]["after"]["num_beams"] == 2

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..errors import CheckpointError, UserError
+from ..errors import CheckpointError, ConfigError, UserError
 
 FORMAT = "salmonn-compress-artifact"
 FORMAT_VERSION = 1
@@ -231,6 +231,51 @@ def verify_files(path: str, manifest: dict, *, hashes: bool = True) -> None:
             raise CheckpointError(f"artifact {path!r}: {rel!r} has {os.path.getsize(p)} bytes, manifest says {info['bytes']}")
         if hashes and sha256_file(p) != info["sha256"]:
             raise CheckpointError(f"artifact {path!r}: {rel!r} does not match its sha256 in the manifest (corrupt?)")
+
+
+def set_generate(path: str, updates: dict, note: str = "") -> dict:
+    """Change an artifact's decoding defaults (config.json's `model.generate`) in place, atomically.
+
+    The weights are untouched; the manifest keeps every other field, gets the new file table and appends
+    {at, before, after, note} to `decoding_changes`. Unknown keys or invalid values raise ConfigError and
+    leave the artifact as it was. Returns the new generate settings."""
+    from dataclasses import asdict
+
+    from ..models.config import GenerateSettings
+
+    manifest = read_manifest(path)
+    if manifest.get("kind", "pytorch") != "pytorch":
+        raise CheckpointError(f"{path!r} is a {manifest['kind']} export; its decoding is fixed at export time")
+    verify_files(path, manifest)
+    with open(os.path.join(path, "config.json")) as f:
+        conf = json.load(f)
+    before = asdict(GenerateSettings.from_dict(conf["model"].get("generate")))
+    typed = {}
+    for k, v in updates.items():
+        kind = type(before[k]) if k in before else None
+        if kind is bool or kind is None:
+            typed[k] = v
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not float(v).is_integer()):
+            raise ConfigError(f"generate option {k!r} takes a {kind.__name__}, got {v!r}")
+        else:
+            typed[k] = kind(v)
+    after = asdict(GenerateSettings.from_dict({**before, **typed}))
+    conf["model"]["generate"] = after
+    record = {"at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "before": {k: before[k] for k in typed}, "after": {k: after[k] for k in typed}, "note": note}
+    header = ("format", "format_version", "created", "packages", "files")
+
+    def write(tmp):
+        shutil.copytree(path, tmp, dirs_exist_ok=True)
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(conf, f, indent=1)
+        fields = {k: v for k, v in manifest.items() if k not in header}
+        fields["decoding_changes"] = list(manifest.get("decoding_changes", [])) + [record]
+        fields.setdefault("first_created", manifest.get("created"))
+        write_manifest(tmp, fields, packages=manifest.get("packages"))
+
+    atomic_directory(path, write, overwrite=True)
+    return after
 
 
 def load_artifact(path: str, *, verify: bool = True, dtype=None):

@@ -62,6 +62,8 @@ class GenerateSettings:
             raise ConfigError("generate.do_sample=True is not supported: decoding is greedy or beam search")
         if out.num_beams < 1 or out.max_new_tokens < 1:
             raise ConfigError("generate.num_beams and generate.max_new_tokens must be >= 1")
+        if out.repetition_penalty <= 0:
+            raise ConfigError(f"generate.repetition_penalty must be > 0 (1.0 = none), got {out.repetition_penalty}")
         return out
 
 
