@@ -97,7 +97,7 @@ def test_set_decoding_changes_the_default_and_logs_it(tmp_path, capsys):
     capsys.readouterr()
     before = open(os.path.join(art, "manifest.json")).read()
     for bad, msg in ((["--set", "beams=2"], "valid:"), (["--set", "repetition_penalty=0"], "> 0"),
-                     (["--set", "num_beams=1.5"], "takes a int"), (["--set", "num_beams"], "KEY=VALUE"),
+                     (["--set", "num_beams=1.5"], "takes a whole number"), (["--set", "num_beams"], "KEY=VALUE"),
                      (["--set", "num_beams=two"], "not a number")):
         assert main(["set-decoding", art] + bad) == 2, bad
         assert msg in capsys.readouterr().err, bad

@@ -256,7 +256,7 @@ def set_generate(path: str, updates: dict, note: str = "") -> dict:
         if kind is bool or kind is None:
             typed[k] = v
         elif isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not float(v).is_integer()):
-            raise ConfigError(f"generate option {k!r} takes a {kind.__name__}, got {v!r}")
+            raise ConfigError(f"generate option {k!r} takes {'a whole number' if kind is int else 'a number'}, got {v!r}")
         else:
             typed[k] = kind(v)
     after = asdict(GenerateSettings.from_dict({**before, **typed}))
