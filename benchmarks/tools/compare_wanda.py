@@ -73,7 +73,8 @@ def main():
         if suffix:
             doc = recipe.to_dict()
             doc["steps"][0].update(step)
-            doc["calibration"] = {**(doc.get("calibration") or {}), **calib} if calib else doc.get("calibration")
+            if calib:
+                doc["calibration"] = {**(doc.get("calibration") or {}), **calib}
             doc["name"] = name = f"{name}-{suffix}"
             recipe = recipe_from_dict(doc, name, recipe.base_dir)
         arts[name] = os.path.join(a.out, "artifacts", name)
@@ -132,8 +133,7 @@ def wer_versus(results: list, against: tuple) -> dict:
     def asr(r):
         return {s["id"]: s for s in r["samples"] if s["task"] == "asr" and s.get("error") is None}
 
-    label = {id(r): os.path.basename(r["_path"])[:-5] for r in results}
-    by = {label[id(r)]: asr(r) for r in results}
+    by = {os.path.basename(r["_path"])[:-5]: asr(r) for r in results}  # label (file name) -> id -> sample
     ids = sorted(set.intersection(*(set(v) for v in by.values())))
     refs = [by["baseline"][i]["reference"] for i in ids]
     out = {"clips": len(ids), "comparisons": {}, "lines": []}
