@@ -23,6 +23,10 @@ CHANNEL_MODES = ("downmix", "first")
 TOO_LONG_MODES = ("error", "cut")
 
 
+class AudioConvertedWarning(UserWarning):
+    """A clip was downmixed or resampled to SALMONN's 16 kHz mono on reading (said, never silent)."""
+
+
 class AudioCutWarning(UserWarning):
     """A clip longer than MAX_SECONDS was cut to its first MAX_SECONDS (too_long="cut")."""
 
@@ -149,7 +153,7 @@ def _prepare(
             raise AudioError(
                 f"audio '{name}' is {seconds:.2f} s long; the limit is {MAX_SECONDS:g} s "
                 f"(SALMONN's Whisper encoder sees at most {MAX_SECONDS:g} s). "
-                f"Use too_long='cut' to keep the first {MAX_SECONDS:g} s, or split the file."
+                f"Pass --too-long cut (too_long='cut' in Python) to keep the first {MAX_SECONDS:g} s, or split the file."
             )
         warnings.warn(
             f"audio '{name}' is {seconds:.2f} s long; cut to its first {MAX_SECONDS:g} s",
@@ -172,6 +176,13 @@ def _prepare(
     else:
         wav = data.mean(axis=1, dtype=np.float64).astype(np.float32)
     wav = np.ascontiguousarray(wav, dtype=np.float32)
+    changes = []
+    if data.shape[1] > 1:
+        changes.append(f"{data.shape[1]} channels " + ("-> first channel" if channel_mode == "first" else "downmixed to mono"))
+    if sample_rate != SAMPLE_RATE:
+        changes.append(f"resampled {sample_rate} -> {SAMPLE_RATE} Hz")
+    if changes:
+        warnings.warn(f"audio '{name}': {', '.join(changes)}", AudioConvertedWarning, stacklevel=stacklevel)
 
     if sample_rate != SAMPLE_RATE:
         import soxr
@@ -309,7 +320,7 @@ def _check_batch(waveforms, what: str) -> list[np.ndarray]:
             raise AudioError(
                 f"{what}: waveform {i} has {w.shape[0]} samples ({w.shape[0] / SAMPLE_RATE:.2f} s); "
                 f"the limit is {MAX_SECONDS:g} s "
-                f"(load with too_long='cut' to keep the first {MAX_SECONDS:g} s)"
+                f"(load it with --too-long cut, or too_long='cut' in Python, to keep the first {MAX_SECONDS:g} s)"
             )
         out.append(np.ascontiguousarray(w, dtype=np.float32))
     return out

@@ -9,11 +9,35 @@ import sys
 
 from .errors import UserError
 
+# Exit codes: 0 done; 2 bad input, refused before any work (nothing written or deleted); 3 done, but some clips
+# failed (outputs written, failures counted in them); 130 interrupted.
+EXIT_PARTIAL = 3
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: same exit code as ours
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _at_least(lo: int):
+    """argparse type: a whole number >= lo (a clear message instead of a silent default or a traceback)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {lo}, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+POS = _at_least(1)
+NONNEG = _at_least(0)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -70,7 +94,10 @@ def cmd_generate(args) -> int:
                           max_new_tokens=args.max_new_tokens)
     for name, o in zip(names, outs):
         print(json.dumps({"audio": name, "task": args.task, "text": o.text}) if args.json else f"{name}\t{o.text}")
-    return 2 if failed else 0
+    if failed:
+        print(f"error: {failed} of {len(args.audio)} audio files failed; exit {EXIT_PARTIAL}", file=sys.stderr)
+        return EXIT_PARTIAL
+    return 0
 
 
 def cmd_bench(args) -> int:
@@ -79,6 +106,11 @@ def cmd_bench(args) -> int:
     from .bench.harness import BenchSettings, run_benchmark
     from .bench.results import markdown_table, summary_row, write_json
 
+    if os.path.isdir(args.out):  # checked before the work, not after it
+        raise UserError(f"--out {args.out!r} is a directory; bench writes one result JSON file: name a file")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise UserError(f"--out {args.out!r}: {parent!r} is not a directory")
     settings = BenchSettings(
         tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()), num_beams=args.beams,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit,
@@ -103,7 +135,12 @@ def cmd_bench(args) -> int:
         write_submission(result["samples"], sub)
         problems = validate_submission(sub, [r.get("extra", {}).get("testset_id", r["id"]) for r in result["samples"]])
         print(f"hackathon submission: {sub} ({'valid' if not problems else '; '.join(problems)})")
-    print(f"result written to {args.out}; failures: {result['summary']['failures']} of {result['summary']['samples']}")
+    failed = result["summary"]["failures"]
+    print(f"result written to {args.out}; failures: {failed} of {result['summary']['samples']}")
+    if failed:
+        print(f"error: {failed} of {result['summary']['samples']} clips failed (see the result's samples); exit "
+              f"{EXIT_PARTIAL}", file=sys.stderr)
+        return EXIT_PARTIAL
     return 0
 
 
@@ -139,6 +176,8 @@ def cmd_run(args) -> int:
     from .runner import run_recipe
 
     recipe = load_recipe(args.recipe)  # validated completely before any model is loaded
+    for line in recipe.defaulted():
+        print(f"note: default used: {line}", file=sys.stderr)
     run_recipe(recipe, args.model, args.out, overwrite=args.overwrite, bench=not args.no_bench, storage=args.storage,
                weights_dtype=args.save_dtype,
                model_kwargs={"allow_unsafe_pickle": args.allow_unsafe_pickle, "dtype": args.dtype,
@@ -242,11 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--audio", nargs="+", required=True, help="audio file(s) (wav, flac, ...)")
     s.add_argument("--task", choices=["asr", "caption"], default="asr")
     s.add_argument("--prompt", default=None, help="override the task's instruction text")
-    s.add_argument("--beams", type=int, default=None, help="beam width (default: the model's generate config)")
-    s.add_argument("--max-new-tokens", type=int, default=None)
+    s.add_argument("--beams", type=POS, default=None, help="beam width (default: the model's generate config)")
+    s.add_argument("--max-new-tokens", type=POS, default=None)
     s.add_argument("--too-long", choices=["error", "cut"], default="error",
                    help="what to do with audio longer than 30 s")
-    s.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    s.add_argument("--threads", type=POS, default=None, help="CPU threads (torch.set_num_threads)")
     s.add_argument("--json", action="store_true", help="one JSON object per clip")
     s.set_defaults(fn=cmd_generate)
 
@@ -255,14 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="annotation JSON (SALMONN or hackathon format)")
     s.add_argument("--tasks", default="asr,caption", help="comma-separated: asr, caption")
     s.add_argument("--out", required=True, help="result JSON to write")
-    s.add_argument("--beams", type=int, default=None)
-    s.add_argument("--max-new-tokens", type=int, default=None)
-    s.add_argument("--batch-size", type=int, default=1)
-    s.add_argument("--limit", type=int, default=None, help="first N samples per task")
-    s.add_argument("--latency-tokens", type=int, default=32, help="fixed generated length for TTFT/TPOT")
-    s.add_argument("--warmup", type=int, default=2)
-    s.add_argument("--repeats", type=int, default=5)
-    s.add_argument("--threads", type=int, default=None, help="CPU threads, recorded in the result")
+    s.add_argument("--beams", type=POS, default=None)
+    s.add_argument("--max-new-tokens", type=POS, default=None)
+    s.add_argument("--batch-size", type=POS, default=1)
+    s.add_argument("--limit", type=POS, default=None, help="first N samples per task")
+    s.add_argument("--latency-tokens", type=POS, default=32, help="fixed generated length for TTFT/TPOT")
+    s.add_argument("--warmup", type=NONNEG, default=2)
+    s.add_argument("--repeats", type=POS, default=5)
+    s.add_argument("--threads", type=POS, default=None, help="CPU threads, recorded in the result")
     s.add_argument("--no-memory", action="store_true", help="skip the clean-process peak-memory run")
     s.add_argument("--corenlp-dir", default=None,
                    help="Stanford CoreNLP 3.6.0 jars for SPICE/SPIDEr (or SALMONN_COMPRESS_CORENLP_DIR)")
@@ -297,8 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--check", default=None, metavar="DATA",
                    help="annotation file: compare PyTorch and ONNX Runtime greedy token ids on its clips "
                         "(result stored in the manifest)")
-    s.add_argument("--check-limit", type=int, default=4, help="clips per task for --check (default 4)")
-    s.add_argument("--check-tokens", type=int, default=32, help="max new tokens per clip for --check (default 32)")
+    s.add_argument("--check-limit", type=POS, default=4, help="clips per task for --check (default 4)")
+    s.add_argument("--check-tokens", type=POS, default=32, help="max new tokens per clip for --check (default 32)")
     s.set_defaults(fn=cmd_export)
 
     from .demo import DEFAULT_RECIPES
@@ -309,12 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="comma-separated recipe names or files")
     s.add_argument("--out", default=os.path.join("out", "demo"))
     s.add_argument("--tasks", default="asr,caption")
-    s.add_argument("--limit", type=int, default=None, help="first N samples per task")
-    s.add_argument("--beams", type=int, default=None)
-    s.add_argument("--max-new-tokens", type=int, default=None)
-    s.add_argument("--latency-tokens", type=int, default=16)
-    s.add_argument("--repeats", type=int, default=3)
-    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--limit", type=POS, default=None, help="first N samples per task")
+    s.add_argument("--beams", type=POS, default=None)
+    s.add_argument("--max-new-tokens", type=POS, default=None)
+    s.add_argument("--latency-tokens", type=POS, default=16)
+    s.add_argument("--repeats", type=POS, default=3)
+    s.add_argument("--threads", type=POS, default=None)
     s.set_defaults(fn=cmd_demo)
 
     s = sub.add_parser("set-decoding", help="change an artifact's default decoding settings (weights untouched)")
@@ -337,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("diff", help="compare a result against a baseline result")
     s.add_argument("baseline")
     s.add_argument("other")
-    s.add_argument("--top", type=int, default=5, help="how many most-changed samples to show")
+    s.add_argument("--top", type=POS, default=5, help="how many most-changed samples to show")
     s.add_argument("--out", default=None, help="also write the diff as JSON")
     s.set_defaults(fn=cmd_diff)
     return p
@@ -351,16 +390,40 @@ def quiet_third_party_logs() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+MAX_ERROR_CHARS = 2000
+
+
+def one_screen(text: str) -> str:
+    """An error message cut to one screen (a value quoted from a hostile input can be megabytes long)."""
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + f" ... ({len(text)} characters, cut)"
+
+
+def _show_notes() -> None:
+    """Audio conversions and cuts print as one `note:` line each on stderr (other warnings as Python shows them)."""
+    import warnings
+
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__name__ in ("AudioConvertedWarning", "AudioCutWarning"):
+            print(f"note: {message}", file=sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main(argv=None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    _show_notes()
     quiet_third_party_logs()
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_screen(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

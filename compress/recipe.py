@@ -16,6 +16,7 @@ from .steps.calibration import CalibrationConfig
 from .yamlsafe import parse_yaml, read_yaml
 
 RECIPE_VERSION = 1
+MAX_STEPS = 32  # a compression chain is a handful of steps; thousands are a mistake or an attack
 
 
 class BenchmarkConfig(BaseModel):
@@ -55,6 +56,17 @@ class Recipe(BaseModel):
     def build_steps(self) -> list:
         return [STEPS[c.type](c) for c in self.steps]
 
+    def defaulted(self) -> list:
+        """'steps[i] (type): field=value' for every step field the recipe left to its default (printed by `run`,
+        so a forgotten `sparsity` or `bits` is never silent)."""
+        out = []
+        for i, c in enumerate(self.steps):
+            filled = [f"{k}={getattr(c, k)!r}" for k in type(c).model_fields
+                      if k != "type" and k not in c.model_fields_set]
+            if filled:
+                out.append(f"steps[{i}] ({c.type}): {', '.join(filled)}")
+        return out
+
 
 def _loc(err: dict) -> str:
     return ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-"))
@@ -91,6 +103,8 @@ def recipe_from_dict(doc: dict, name: str = "<recipe>", base_dir: Optional[str] 
     raw_steps = doc.pop("steps", None)
     if not isinstance(raw_steps, list) or not raw_steps:
         raise ConfigError(f"{name}: `steps` must be a non-empty list of steps")
+    if len(raw_steps) > MAX_STEPS:
+        raise ConfigError(f"{name}: {len(raw_steps)} steps; a recipe holds at most {MAX_STEPS}")
     steps = []
     for i, raw in enumerate(raw_steps):
         where = f"{name}: steps[{i}]"

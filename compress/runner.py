@@ -83,11 +83,12 @@ def run_recipe(recipe, spec: str, out: str, *, overwrite: bool = False, model_kw
                progress: bool = True, bench: bool = True, storage: str = "sparse",
                weights_dtype: Optional[str] = "auto", log=print) -> dict:
     from .loaders import load_model
-    from .loaders.artifact import save_artifact
+    from .loaders.artifact import check_output, save_artifact
 
     out = os.path.abspath(out)
-    if os.path.exists(out) and not overwrite:
-        raise UserError(f"output {out!r} already exists; choose another path or pass --overwrite")
+    check_output(out, overwrite)  # before any work: nothing is lost at the end
+    if bench and recipe.benchmark is not None and os.path.lexists(out + "-bench") and not overwrite:
+        raise UserError(f"benchmark folder {out + '-bench'!r} already exists; choose another --out or pass --overwrite")
     steps = recipe.build_steps()
     for step in steps:
         step.preflight()

@@ -13,8 +13,34 @@ from compress.models.presets import preset_config
 from compress.models.tokenizer import byte_tokenizer
 
 
-def make_official_bundle(root: str, *, seed: int = 0, with_pad_token: bool = True) -> dict:
-    """Whisper HF dir, BEATs .pt, Llama HF dir + tokenizer, trainable-only .pth and a decode YAML."""
+def sentencepiece_tokenizer_dir(folder: str, vocab_size: int = 120) -> None:
+    """A real SentencePiece BPE `tokenizer.model` (as Vicuna / LLaMA-2 ship) and the config naming LlamaTokenizer."""
+    import io
+    import json
+    import random
+
+    import sentencepiece as spm
+
+    words = ("the a cat sat on mat dog ran to house red green blue sound speech audio music bird sings loud "
+             "quiet rain falls engine starts people talk").split()
+    rng = random.Random(0)
+    sentences = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(400)]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
+                                   model_type="bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+                                   num_threads=1)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "tokenizer.model"), "wb") as f:
+        f.write(model.getvalue())
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+                   "unk_token": "<unk>"}, f)
+
+
+def make_official_bundle(root: str, *, seed: int = 0, with_pad_token: bool = True,
+                         sentencepiece: bool = False) -> dict:
+    """Whisper HF dir, BEATs .pt, Llama HF dir + tokenizer, trainable-only .pth and a decode YAML.
+    `sentencepiece`: the LLM folder's tokenizer is a real SentencePiece tokenizer.model, as the released models'."""
     from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperModel
 
     torch.manual_seed(seed)
@@ -30,10 +56,13 @@ def make_official_bundle(root: str, *, seed: int = 0, with_pad_token: bool = Tru
     llm_dir = os.path.join(root, "llama")
     llm_cfg = {k: v for k, v in cfg.llm.items() if k != "model_type"}
     LlamaForCausalLM(LlamaConfig(**llm_cfg)).save_pretrained(llm_dir)
-    tok = byte_tokenizer()
-    if not with_pad_token:
-        tok.pad_token = None
-    tok.save_pretrained(llm_dir)
+    if sentencepiece:
+        sentencepiece_tokenizer_dir(llm_dir)
+    else:
+        tok = byte_tokenizer()
+        if not with_pad_token:
+            tok.pad_token = None
+        tok.save_pretrained(llm_dir)
 
     # The trainable tensors, with random values (LoRA B too, so the adapters matter).
     src = build_modules(cfg, byte_tokenizer(), seed=seed + 1)

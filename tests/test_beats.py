@@ -204,15 +204,23 @@ def _official_tiny():
     return BEATs.from_checkpoint_dict({"cfg": cfg, "model": synthetic_state(model)})
 
 
+# The official numbers are float32 results, and this network is sensitive to float32 rounding (the log-mel of
+# waveform * 2**15, DeepNorm residuals): here the same forward in float64 differs from float32 by up to 3.3e-3 on
+# the rows below (1.6e-2 anywhere), and a machine with other CPU kernels (AVX2 + FMA) gave up to 1.3e-4 against
+# the float32 reference where this one gives 5e-7. A real mistake in an op moves values by 1e-1 or more, so the
+# tolerance is set above the float32 noise measured across kernels, not at the last printed digit.
+REF_ATOL = 1e-3
+
+
 def test_forward_matches_official_numbers():
     model = _official_tiny()
     with torch.no_grad():
         x, mask = model.extract_features(synthetic_wave().unsqueeze(0))
     assert x.shape == (1, 72, 64) and mask is None
     for row, values in OFFICIAL_TINY_ROWS.items():
-        torch.testing.assert_close(x[0, row, :6], torch.tensor(values), atol=1e-4, rtol=0)
-    assert abs(x.mean().item() - OFFICIAL_TINY_MEAN_STD[0]) < 1e-4
-    assert abs(x.std().item() - OFFICIAL_TINY_MEAN_STD[1]) < 1e-4
+        torch.testing.assert_close(x[0, row, :6], torch.tensor(values), atol=REF_ATOL, rtol=0)
+    assert abs(x.mean().item() - OFFICIAL_TINY_MEAN_STD[0]) < REF_ATOL
+    assert abs(x.std().item() - OFFICIAL_TINY_MEAN_STD[1]) < REF_ATOL
 
 
 def test_padded_forward_matches_official_numbers():
@@ -224,7 +232,7 @@ def test_padded_forward_matches_official_numbers():
     assert mask.shape == (1, 72)
     assert mask[0].nonzero().flatten().tolist() == list(range(62, 72))
     for row, values in OFFICIAL_TINY_MASKED_ROWS.items():
-        torch.testing.assert_close(x[0, row, :6], torch.tensor(values), atol=1e-4, rtol=0)
+        torch.testing.assert_close(x[0, row, :6], torch.tensor(values), atol=REF_ATOL, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------

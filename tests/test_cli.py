@@ -55,11 +55,14 @@ def test_generate_good_and_bad_audio(tmp_path, capsys):
     files = [str(good)] + [str(tmp_path / n) for n in bad] + [str(nan), str(long)]
     code = main(["generate", "--model", "tiny", "--audio", *files, "--beams", "1", "--max-new-tokens", "3"])
     out, err = capsys.readouterr()
-    assert code == 2  # some inputs failed
+    assert code == 3  # done, but some inputs failed (exit 3, with the count)
+    assert "4 of 5 audio files failed" in err
     assert "stereo44k.wav\t" in out  # the good clip still ran
+    assert "note: audio" in err and "2 channels downmixed to mono" in err and "44100 -> 16000 Hz" in err
     for name in ("empty.wav", "garbage.wav", "nan.wav", "long45.wav"):
         assert name in err
     assert "30" in err and "non-finite" in err and "Traceback" not in err
+    assert "--too-long cut" in err  # the option's CLI spelling, not the Python one
     code = main(["generate", "--model", "tiny", "--audio", str(long), "--too-long", "cut", "--beams", "1",
                  "--max-new-tokens", "2"])
     assert code == 0

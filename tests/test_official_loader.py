@@ -99,6 +99,25 @@ def test_missing_trainable_key_is_an_error(bundle, tmp_path):
         load_model(str(p))
 
 
+def test_wrong_shapes_are_named_before_whisper_or_the_llm_load(bundle, tmp_path, monkeypatch):
+    import transformers
+
+    obj = torch.load(bundle["ckpt"], weights_only=True)
+    for k in [k for k in obj["model"] if "lora_A" in k]:  # a checkpoint trained with another LoRA rank
+        obj["model"][k] = torch.zeros(8, obj["model"][k].shape[1])
+    bad = tmp_path / "rank8.pth"
+    torch.save(obj, bad)
+    p = _variant(bundle, tmp_path.name, ckpt=str(bad))
+
+    def never(*a, **k):
+        raise AssertionError("the weights were loaded before the checkpoint was checked")
+
+    monkeypatch.setattr(transformers.WhisperModel, "from_pretrained", never)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", never)
+    with pytest.raises(CheckpointError, match=r"made for another model shape: .*lora_A.*checkpoint \(8, "):
+        load_model(str(p))
+
+
 def test_unexpected_keys_are_listed(bundle, tmp_path):
     obj = torch.load(bundle["ckpt"], weights_only=True)
     obj["model"]["speech_Qformer.cls.predictions.bias"] = torch.zeros(3)
@@ -147,6 +166,33 @@ def test_pad_token_added_like_reference(tmp_path):
     assert m.tokenizer.pad_token == "[PAD]"
     assert m.llm_base().get_input_embeddings().num_embeddings == len(m.tokenizer) == 261
     assert any("pad token" in n for n in m.load_report["llm"]["notes"])
+
+
+def test_sentencepiece_tokenizer_bundle_loads_and_generates(tmp_path, capsys):
+    """Released SALMONN LLM folders ship a SentencePiece tokenizer.model (no tokenizer.json)."""
+    b = make_official_bundle(str(tmp_path), sentencepiece=True)
+    assert not os.path.exists(os.path.join(tmp_path, "llama", "tokenizer.json"))
+    m = load_model(b["yaml"])
+    assert type(m.tokenizer).__name__.startswith("LlamaTokenizer")
+    ids = m.tokenizer("the cat sat on the mat", add_special_tokens=False)["input_ids"]
+    assert 0 < len(ids) < 10 and max(ids) < 120  # pieces of the trained model, not bytes
+    out = m.generate([tone(1.5)], "asr", num_beams=1, max_new_tokens=4)
+    assert isinstance(out[0].text, str)
+    assert main(["inspect", "--model", b["yaml"]]) == 0
+
+
+def test_sentencepiece_missing_is_named(tmp_path, monkeypatch):
+    import importlib.util
+
+    from compress.loaders.official import load_llm_tokenizer
+
+    from bundle import sentencepiece_tokenizer_dir
+
+    sentencepiece_tokenizer_dir(str(tmp_path))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sentencepiece" else real(name, *a))
+    with pytest.raises(CheckpointError, match="'sentencepiece' package: pip install sentencepiece"):
+        load_llm_tokenizer(str(tmp_path))
 
 
 def test_cli_inspect_official(bundle, capsys):

@@ -60,13 +60,74 @@ def package_versions() -> dict:
     return out
 
 
+MARKER = "salmonn-compress-output.json"  # marks folders this tool wrote in another format (HF GPTQ export)
+
+
+def is_own_output(path: str) -> bool:
+    """True when `path` is a directory this tool wrote (an artifact or export with this format's manifest, or a
+    folder with this tool's marker file)."""
+    if not os.path.isdir(path):
+        return False
+    for name in (MANIFEST, MARKER):
+        try:
+            with open(os.path.join(path, name)) as f:
+                if json.load(f).get("format") == FORMAT:
+                    return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
+
+
+def check_output(out_dir: str, overwrite: bool) -> None:
+    """Refuse an output path before any work: it exists and `overwrite` is off, or it is not this tool's."""
+    out_dir = os.path.abspath(out_dir)
+    if os.path.lexists(out_dir):
+        if not overwrite:
+            raise UserError(f"output {out_dir!r} already exists; choose another path or pass --overwrite")
+        if not is_own_output(out_dir):
+            raise UserError(f"output {out_dir!r} exists and is not an artifact written by salmonn-compress (no "
+                            f"{MANIFEST} of format {FORMAT!r}); --overwrite replaces only this tool's artifacts: "
+                            "choose another path or remove it yourself")
+
+
+def clean_stale_siblings(out_dir: str) -> list:
+    """Remove `.NAME.tmp-PID` / `.NAME.old-PID` folders that runs killed mid-write left beside `out_dir`
+    (only those whose process is gone); returns what was removed."""
+    parent, name = os.path.split(os.path.abspath(out_dir))
+    removed = []
+    if not os.path.isdir(parent):
+        return removed
+    for entry in os.listdir(parent):
+        for kind in (".tmp-", ".old-"):
+            head = f".{name}{kind}"
+            if entry.startswith(head) and entry[len(head):].isdigit():
+                pid = int(entry[len(head):])
+                if pid != os.getpid() and not _alive(pid):
+                    shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+                    removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_directory(out_dir: str, write: Callable[[str], None], *, overwrite: bool = False) -> str:
-    """Run write(tmp_dir), then move tmp_dir to out_dir; on any failure (or Ctrl-C) remove tmp_dir."""
+    """Run write(tmp_dir), then move tmp_dir to out_dir; on any failure (or Ctrl-C) remove tmp_dir.
+
+    An existing out_dir is replaced only with `overwrite` and only when this tool wrote it (its manifest says
+    so): anything else at that path is never deleted."""
     out_dir = os.path.abspath(out_dir)
     parent, name = os.path.split(out_dir)
-    if os.path.exists(out_dir) and not overwrite:
-        raise UserError(f"output {out_dir!r} already exists; choose another path or pass --overwrite")
+    check_output(out_dir, overwrite)
     os.makedirs(parent, exist_ok=True)
+    clean_stale_siblings(out_dir)
     tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -87,9 +148,15 @@ def atomic_directory(out_dir: str, write: Callable[[str], None], *, overwrite: b
 
 
 def _fsync_tree(root: str) -> None:
+    """fsync every file, and give each the permissions the user's umask grants (some writers, e.g. safetensors,
+    create files readable by their owner only)."""
+    mask = os.umask(0)
+    os.umask(mask)
     for dirpath, _, files in os.walk(root):
         for f in files:
-            with open(os.path.join(dirpath, f), "rb") as fh:
+            p = os.path.join(dirpath, f)
+            os.chmod(p, 0o666 & ~mask)
+            with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
 
 
@@ -130,13 +197,15 @@ def dominant_dtype(count: dict) -> Optional[str]:
 
 
 def save_artifact(model, out_dir: str, *, manifest_extra: Optional[dict] = None, overwrite: bool = False,
-                  storage: str = "dense", weights_dtype: Optional[str] = None) -> str:
+                  storage: str = "dense", weights_dtype: Optional[str] = None, external: Optional[dict] = None) -> str:
     """Write `model` (a Salmonn) as an artifact directory; returns its absolute path.
 
     storage="sparse" stores each weight matrix as bitmask + non-zeros when that is smaller (pruned weights).
     weights_dtype: store floating weights of 2+ dims in this dtype (float32 / float16 / bfloat16; None: as in
     memory); modules a step replaced (quantized Linears) keep their own dtypes. Loading casts back to the dtype
     the model is built in.
+    external: {part: source entry} of frozen parts whose weights are the installed source's (see
+    loaders/external.py): they are named in config.json and the manifest instead of stored.
     """
     from safetensors.torch import save_file
 
@@ -146,7 +215,13 @@ def save_artifact(model, out_dir: str, *, manifest_extra: Optional[dict] = None,
         raise UserError(f"unknown storage {storage!r}; valid: {', '.join(STORAGE)}")
 
     def write(tmp: str) -> None:
-        unique, aliases = split_shared(model.state_dict())
+        state = model.state_dict()
+        if external:
+            from .external import covered_keys
+
+            skip = covered_keys(model, external)
+            state = {k: v for k, v in state.items() if k not in skip}
+        unique, aliases = split_shared(state)
         unique = cast_for_storage(unique, weights_dtype, keep=tuple(getattr(model, "module_overrides", {})))
         dense_bytes = tensor_bytes(unique)
         sparse = {}
@@ -156,12 +231,14 @@ def save_artifact(model, out_dir: str, *, manifest_extra: Optional[dict] = None,
         cfg = model.cfg.to_dict()
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump({"model": cfg, "aliases": aliases, "sparse": sparse,
-                       "modules": getattr(model, "module_overrides", {})}, f, indent=1, default=str)
+                       "modules": getattr(model, "module_overrides", {}), "external": external or {}},
+                      f, indent=1, default=str)
         model.tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
         write_manifest(tmp, {
             "storage": {"mode": storage, "weights_dtype": stored_dtype(unique), "sparse_tensors": len(sparse),
                         "dense_tensor_bytes": dense_bytes,
                         "stored_tensor_bytes": tensor_bytes(unique)},
+            **({"frozen_parts": external} if external else {}),
             **(manifest_extra or {}),
         })
 
@@ -303,8 +380,15 @@ def load_artifact(path: str, *, verify: bool = True, dtype=None):
 
         restore_modules(model, overrides)
     materialize(model, dtype)
+    external = conf.get("external") or {}
+    covered: set = set()
+    if external:  # frozen parts named by installed source (hash-checked), not stored
+        from .external import load_external
+
+        covered = load_external(model, external)
     got = load_weights(model, os.path.join(path, WEIGHTS), sparse=conf.get("sparse") or {},
                        aliases=conf.get("aliases") or {})
+    got["missing"] = [k for k in got["missing"] if k not in covered]
     if got["missing"] or got["unexpected"]:
         raise CheckpointError(
             f"artifact {path!r} does not match its config: missing {got['missing'][:5]} "
@@ -318,6 +402,9 @@ def load_artifact(path: str, *, verify: bool = True, dtype=None):
     apply_runtime(model)
     model.manifest = manifest
     model.load_report = {part: {"source": os.path.join(path, WEIGHTS)} for part in model.parts()}
+    for part, entry in external.items():
+        model.load_report[part] = {"source": f"{entry.get('package')} {entry.get('version')} {entry.get('file')} "
+                                             f"(sha256 {str(entry.get('sha256'))[:12]}...)"}
     return model.eval()
 
 

@@ -49,11 +49,18 @@ def load_tensor_file(path: str, *, allow_unsafe_pickle: bool = False) -> dict:
             detail = [ln for ln in msg.splitlines() if "Unsupported" in ln or "error" in ln.lower()]
             first = detail[-1].strip() if detail else "not a valid pickle stream"
         raise CheckpointError(
-            f"checkpoint {path!r} is corrupt, truncated or not a PyTorch/safetensors file: {first[:200]}"
+            f"checkpoint {path!r} is corrupt, truncated or not a PyTorch/safetensors file ({_clip(first)})"
         ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path!r} holds a {type(obj).__name__}, expected a dict of tensors")
     return obj
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """A message from the reader, cut at a word boundary and marked as cut when longer than `limit`."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def state_dict_of(obj: dict, path: str) -> dict:

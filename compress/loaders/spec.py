@@ -33,6 +33,12 @@ def load_model(spec: str, *, allow_unsafe_pickle: bool = False, dtype: Optional[
     from .official import load_official
 
     dt = parse_dtype(dtype)
+    if qformer_config is not None:
+        if not os.path.exists(qformer_config):
+            raise UserError(f"--qformer-config {qformer_config!r}: no such file or directory")
+        if not (os.path.isfile(spec) and spec.endswith((".yaml", ".yml"))):
+            raise UserError(f"--qformer-config applies to official SALMONN config YAMLs only; model {spec!r} "
+                            "carries its own Q-Former settings")
     if spec == "demo":
         if not os.path.isfile(os.path.join(DEMO_DIR, MANIFEST)):
             raise UserError(f"the demo model is not built in this checkout ({DEMO_DIR} has no {MANIFEST}); "

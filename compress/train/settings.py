@@ -1,0 +1,179 @@
+"""Settings of the demo training and the SALMONN shape they give (one dataclass, two presets)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
+
+from ..errors import ConfigError, choices
+
+# SmolLM2-Instruct's own chat layout around SALMONN's prompt content. The model's BOS is <|im_start|>, which
+# the prompt builder puts first, so BOS + this template is "<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n".
+CHAT_TEMPLATE = "user\n{}<|im_end|>\n<|im_start|>assistant\n"
+
+
+@dataclass
+class DemoSettings:
+    seed: int = 0
+    # ---- data (train split of compress.data.build)
+    n_asr: int = 2000
+    n_chain: int = 1000  # extra ASR clips of word-bigram sentences (acoustics the LLM's prior cannot guess)
+    n_caption: int = 1000
+    # ---- frozen parts: "smollm2-135m-instruct" / "tiny.en" = the real pretrained weights; a dict = a random
+    # model of that config (tests)
+    llm: object = "smollm2-135m-instruct"
+    whisper: object = "tiny.en"
+    # ---- BEATs (official structure, trained from scratch: no pretrained BEATs weights are installable)
+    beats_layers: int = 2
+    beats_dim: int = 192
+    beats_ffn: int = 768
+    beats_heads: int = 4
+    beats_patch_embed: int = 128
+    beats_conv_pos: int = 32
+    beats_conv_pos_groups: int = 8
+    beats_buckets: int = 64
+    beats_max_distance: int = 256
+    beats_dropout: float = 0.1
+    # ---- window-level Q-Former
+    window_seconds: float = 0.2
+    window_stride_seconds: Optional[float] = None  # None: = window_seconds
+    queries: int = 1
+    qformer_hidden: int = 384
+    qformer_heads: int = 6
+    qformer_ffn: int = 1536
+    qformer_layers: int = 2
+    # ---- LoRA (SALMONN's defaults)
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_targets: list = field(default_factory=lambda: ["q_proj", "v_proj"])
+    prompt_template: str = CHAT_TEMPLATE
+    # ---- training (encoders and LLM frozen; BEATs, Q-Former, projection and LoRA learn)
+    steps: int = 1800
+    batch: int = 8
+    lr: float = 5e-4
+    lora_lr: Optional[float] = None  # None: = lr
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    whisper_drop: float = 0.25  # share of caption clips trained on BEATs alone (Whisper features zeroed)
+    full_share: float = 0.1  # share of batches with all 30 s of windows; the rest keep speech + 2-24 padding windows
+    max_minutes: Optional[float] = 80.0  # safety stop of the training stage (wall time; the schedule is by steps)
+    checkpoint_minutes: float = 4.0
+    # ---- feature caching
+    cache_batch: int = 8
+    # ---- decoding defaults written into the artifact
+    num_beams: int = 1
+    max_new_tokens: int = 48
+    repetition_penalty: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch < 1:
+            raise ConfigError(f"steps and batch must be >= 1, got {self.steps} and {self.batch}")
+        if not 0 <= self.whisper_drop < 1 or not 0 <= self.full_share <= 1:
+            raise ConfigError("whisper_drop must be in [0, 1) and full_share in [0, 1]")
+
+    def replace(self, **kw) -> "DemoSettings":
+        known = {f.name for f in fields(self)}
+        bad = sorted(set(kw) - known)
+        if bad:
+            raise ConfigError(f"unknown training option(s) {bad}; valid: {choices(known)}")
+        d = self.to_dict()
+        d.update(kw)
+        return DemoSettings(**d)
+
+
+def tiny_whisper() -> dict:
+    """A random 2-layer Whisper encoder shape for tests (80 mel bins, 1500 output frames)."""
+    return dict(d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128, num_mel_bins=80,
+                max_source_positions=1500, decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=128,
+                vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+
+
+def tiny_llm() -> dict:
+    """A random 2-layer Llama with SmolLM2's vocabulary (its tokenizer is used) for tests."""
+    return dict(model_type="llama", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                intermediate_size=64, vocab_size=49152, max_position_embeddings=512, rms_norm_eps=1e-5,
+                tie_word_embeddings=True, hidden_act="silu", bos_token_id=1, eos_token_id=2, pad_token_id=2)
+
+
+PRESETS = {
+    "demo": DemoSettings(),
+    # Seconds on a CPU: used by the tests, runs the whole pipeline on a few clips.
+    "test": DemoSettings(
+        n_asr=6, n_chain=2, n_caption=6, llm=tiny_llm(), whisper=tiny_whisper(), beats_layers=1, beats_dim=32,
+        beats_ffn=64, beats_heads=2, beats_patch_embed=16, beats_conv_pos=8, beats_conv_pos_groups=4,
+        beats_buckets=16, beats_max_distance=32, beats_dropout=0.0, qformer_hidden=32, qformer_heads=2,
+        qformer_ffn=64, qformer_layers=2, lora_r=4, lora_alpha=16, lora_dropout=0.0, steps=12, batch=4, lr=3e-3,
+        warmup=2, max_minutes=None, checkpoint_minutes=0.0, cache_batch=4, max_new_tokens=8),
+}
+
+
+def preset(name: str) -> DemoSettings:
+    try:
+        return PRESETS[name].replace()
+    except KeyError:
+        raise ConfigError(f"unknown training preset {name!r}; valid: {choices(PRESETS)}") from None
+
+
+def whisper_config(ts: DemoSettings) -> dict:
+    if ts.whisper == "tiny.en":
+        from ..models.whisper_convert import TINY_EN_CONFIG
+
+        return dict(TINY_EN_CONFIG)
+    if isinstance(ts.whisper, dict):
+        return dict(ts.whisper)
+    raise ConfigError(f"whisper must be 'tiny.en' or a dict of WhisperConfig fields, got {ts.whisper!r}")
+
+
+def llm_config(ts: DemoSettings) -> dict:
+    from ..models.sources import SMOLLM2, smollm2_llm_config
+
+    if ts.llm == SMOLLM2:
+        return smollm2_llm_config()
+    if isinstance(ts.llm, dict):
+        return dict(ts.llm)
+    raise ConfigError(f"llm must be {SMOLLM2!r} or a dict of Llama config fields, got {ts.llm!r}")
+
+
+def beats_config(ts: DemoSettings) -> dict:
+    """The official BEATs structure (post-norm DeepNorm, gated relative position bias), small widths."""
+    return {
+        "input_patch_size": 16, "embed_dim": ts.beats_patch_embed, "conv_bias": False,
+        "encoder_layers": ts.beats_layers, "encoder_embed_dim": ts.beats_dim,
+        "encoder_ffn_embed_dim": ts.beats_ffn, "encoder_attention_heads": ts.beats_heads,
+        "activation_fn": "gelu", "layer_wise_gradient_decay_ratio": 1.0, "layer_norm_first": False,
+        "deep_norm": True, "dropout": ts.beats_dropout, "attention_dropout": ts.beats_dropout,
+        "activation_dropout": 0.0, "encoder_layerdrop": 0.0, "dropout_input": 0.0,
+        "conv_pos": ts.beats_conv_pos, "conv_pos_groups": ts.beats_conv_pos_groups,
+        "relative_position_embedding": True, "num_buckets": ts.beats_buckets,
+        "max_distance": ts.beats_max_distance, "gru_rel_pos": True, "finetuned_model": False,
+    }
+
+
+def salmonn_config(ts: DemoSettings, extra: Optional[dict] = None):
+    """The SalmonnConfig of the demo: SALMONN's prompt content and instructions in the LLM's chat layout."""
+    from ..models.config import GenerateSettings, LoraSettings, SalmonnConfig
+    from ..models.qformer import QFormerConfig
+
+    whisper = whisper_config(ts)
+    return SalmonnConfig(
+        whisper=whisper,
+        beats=beats_config(ts),
+        llm=llm_config(ts),
+        qformer=QFormerConfig(hidden_size=ts.qformer_hidden, num_attention_heads=ts.qformer_heads,
+                              intermediate_size=ts.qformer_ffn, num_hidden_layers=ts.qformer_layers,
+                              encoder_width=whisper["d_model"] + ts.beats_dim),
+        lora=LoraSettings(r=ts.lora_r, alpha=ts.lora_alpha, dropout=ts.lora_dropout,
+                          target_modules=list(ts.lora_targets)),
+        num_speech_query_token=ts.queries,
+        second_per_window=ts.window_seconds, second_stride=ts.window_stride_seconds or ts.window_seconds,
+        prompt_template=ts.prompt_template,
+        generate=GenerateSettings(num_beams=ts.num_beams, max_new_tokens=ts.max_new_tokens,
+                                  repetition_penalty=ts.repetition_penalty),
+        extra=dict(extra or {}),
+    )
