@@ -51,6 +51,9 @@ def run_demo(model: str, data: str, recipes: list, out: str, settings, log=print
         results.append(bench(art, recipe.name))
     rows = [summary_row(r) for r in results]
     table = markdown_table(rows)
+    notes = list(dict.fromkeys(n for r in results for n in r["model"].get("notes", [])))
+    if notes:
+        table += "\n" + "".join(f"Note: {n}.\n" for n in notes)
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table)
     with open(os.path.join(out, "table.csv"), "w") as f:

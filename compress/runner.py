@@ -97,8 +97,12 @@ def run_recipe(recipe, spec: str, out: str, *, overwrite: bool = False, model_kw
     if any(getattr(s, "needs_teacher", False) for s in steps):
         ctx._teacher = copy.deepcopy(model).eval()  # the teacher is the model before any step changed it
     reports = []
+    from .loaders.artifact import model_notes
+
+    notes = model_notes(model)
     extra = lambda: {"recipe": recipe.to_dict(), "recipe_sha256": recipe.sha256(),  # noqa: E731
-                     "source": source_info(spec, model), "steps": list(reports), "created_by": "salmonn-compress run"}
+                     "source": source_info(spec, model), "steps": list(reports), "created_by": "salmonn-compress run",
+                     **({"source_notes": notes} if notes else {})}
     for i, step in enumerate(steps):
         log(f"[{i + 1}/{len(steps)}] {step.name} ...")
         if step.terminal:  # the last step writes the run's output itself (an export) instead of the artifact

@@ -247,7 +247,7 @@ def run_benchmark(spec: str, data: str, settings: BenchSettings, *, model_kwargs
         bar.close()
     tasks = score(records, settings)
     eff = run_efficiency(model, spec, records, settings, model_kwargs)
-    from ..loaders.artifact import sha256_file
+    from ..loaders.artifact import model_notes, sha256_file
 
     return {
         "schema": SCHEMA,
@@ -256,7 +256,7 @@ def run_benchmark(spec: str, data: str, settings: BenchSettings, *, model_kwargs
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"spec": spec, "parts": part_stats(model), "load_report": getattr(model, "load_report", {}),
                   "manifest_created": getattr(model, "manifest", {}).get("created"),
-                  "artifact_bytes": artifact_bytes(spec)},
+                  "artifact_bytes": artifact_bytes(spec), "notes": model_notes(model)},
         "data": {"path": os.path.abspath(data), "sha256": sha256_file(data), "samples": len(records)},
         "settings": asdict(settings),
         "environment": environment(str(model.device)),

@@ -408,5 +408,14 @@ def load_artifact(path: str, *, verify: bool = True, dtype=None):
     return model.eval()
 
 
+def model_notes(model) -> list:
+    """Notes a reader of any result on this model must see (e.g. that its LLM is 4-bit-derived): those of its
+    frozen parts' sources, and those inherited from the model a recipe started from."""
+    m = getattr(model, "manifest", None) or {}
+    notes = [e["note"] for e in (m.get("frozen_parts") or {}).values() if isinstance(e, dict) and e.get("note")]
+    notes += [n for n in m.get("source_notes", []) if n not in notes]
+    return notes
+
+
 def tensor_bytes(state: dict) -> int:
     return sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
