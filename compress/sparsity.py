@@ -85,3 +85,62 @@ def block_influence(x_in: torch.Tensor, x_out: torch.Tensor) -> torch.Tensor:
 def round_sparsities(final: float, rounds: int) -> list:
     """Iterative pruning schedule keeping a constant fraction per round: s_r = 1 - (1 - s)^(r / R)."""
     return [1.0 - (1.0 - final) ** (r / rounds) for r in range(1, rounds + 1)]
+
+
+@torch.no_grad()
+def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, sparsity: float = 0.5, n: int = 0, m: int = 0,
+                    block_size: int = 128, damp_percent: float = 0.01, prune_mask=None) -> tuple:
+    """SparseGPT (Frantar & Alistarh, 2023): prune w (out, in) and update the weights kept so that the layer's
+    output on the calibration inputs (h = 2 X^T X / tokens, the GPTQ Hessian) changes as little as possible.
+
+    Columns are visited in order; a pruned weight's error, scaled by the inverse Hessian's Cholesky factor, is
+    pushed onto the columns not yet visited (the OBS update restricted to them). Unstructured: within each block
+    of `block_size` columns, the weights with the smallest w^2 / [H^-1]_jj^2 across the block are pruned
+    (adaptive mask selection). N:M (n, m > 0): in every m consecutive inputs of a row, the n smallest by the same
+    score are pruned. `prune_mask` (out, in; True = prune) skips the selection and only reconstructs.
+    Returns (new weight, keep mask, info)."""
+    from .quant.gptq_math import inverse_cholesky
+
+    out_f, in_f = w.shape
+    if n and (in_f % m):
+        raise ValueError(f"input width {in_f} is not a multiple of M={m}")
+    W = w.detach().float().clone()
+    H = h.detach().float().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    hinv, damp_used = inverse_cholesky(H, damp_percent)
+    if n:
+        block_size = max(m, (block_size // m) * m)  # N:M groups never straddle a block
+    keep = torch.ones_like(W, dtype=torch.bool)
+    for i1 in range(0, in_f, block_size):
+        i2 = min(i1 + block_size, in_f)
+        W1 = W[:, i1:i2].clone()
+        err1 = torch.zeros_like(W1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        d = torch.diag(hinv1)
+        pruned = torch.zeros_like(W1, dtype=torch.bool)
+        if prune_mask is not None:
+            pruned = prune_mask[:, i1:i2].to(torch.bool).clone()
+        elif not n:
+            score = W1.pow(2) / d.pow(2)[None, :]
+            k = int(score.numel() * sparsity)
+            if k:
+                idx = torch.argsort(score.flatten(), stable=True)[:k]
+                pruned.view(-1)[idx] = True
+        for i in range(i2 - i1):
+            if n and prune_mask is None and i % m == 0:
+                score = W1[:, i:i + m].pow(2) / d[i:i + m].pow(2)[None, :]
+                low = torch.topk(score, n, dim=1, largest=False).indices  # the n to prune
+                pruned[:, i:i + m].scatter_(1, low, True)
+            col = W1[:, i]
+            q = torch.where(pruned[:, i], torch.zeros_like(col), col)
+            e = (col - q) / hinv1[i, i]
+            W1[:, i:] -= e[:, None] * hinv1[i, i:][None, :]
+            W1[:, i] = q
+            err1[:, i] = e
+        W[:, i1:i2] = W1
+        W[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+        keep[:, i1:i2] = ~pruned
+    W = W * keep
+    return W.to(w.dtype), keep, {"damp_percent_used": damp_used, "dead_inputs": int(dead.sum())}
