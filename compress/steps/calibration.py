@@ -207,6 +207,17 @@ def collect_input_norms(linears: dict, run: Callable) -> dict:
     return sums
 
 
+@torch.no_grad()
+def collect_hessians(linears: dict, run: Callable) -> dict:
+    """H = 2 X^T X / n of each Linear's inputs (GPTQ and SparseGPT), observed while run() executes."""
+    from ..quant.gptq_math import HessianAccumulator
+
+    accs = {n: HessianAccumulator(m.in_features, device=m.weight.device) for n, m in linears.items()}
+    handles = [m.register_forward_pre_hook(lambda mod, args, n=n: accs[n].add(args[0])) for n, m in linears.items()]
+    run_hooked(handles, run)
+    return accs
+
+
 def by_blocks(model, linears: dict, ctx, collect: Callable, act: Callable, *, sequential: bool = True,
               label: str = "") -> None:
     """The driver of calibrated steps. For each part in data-flow order (upstream parts are changed before

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from .. import sparsity as sp
 from ..models.salmonn import part_of
-from .calibration import by_blocks, collect_input_norms
+from .calibration import by_blocks, collect_hessians, collect_input_norms
 from .registry import Step, StepConfig, register
 from .targets import Targets, select_linears
 
@@ -128,5 +128,54 @@ class Wanda(PruneStep):
 
         by_blocks(model, linears, ctx, collect_input_norms, prune, sequential=c.sequential, label="wanda")
         report = measure(model, linears, pattern)
+        report["calibration_samples"] = len(ctx.calibration())
+        return report
+
+
+class SparseGptConfig(PruneConfig):
+    type: Literal["sparsegpt"] = "sparsegpt"
+    sequential: bool = True  # prune block by block; later blocks calibrate on the pruned earlier ones
+    damp_percent: float = Field(0.01, ge=0.0, lt=1.0)
+    block_size: int = Field(128, ge=1)
+
+
+@register("sparsegpt")
+class SparseGpt(PruneStep):
+    """SparseGPT: OBS-style pruning with reconstruction of the kept weights, from the GPTQ Hessian of each Linear's
+    inputs (real audio through the model), block by block; unstructured or N:M."""
+
+    Config = SparseGptConfig
+
+    @classmethod
+    def needs_calibration(cls, config) -> bool:
+        return True
+
+    def run(self, model, ctx) -> dict:
+        from ..quant.gptq_math import output_error
+
+        c = self.config
+        pattern = parse_pattern(c.pattern)
+        n, m = pattern or (0, 0)
+        linears = self.targets(model, ctx)
+        errors: dict = {}
+
+        def prune(group: dict, accs: dict) -> None:
+            for name, lin in group.items():
+                if accs[name].n == 0:
+                    raise ctx.error(f"sparsegpt: no calibration token reached {name}; it cannot be calibrated")
+                h = accs[name].hessian()
+                w = lin.weight.detach().float()
+                new, keep, _ = sp.sparsegpt_prune(w, h, c.sparsity, n, m, c.block_size, c.damp_percent)
+                errors[name] = {"output_rel_error": output_error(w, new, h),
+                                "mask_only_output_rel_error": output_error(w, w * keep, h)}
+                with torch.no_grad():
+                    lin.weight.copy_(new.to(lin.weight.dtype))
+
+        by_blocks(model, linears, ctx, collect_hessians, prune, sequential=c.sequential, label="sparsegpt")
+        report = measure(model, linears, pattern)
+        vals = list(errors.values())
+        report["output_rel_error_mean"] = sum(v["output_rel_error"] for v in vals) / max(1, len(vals))
+        report["mask_only_output_rel_error_mean"] = (sum(v["mask_only_output_rel_error"] for v in vals)
+                                                     / max(1, len(vals)))
         report["calibration_samples"] = len(ctx.calibration())
         return report

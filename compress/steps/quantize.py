@@ -20,7 +20,7 @@ from ..models.salmonn import part_of
 from ..quant.gptq_math import HessianAccumulator, gptq_quantize, output_error
 from ..quant.qlinear import GPTQLinear
 from ..quant.rtn import relative_error, rtn_quantize
-from .calibration import by_blocks, run_hooked
+from .calibration import by_blocks, collect_hessians, run_hooked
 from .overrides import record_override, register_rebuilder, set_module
 from .registry import Step, StepConfig, register
 from .targets import Targets, select_linears
@@ -133,15 +133,6 @@ class Rtn(QuantStep):
             self.replace(model, n, m, new, "gptq", new.spec())
         notes = group_notes(linears, c.group_size)
         return {"bits": c.bits, "group_size": c.group_size, **self.measure(model, per_layer, notes)}
-
-
-@torch.no_grad()
-def collect_hessians(linears: dict, run) -> dict:
-    """H = 2 X^T X / n of each Linear's inputs, observed while run() executes."""
-    accs = {n: HessianAccumulator(m.in_features, device=m.weight.device) for n, m in linears.items()}
-    handles = [m.register_forward_pre_hook(lambda mod, args, n=n: accs[n].add(args[0])) for n, m in linears.items()]
-    run_hooked(handles, run)
-    return accs
 
 
 @register("gptq")
