@@ -84,16 +84,25 @@ def _fields_at(cls, loc: tuple) -> list:
     return sorted(getattr(cls, "model_fields", {}))
 
 
+def _excerpt(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
 def _fmt(e: ValidationError, where: str, cls=None) -> str:
     parts = []
     for err in e.errors():
         loc = _loc(err)
         val = err.get("input")
-        shown = "" if isinstance(val, dict) else f" (got {val!r})"
+        shown = "" if isinstance(val, dict) else f" (got {_excerpt(val)})"
         msg = err["msg"]
         if err["type"] == "extra_forbidden" and cls is not None:
             valid = [f for f in _fields_at(cls, err["loc"]) if f != "base_dir"]
             msg = f"unknown field; valid fields: {', '.join(valid)}"
+        elif err["type"] in ("model_type", "dict_type", "model_attributes_type") and cls is not None:
+            valid = _fields_at(cls, tuple(err["loc"]) + ("?",))  # the fields of the mapping expected here
+            if valid:
+                msg = f"expected a mapping with the fields {', '.join(valid)}"
         parts.append(f"{where}{'.' + loc if loc else ''}: {msg}{shown}")
     return "; ".join(parts)
 

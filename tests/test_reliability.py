@@ -124,3 +124,14 @@ def test_defaulted_step_fields_are_printed(tmp_path, capsys):
     assert main(["run", str(p), "--model", "tiny", "--out", str(tmp_path / "o"), "--no-bench"]) == 0
     err = capsys.readouterr().err
     assert "note: default used: steps[0] (magnitude):" in err and "sparsity=" in err
+
+
+def test_malformed_targets_lists_the_valid_fields():
+    from compress.recipe import parse_recipe
+
+    with pytest.raises(ConfigError, match=r"steps\[0\] \(magnitude\)\.targets: expected a mapping with the fields "
+                                          r"ignore, include, parts"):
+        parse_recipe("name: t\nsteps:\n  - {type: magnitude, targets: llm}\n")
+    with pytest.raises(ConfigError) as e:
+        parse_recipe("name: t\nsteps:\n  - {type: magnitude, sparsity: '" + "9" * 5000 + "'}\n")
+    assert len(str(e.value)) < 400  # the value is quoted as a short excerpt
