@@ -28,13 +28,9 @@ import torch
 from ..errors import UserError
 from ..loaders.artifact import atomic_directory, file_table, package_versions, write_manifest
 from .wrappers import DecoderWithCache, example_audio, float32_front, full_mel_frames, merged_llm, require_exportable
+from .layout import CONFIG, EMBED, FRONT, KIND, LLM  # noqa: F401  (re-exported)
 
-KIND = "onnx"
 DEFAULT_OPSET = 18
-FRONT = "audio_front.onnx"
-LLM = "llm.onnx"
-EMBED = "embed_tokens.npy"
-CONFIG = "config.json"
 EXPORTER = "torch.onnx.export(dynamo=True)"
 INT8_OPS = ["MatMul"]
 # Ranges the graphs are traced for; ONNX Runtime itself accepts any size.

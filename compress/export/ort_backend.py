@@ -19,7 +19,7 @@ import torch
 from ..errors import CheckpointError, UserError
 from ..models.config import SalmonnConfig
 from ..models.salmonn import PromptMixin
-from .onnx_export import CONFIG, EMBED, FRONT, KIND, LLM
+from .layout import CONFIG, EMBED, FRONT, KIND, LLM
 
 
 def _session(path: str, providers: Optional[list]):

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import CheckpointError, ConfigError, UserError
+from .materialize import storable  # noqa: F401  (re-exported: the storage rule)
 
 FORMAT = "salmonn-compress-artifact"
 FORMAT_VERSION = 1
@@ -162,11 +163,6 @@ def _fsync_tree(root: str) -> None:
 
 STORAGE = ("dense", "sparse")
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def storable(name: str, t: torch.Tensor) -> bool:
-    """Tensors a storage dtype applies to: floating weights of 2+ dims (norms, biases and scalars keep theirs)."""
-    return t.is_floating_point() and t.dim() >= 2
 
 
 def cast_for_storage(state: dict, dtype: Optional[str], keep: tuple = ()) -> dict:

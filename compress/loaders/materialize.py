@@ -23,6 +23,11 @@ from .sparse_storage import MASK, VALUES, decode_one
 CHUNK_BYTES = 256 * 2**20
 
 
+def storable(name: str, t: torch.Tensor) -> bool:
+    """Tensors a storage dtype applies to: floating weights of 2+ dims (norms, biases and scalars keep theirs)."""
+    return t.is_floating_point() and t.dim() >= 2
+
+
 def materialize(model: nn.Module, dtype: Optional[torch.dtype] = None) -> None:
     """Give every meta parameter and buffer real, uninitialised CPU storage (floating ones in `dtype` when given),
     keeping tied tensors tied; then recompute the non-persistent buffers, which no checkpoint holds."""
@@ -115,8 +120,6 @@ def load_weights(model: nn.Module, path: str, *, sparse: dict, aliases: dict,
     """Copy the tensors of the safetensors file at `path` into `model`, a chunk of modules at a time (sparse
     entries decoded, aliases filled from their canonical tensor). Returns {"missing", "unexpected",
     "storage_counts"}; storage_counts maps each stored floating dtype of 2+-dim tensors to its element count."""
-    from .artifact import storable
-
     chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     copies = defaultdict(list)
     for alias, canonical in aliases.items():
