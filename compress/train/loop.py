@@ -110,9 +110,37 @@ def answer_logits(model, embeds: torch.Tensor, mask: torch.Tensor, rows: torch.T
     return base.lm_head(hidden[rows, cols])
 
 
+class CtcHead(torch.nn.Module):
+    """Training only (not in the artifact): speech tokens -> logits over a blank + the LLM's vocabulary, each
+    token's logit being minus its squared distance to that token's frozen input embedding (times a learned
+    temperature). CTC through it pulls each window's speech token onto the embedding of the word piece spoken
+    there: the LLM then reads its own word embeddings, in order, which it needs no training to understand."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.log_scale = torch.nn.Parameter(torch.zeros(()))
+        self.blank = torch.nn.Parameter(table.detach().mean(0).clone())
+
+    def forward(self, speech: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        table = torch.cat([self.blank[None], table.detach()], 0)  # blank = class 0, token v = class v + 1
+        sq = table.pow(2).sum(1)
+        return (speech @ table.T - 0.5 * sq) * (self.log_scale.exp() * 10.0 / sq.mean())
+
+
+def ctc_loss(head: CtcHead, model, speech: torch.Tensor, windows: list, targets: list) -> torch.Tensor:
+    """CTC of each clip's answer tokens (EOS dropped) over its own speech windows; mean over clips."""
+    logp = F.log_softmax(head(speech, model.llama_model.get_input_embeddings().weight).float(), -1)
+    flat = torch.tensor([t + 1 for tg in targets for t in tg[:-1]], dtype=torch.long)
+    return F.ctc_loss(logp.transpose(0, 1), flat, torch.tensor(windows, dtype=torch.long),
+                      torch.tensor([len(t) - 1 for t in targets], dtype=torch.long), blank=0, reduction="mean",
+                      zero_infinity=True)
+
+
 def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list, *, frames: int,
-               beats_mode: str = "on", whisper_off: Optional[list] = None) -> tuple:
-    """Mean answer-token cross-entropy of a batch, and {task: (loss sum, tokens)}."""
+               beats_mode: str = "on", whisper_off: Optional[list] = None, ctc_head: Optional[CtcHead] = None,
+               ctc_weight: float = 0.0) -> tuple:
+    """Mean answer-token cross-entropy of a batch (+ ctc_weight x CTC of the ASR clips' speech tokens), and
+    {name: (loss sum, count)}."""
     speech = speech_from_features(model, *cached_batch(cache, idx, frames), beats_mode=beats_mode,
                                   whisper_off=whisper_off)
     embeds, mask, (r, c, labels) = llm_inputs(model, speech, tasks, targets)
@@ -121,7 +149,15 @@ def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list
     for task in set(tasks):
         sel = torch.tensor([tasks[int(i)] == task for i in r])
         per_task[task] = (tok[sel].sum().item(), int(sel.sum()))
-    return tok.mean(), per_task
+    loss = tok.mean()
+    rows = [j for j, t in enumerate(tasks) if t == "asr" and len(targets[j]) > 1]
+    if ctc_head is not None and ctc_weight > 0 and rows:
+        s = model.cfg.window_stride
+        windows = [min(speech.shape[1], -(-cache.clip_frames(idx[j]) // s)) for j in rows]
+        ctc = ctc_loss(ctc_head, model, speech[rows, : max(windows)], windows, [targets[j] for j in rows])
+        per_task["ctc"] = (ctc.item() * len(rows), len(rows))
+        loss = loss + ctc_weight * ctc
+    return loss, per_task
 
 
 # ----------------------------------------------------------------------------------------------- plan
@@ -147,17 +183,19 @@ def batch_at(step: int, n: int, batch: int, seed: int) -> list:
 
 
 # ----------------------------------------------------------------------------------------------- loop
-def _save_state(path: str, model, opt, step: int, names: list, stats: dict) -> None:
+def _save_state(path: str, model, opt, step: int, names: list, stats: dict, head=None) -> None:
     params = dict(model.named_parameters())
     state = {"step": step, "params": {n: params[n].detach().clone() for n in names}, "optimizer": opt.state_dict(),
-             "stats": stats}
+             "stats": stats, "head": head.state_dict() if head is not None else {}}
     tmp = f"{path}.tmp-{os.getpid()}"
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
-def _load_state(path: str, model, opt, names: list) -> tuple:
+def _load_state(path: str, model, opt, names: list, head=None) -> tuple:
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if head is not None and state.get("head"):
+        head.load_state_dict(state["head"])
     params = dict(model.named_parameters())
     if set(state["params"]) != set(names):
         raise RuntimeError(f"{path} holds other trainable tensors than this model; delete it to start afresh")
@@ -176,16 +214,23 @@ def train(model, samples: list, cache: FeatureCache, ts, state_dir: str, *,
     targets = [target_ids(tok, s.text) for s in samples]
     tasks = ["asr" if s.task == "asr" else "caption" for s in samples]
 
+    head = CtcHead(model.llama_model.get_input_embeddings().weight) if ts.ctc_weight > 0 else None
+    named = list(model.named_parameters())
+    if head is not None:  # the head's temperature and blank learn fast: at the weights' rate they barely move
+        named += [(f"ctc_head.{n}", p) for n, p in head.named_parameters()]
+
     def lr_of(name):
+        if name.startswith("ctc_head."):
+            return ts.lr * 10
         return ts.lora_lr if ("lora_" in name and ts.lora_lr is not None) else ts.lr
 
-    opt = make_optimizer(model.named_parameters(), ts.lr, ts.weight_decay, lr_of)
+    opt = make_optimizer(named, ts.lr, ts.weight_decay, lr_of)
     base_lrs = [g["lr"] for g in opt.param_groups]
     os.makedirs(state_dir, exist_ok=True)
     ckpt = os.path.join(state_dir, CKPT)
     step, stats = 0, {"losses": [], "seconds": 0.0}
     if os.path.isfile(ckpt):
-        step, stats = _load_state(ckpt, model, opt, names)
+        step, stats = _load_state(ckpt, model, opt, names, head)
         log(f"train: resuming from step {step} of {ts.steps} ({ckpt})")
     model.train()
     model.speech_encoder.eval()
@@ -211,7 +256,7 @@ def train(model, samples: list, cache: FeatureCache, ts, state_dir: str, *,
         off = [tasks[i] == "caption" and rng.random() < ts.whisper_drop for i in idx]
         set_lr(opt, base_lrs, warmup_cosine(step, ts.steps, ts.warmup))
         loss, per_task = batch_loss(model, cache, idx, [tasks[i] for i in idx], [targets[i] for i in idx],
-                                    frames=frames, whisper_off=off)
+                                    frames=frames, whisper_off=off, ctc_head=head, ctc_weight=ts.ctc_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(trainable, ts.grad_clip)
@@ -225,23 +270,25 @@ def train(model, samples: list, cache: FeatureCache, ts, state_dir: str, *,
             bar.set_postfix(loss=f"{_tail(stats['losses'], 'loss'):.3f}")
         if step % 50 == 0:
             log(f"train: step {step} loss {_tail(stats['losses'], 'loss'):.3f} (asr "
-                f"{_tail(stats['losses'], 'asr'):.3f}, caption {_tail(stats['losses'], 'caption'):.3f})")
+                f"{_tail(stats['losses'], 'asr'):.3f}, caption {_tail(stats['losses'], 'caption'):.3f}, ctc "
+                f"{_tail(stats['losses'], 'ctc'):.3f})")
         now = time.perf_counter()
         if step == ts.steps or (ts.checkpoint_minutes and now - last_ckpt > ts.checkpoint_minutes * 60):
             stats["seconds"] = round(spent + now - t_start, 1)
-            _save_state(ckpt, model, opt, step, names, stats)
+            _save_state(ckpt, model, opt, step, names, stats, head)
             last_ckpt = now
     if bar is not None:
         bar.close()
     stats["seconds"] = round(spent + time.perf_counter() - t_start, 1)
     if step == ts.steps or stopped:
-        _save_state(ckpt, model, opt, step, names, stats)
+        _save_state(ckpt, model, opt, step, names, stats, head)
     model.eval()
     losses = stats["losses"]
     return {"steps": step, "planned_steps": ts.steps, "stopped": stopped, "trainable_tensors": len(names),
             "trainable_parameters": n_params, "seconds": stats["seconds"],
             "first_loss": losses[0]["loss"] if losses else None, "final_loss": _tail(losses, "loss"),
             "final_asr_loss": _tail(losses, "asr"), "final_caption_loss": _tail(losses, "caption"),
+            "final_ctc_loss": _tail(losses, "ctc"),
             "curve": _curve(losses)}
 
 
