@@ -82,6 +82,45 @@ def test_answer_logits_equal_the_full_forward_at_answer_positions(tiny_data):
     assert torch.allclose(embeds[0, first + 1], emb(torch.tensor(targets[0][1])))
 
 
+def test_ctc_head_pulls_free_tokens_onto_the_target_embeddings():
+    """CTC through the embedding-distance head: free speech tokens learn to sit on the embeddings of the target
+    pieces (greedy read-out = the targets), and the loss falls; the blank is class 0."""
+    from compress.train.loop import CtcHead, ctc_loss
+
+    torch.manual_seed(0)
+    table = torch.randn(50, 16)
+
+    class Fake:  # what ctc_loss reads from the model: the LLM's input embeddings
+        class llama_model:
+            @staticmethod
+            def get_input_embeddings():
+                return torch.nn.Embedding.from_pretrained(table)
+
+    head = CtcHead(table)
+    speech = torch.nn.Parameter(torch.randn(2, 6, 16) * 0.1)
+    targets = [[5, 9, 12, 2], [7, 7, 2]]  # last id (EOS) is dropped; a repeat needs a blank between
+    opt = torch.optim.Adam([speech, *head.parameters()], lr=0.05)
+    first = None
+    for _ in range(300):
+        loss = ctc_loss(head, Fake, speech, [6, 5], targets)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first
+    with torch.no_grad():
+        best = head(speech, table).argmax(-1)  # class 0 = blank, v + 1 = token v
+    decoded = []
+    for row, n in zip(best.tolist(), [6, 5]):
+        out, prev = [], 0
+        for c in row[:n]:
+            if c != prev and c != 0:
+                out.append(c - 1)
+            prev = c
+        decoded.append(out)
+    assert decoded == [[5, 9, 12], [7, 7]]
+
+
 def test_batches_are_a_function_of_the_step():
     from compress.train.loop import batch_at
 

@@ -112,6 +112,7 @@ PRESETS = {
         beats_ffn=64, beats_heads=2, beats_patch_embed=16, beats_conv_pos=8, beats_conv_pos_groups=4,
         beats_buckets=16, beats_max_distance=32, beats_dropout=0.0, qformer_hidden=32, qformer_heads=2,
         qformer_ffn=64, qformer_layers=2, lora_r=4, lora_alpha=16, lora_dropout=0.0, steps=12, batch=4, lr=3e-3,
+        ctc_weight=0.0,
         warmup=2, max_minutes=None, checkpoint_minutes=0.0, cache_batch=4, max_new_tokens=8),
 }
 
