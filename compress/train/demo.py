@@ -153,15 +153,18 @@ def stage_features(ts, model, samples, data_dir, progress, log):
 def stage_train(ts, model, samples, cache, run_dir, progress, log):
     import numpy as np
 
-    from .loop import init_projection, train
+    from .loop import front_warmup, init_projection, train
 
-    init = None
+    init = warm = None
     if not os.path.isfile(os.path.join(run_dir, "train-state.pt")):
         idx = np.random.default_rng([ts.seed, 33]).choice(len(samples), min(32, len(samples)), replace=False)
         init = init_projection(model, cache, [int(i) for i in idx])
         log(f"train: projection scaled to the LLM's embedding norm ({init})")
+        warm = front_warmup(model, samples, cache, ts, run_dir, progress=_bar_factory("front warm-up", progress),
+                            log=log)
     report = train(model, samples, cache, ts, run_dir, progress=_bar_factory("train", progress), log=log)
     report["projection_init"] = init
+    report["front_warmup"] = warm
     return report
 
 

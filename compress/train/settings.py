@@ -59,6 +59,10 @@ class DemoSettings:
     # auxiliary CTC on the ASR clips' speech tokens against the LLM's own input embeddings (loop.CtcHead):
     # SALMONN's answer loss alone moved ASR slowly here (answer loss 4.42 -> 4.24 per token over steps 100-200)
     ctc_weight: float = 0.5
+    # CTC alone on the audio front before the joint stage (loop.front_warmup); 0 = none
+    front_warmup_steps: int = 0
+    front_warmup_batch: int = 16
+    front_warmup_lr: float = 1e-3
     whisper_drop: float = 0.25  # share of caption clips trained on BEATs alone (Whisper features zeroed)
     full_share: float = 0.1  # share of batches with all 30 s of windows; the rest keep speech + 2-24 padding windows
     max_minutes: Optional[float] = 85.0  # safety stop of the training stage (wall time; the schedule is by steps)
