@@ -75,6 +75,14 @@ class PruneStep(Step):
         return linears
 
 
+class CalibratedPruneStep(PruneStep):
+    """A pruning step whose scores come from real-audio calibration through the model."""
+
+    @classmethod
+    def needs_calibration(cls, config) -> bool:
+        return True
+
+
 class MagnitudeConfig(PruneConfig):
     type: Literal["magnitude"] = "magnitude"
     scope: Literal["layer", "row", "global"] = "layer"
@@ -108,14 +116,10 @@ class WandaConfig(PruneConfig):
 
 
 @register("wanda")
-class Wanda(PruneStep):
+class Wanda(CalibratedPruneStep):
     """Wanda: |W| x ||X||_2 compared within each output row (or layer), activations from real audio through the model."""
 
     Config = WandaConfig
-
-    @classmethod
-    def needs_calibration(cls, config) -> bool:
-        return True
 
     def run(self, model, ctx) -> dict:
         c = self.config
@@ -140,15 +144,11 @@ class SparseGptConfig(PruneConfig):
 
 
 @register("sparsegpt")
-class SparseGpt(PruneStep):
+class SparseGpt(CalibratedPruneStep):
     """SparseGPT: OBS-style pruning with reconstruction of the kept weights, from the GPTQ Hessian of each Linear's
     inputs (real audio through the model), block by block; unstructured or N:M."""
 
     Config = SparseGptConfig
-
-    @classmethod
-    def needs_calibration(cls, config) -> bool:
-        return True
 
     def run(self, model, ctx) -> dict:
         from ..quant.gptq_math import output_error
