@@ -193,9 +193,11 @@ def train(ts: S.DemoSettings, out: str, *, data_dir: str = DEFAULT_DATA, annotat
           command: Optional[list] = None, log=print) -> dict:
     """Run (or continue) every stage; returns the summary (also stored in the artifact's manifest)."""
     from ..data.annotations import read_annotations
-    from ..loaders.artifact import MANIFEST, dir_bytes, load_artifact, save_artifact
+    from ..loaders.artifact import MANIFEST, check_output, dir_bytes, load_artifact, save_artifact
 
     out = os.path.abspath(out)
+    if overwrite:  # refused now, not after the training: --overwrite replaces only this tool's artifacts
+        check_output(out, True)
     if os.path.exists(out) and not overwrite:
         mpath = os.path.join(out, MANIFEST)
         trained = False
