@@ -193,13 +193,12 @@ def cmd_export(args) -> int:
         from .export.tensorrt import require_tensorrt
 
         require_tensorrt()
-    if args.check_limit < 1 or args.check_tokens < 1:
-        raise UserError(f"--check-limit and --check-tokens must be >= 1 (got {args.check_limit}, {args.check_tokens})")
     if args.check and not os.path.isfile(args.check):
         raise UserError(f"--check {args.check!r}: no such annotation file")
-    if os.path.exists(args.out) and not args.overwrite:
-        raise UserError(f"output {os.path.abspath(args.out)!r} already exists; choose another path or pass --overwrite")
+    from .loaders.artifact import check_output
     from .runner import source_info
+
+    check_output(args.out, args.overwrite)  # before the export: --overwrite replaces only this tool's outputs
 
     model = _load(args)
     check = None if not args.check else {"data": args.check, "limit": args.check_limit,

@@ -83,7 +83,7 @@ def run_recipe(recipe, spec: str, out: str, *, overwrite: bool = False, model_kw
                progress: bool = True, bench: bool = True, storage: str = "sparse",
                weights_dtype: Optional[str] = "auto", log=print) -> dict:
     from .loaders import load_model
-    from .loaders.artifact import check_output, save_artifact
+    from .loaders.artifact import check_output, model_notes, save_artifact
 
     out = os.path.abspath(out)
     check_output(out, overwrite)  # before any work: nothing is lost at the end
@@ -97,8 +97,6 @@ def run_recipe(recipe, spec: str, out: str, *, overwrite: bool = False, model_kw
     if any(getattr(s, "needs_teacher", False) for s in steps):
         ctx._teacher = copy.deepcopy(model).eval()  # the teacher is the model before any step changed it
     reports = []
-    from .loaders.artifact import model_notes
-
     notes = model_notes(model)
     extra = lambda: {"recipe": recipe.to_dict(), "recipe_sha256": recipe.sha256(),  # noqa: E731
                      "source": source_info(spec, model), "steps": list(reports), "created_by": "salmonn-compress run",

@@ -99,16 +99,14 @@ def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, sparsity: float = 0.5, n: 
     (adaptive mask selection). N:M (n, m > 0): in every m consecutive inputs of a row, the n smallest by the same
     score are pruned. `prune_mask` (out, in; True = prune) skips the selection and only reconstructs.
     Returns (new weight, keep mask, info)."""
-    from .quant.gptq_math import inverse_cholesky
+    from .quant.gptq_math import drop_dead_inputs, inverse_cholesky
 
     out_f, in_f = w.shape
     if n and (in_f % m):
         raise ValueError(f"input width {in_f} is not a multiple of M={m}")
     W = w.detach().float().clone()
     H = h.detach().float().clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
+    dead = drop_dead_inputs(W, H)
     hinv, damp_used = inverse_cholesky(H, damp_percent)
     if n:
         block_size = max(m, (block_size // m) * m)  # N:M groups never straddle a block

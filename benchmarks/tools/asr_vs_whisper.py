@@ -12,7 +12,6 @@ apart, and a paired bootstrap over clips of the difference (SALMONN minus Whispe
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -111,10 +110,9 @@ def main(argv=None) -> int:
                "seconds": {"salmonn": round(t_s, 1), "whisper": round(t_w, 1)}, "groups": rows,
                "samples": [{"path": s.path, "voice": s.extra.get("voice"), "reference": r, "salmonn": a_, "whisper": w}
                            for s, r, a_, w in zip(clips, refs, salmonn, whisper)]}
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(args.out + ".tmp", args.out)
+        from compress.bench.results import write_json
+
+        write_json(doc, args.out)
     return 0
 
 

@@ -12,7 +12,6 @@ recipe's Wanda step sees.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -69,9 +68,9 @@ def main(argv=None) -> int:
         doc = {"command": "python benchmarks/tools/outliers.py " + " ".join(argv or sys.argv[1:]),
                "model": args.model, "recipe": args.recipe, "calibration_clips": len(ctx.calibration()),
                "per_linear": rows}
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(args.out + ".tmp", args.out)
+        from compress.bench.results import write_json
+
+        write_json(doc, args.out)
     return 0
 
 

@@ -169,7 +169,7 @@ def _part_configs(whisper_path: str, llama_path: str, beats_ckpt: Optional[dict]
     return whisper_cfg, llm_cfg, beats_cfg
 
 
-def shape_problems(own: dict, sd: dict, ckpt_path: str) -> None:
+def check_trainable_shapes(own: dict, sd: dict, ckpt_path: str) -> None:
     """Refuse a checkpoint whose trainable tensors are missing or shaped unlike the model's (shapes named first:
     a checkpoint for another model size lacks nothing but fits nothing)."""
     bad = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
@@ -192,12 +192,12 @@ def precheck_trainable(cfg: SalmonnConfig, sd: dict, ckpt_path: str) -> None:
     from ..models.build import build_modules
 
     meta = build_modules(cfg, None, seed=None, device="meta")
-    shape_problems(meta.state_dict(), sd, ckpt_path)
+    check_trainable_shapes(meta.state_dict(), sd, ckpt_path)
 
 
 def _load_trainable(model, sd: dict, ckpt_path: str) -> dict:
     own = model.state_dict()
-    shape_problems(own, sd, ckpt_path)
+    check_trainable_shapes(own, sd, ckpt_path)
     unexpected = sorted(k for k in sd if k not in own and k not in KNOWN_EXTRA)
     load = {k: v for k, v in sd.items() if k in own}
     model.load_state_dict(load, strict=False)

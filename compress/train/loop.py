@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..loaders.checkpoint import atomic_torch_save
 from ..models.salmonn import _pad_to_same_length, window_count, window_tokens
 from .featcache import FeatureCache
 from .optim import make_optimizer, set_lr, warmup_cosine
@@ -127,9 +128,10 @@ class CtcHead(torch.nn.Module):
         return (speech @ table.T - 0.5 * sq) * (self.log_scale.exp() * 10.0 / sq.mean())
 
 
-def ctc_loss(head: CtcHead, model, speech: torch.Tensor, windows: list, targets: list) -> torch.Tensor:
-    """CTC of each clip's answer tokens (EOS dropped) over its own speech windows; mean over clips."""
-    logp = F.log_softmax(head(speech, model.llama_model.get_input_embeddings().weight).float(), -1)
+def ctc_loss(head: CtcHead, table: torch.Tensor, speech: torch.Tensor, windows: list, targets: list) -> torch.Tensor:
+    """CTC of each clip's answer tokens (EOS dropped; ids index `table`, the embeddings the head compares with)
+    over its own speech windows; mean over clips."""
+    logp = F.log_softmax(head(speech, table).float(), -1)
     flat = torch.tensor([t + 1 for tg in targets for t in tg[:-1]], dtype=torch.long)
     return F.ctc_loss(logp.transpose(0, 1), flat, torch.tensor(windows, dtype=torch.long),
                       torch.tensor([len(t) - 1 for t in targets], dtype=torch.long), blank=0, reduction="mean",
@@ -152,26 +154,36 @@ def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list
     loss = tok.mean()
     rows = [j for j, t in enumerate(tasks) if t == "asr" and len(targets[j]) > 1]
     if ctc_head is not None and ctc_weight > 0 and rows:
-        s = model.cfg.window_stride
-        windows = [min(speech.shape[1], -(-cache.clip_frames(idx[j]) // s)) for j in rows]
-        ctc = ctc_loss(ctc_head, model, speech[rows, : max(windows)], windows, [targets[j] for j in rows])
+        windows = [min(speech.shape[1], clip_windows(model, cache, idx[j])) for j in rows]
+        table = model.llama_model.get_input_embeddings().weight
+        ctc = ctc_loss(ctc_head, table, speech[rows, : max(windows)], windows, [targets[j] for j in rows])
         per_task["ctc"] = (ctc.item() * len(rows), len(rows))
         loss = loss + ctc_weight * ctc
     return loss, per_task
 
 
 # ----------------------------------------------------------------------------------------------- plan
+def clip_windows(model, cache: FeatureCache, i: int) -> int:
+    """Q-Former windows (by stride) that clip i's audio covers."""
+    return -(-cache.clip_frames(i) // model.cfg.window_stride)
+
+
+def window_frames_needed(model, windows: int) -> int:
+    """Whisper frames that `windows` whole Q-Former windows span (at most the 1500 of 30 s)."""
+    return min(1500, (windows - 1) * model.cfg.window_stride + model.cfg.window_kernel)
+
+
 def keep_frames(model, cache: FeatureCache, idx: list, rng: np.random.Generator, full_share: float) -> int:
     """Whisper frames to keep for a batch: all 1500 (as at inference) for `full_share` of the batches, else
     the windows of the batch's longest clip plus 2-24 windows of its padding (the silence the model must learn
     to ignore costs most of a step at full length)."""
     total = 1500
-    k, s = model.cfg.window_kernel, model.cfg.window_stride
     if full_share >= 1.0 or rng.random() < full_share:
         return total
-    speech = -(-max(cache.clip_frames(i) for i in idx) // s)
-    windows = min(window_count(total, k, s), speech + int(rng.integers(2, 25)))
-    return min(total, (windows - 1) * s + k)
+    speech = max(clip_windows(model, cache, i) for i in idx)
+    windows = min(window_count(total, model.cfg.window_kernel, model.cfg.window_stride),
+                  speech + int(rng.integers(2, 25)))
+    return window_frames_needed(model, windows)
 
 
 def batch_at(step: int, n: int, batch: int, seed: int) -> list:
@@ -187,9 +199,7 @@ def _save_state(path: str, model, opt, step: int, names: list, stats: dict, head
     params = dict(model.named_parameters())
     state = {"step": step, "params": {n: params[n].detach().clone() for n in names}, "optimizer": opt.state_dict(),
              "stats": stats, "head": head.state_dict() if head is not None else {}}
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(state, path)
 
 
 def _load_state(path: str, model, opt, names: list, head=None) -> tuple:
@@ -234,13 +244,7 @@ def front_warmup(model, samples: list, cache: FeatureCache, ts, state_dir: str, 
     targets = {i: target_ids(tok, samples[i].text) for i in asr}
     vocab = sorted({t for i in asr for t in targets[i][:-1]})
     index = {v: k for k, v in enumerate(vocab)}
-    table = model.llama_model.get_input_embeddings().weight.detach()[vocab]
-
-    class Sub:  # the LLM's embeddings of the transcripts' pieces only
-        class llama_model:
-            @staticmethod
-            def get_input_embeddings():
-                return torch.nn.Embedding.from_pretrained(table)
+    table = model.llama_model.get_input_embeddings().weight.detach()[vocab]  # the transcripts' pieces only
 
     named = [(n, params[n]) for n in names] + [(f"ctc_head.{n}", p) for n, p in head.named_parameters()]
     opt = make_optimizer(named, ts.front_warmup_lr, ts.weight_decay,
@@ -251,18 +255,17 @@ def front_warmup(model, samples: list, cache: FeatureCache, ts, state_dir: str, 
     model.speech_encoder.eval()
     bar = progress(ts.front_warmup_steps) if progress else None
     losses, t0 = [], time.perf_counter()
-    k, st = model.cfg.window_kernel, model.cfg.window_stride
     for step in range(ts.front_warmup_steps):
         rng = np.random.default_rng([ts.seed, 13, step])
         idx = [asr[int(j)] for j in rng.choice(len(asr), min(ts.front_warmup_batch, len(asr)), replace=False)]
         torch.manual_seed(ts.seed * 1_000_003 + 500_000 + step)
-        windows = [-(-cache.clip_frames(i) // st) for i in idx]
-        frames = min(1500, (max(windows) - 1) * st + k)
+        windows = [clip_windows(model, cache, i) for i in idx]
+        frames = window_frames_needed(model, max(windows))
         set_lr(opt, base_lrs, warmup_cosine(step, ts.front_warmup_steps, min(100, ts.front_warmup_steps // 10)))
         speech = speech_from_features(model, *cached_batch(cache, idx, frames))
         windows = [min(w, speech.shape[1]) for w in windows]
         tg = [[index[t] for t in targets[i][:-1]] + [-1] for i in idx]  # ctc_loss drops the last id
-        loss = ctc_loss(head, Sub, speech, windows, tg)
+        loss = ctc_loss(head, table, speech, windows, tg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, ts.grad_clip)
@@ -279,10 +282,8 @@ def front_warmup(model, samples: list, cache: FeatureCache, ts, state_dir: str, 
               "first_ctc": losses[0], "final_ctc": round(float(np.mean(losses[-50:])), 4),
               "seconds": round(time.perf_counter() - t0, 1)}
     # the joint stage's head starts from this one (its blank and temperature), on the whole vocabulary
-    state = {"params": {n: params[n].detach().clone() for n in names}, "head": head.state_dict(), "report": report}
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save({"params": {n: params[n].detach().clone() for n in names}, "head": head.state_dict(),
+                       "report": report}, path)
     model.eval()
     return report
 
