@@ -173,11 +173,12 @@ def cmd_diff(args) -> int:
 
 def cmd_run(args) -> int:
     from .recipe import load_recipe
-    from .runner import run_recipe
 
-    recipe = load_recipe(args.recipe)  # validated completely before any model is loaded
+    recipe = load_recipe(args.recipe)  # validated completely (torch not yet imported) before any model is loaded
     for line in recipe.defaulted():
         print(f"note: default used: {line}", file=sys.stderr)
+    from .runner import run_recipe
+
     run_recipe(recipe, args.model, args.out, overwrite=args.overwrite, bench=not args.no_bench, storage=args.storage,
                weights_dtype=args.save_dtype,
                model_kwargs={"allow_unsafe_pickle": args.allow_unsafe_pickle, "dtype": args.dtype,

@@ -26,6 +26,7 @@ def run_demo(model: str, data: str, recipes: list, out: str, settings, log=print
 
     from .bench.harness import run_benchmark
     from .bench.results import csv_table, diff, diff_text, markdown_table, pareto_plot, summary_row, write_json
+    from .fileio import write_text
     from .recipe import load_recipe
     from .runner import run_recipe
 
@@ -54,17 +55,14 @@ def run_demo(model: str, data: str, recipes: list, out: str, settings, log=print
     notes = list(dict.fromkeys(n for r in results for n in r["model"].get("notes", [])))
     if notes:
         table += "\n" + "".join(f"Note: {n}.\n" for n in notes)
-    with open(os.path.join(out, "table.md"), "w") as f:
-        f.write(table)
-    with open(os.path.join(out, "table.csv"), "w") as f:
-        f.write(csv_table(rows))
+    write_text(os.path.join(out, "table.md"), table)
+    write_text(os.path.join(out, "table.csv"), csv_table(rows))
     pareto_plot(results, os.path.join(out, "pareto.png"))
     for r in results[1:]:
         d = diff(results[0], r)
         name = os.path.splitext(os.path.basename(r["_path"]))[0]
         write_json(d, os.path.join(out, f"diff-{name}.json"))
-        with open(os.path.join(out, f"diff-{name}.txt"), "w") as f:
-            f.write(diff_text(d) + "\n")
+        write_text(os.path.join(out, f"diff-{name}.txt"), diff_text(d) + "\n")
     log(table)
     log(f"tables, Pareto plot and diffs in {out} ({time.perf_counter() - t0:.0f} s)")
     return {"results": [r["_path"] for r in results], "table": table}

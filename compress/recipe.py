@@ -1,4 +1,4 @@
-"""Recipe files: YAML -> validated Recipe, completely checked before any model is loaded."""
+"""Recipe files: YAML -> validated Recipe, completely checked (without importing torch) before any model is loaded."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError, choices
-from .steps import STEPS
-from .steps.calibration import CalibrationConfig
+from .steps.schema import CONFIGS, CalibrationConfig
 from .yamlsafe import parse_yaml, read_yaml
 
 RECIPE_VERSION = 1
@@ -54,7 +53,10 @@ class Recipe(BaseModel):
         return hashlib.sha256(self.to_yaml().encode()).hexdigest()
 
     def build_steps(self) -> list:
-        return [STEPS[c.type](c) for c in self.steps]
+        from .steps import load_steps  # the step classes import torch; validation does not need them
+
+        classes = load_steps()
+        return [classes[c.type](c) for c in self.steps]
 
     def defaulted(self) -> list:
         """'steps[i] (type): field=value' for every step field the recipe left to its default (printed by `run`,
@@ -118,36 +120,36 @@ def recipe_from_dict(doc: dict, name: str = "<recipe>", base_dir: Optional[str] 
     for i, raw in enumerate(raw_steps):
         where = f"{name}: steps[{i}]"
         if not isinstance(raw, dict) or "type" not in raw:
-            raise ConfigError(f"{where}: each step is a mapping with a `type`; valid types: {choices(STEPS)}")
+            raise ConfigError(f"{where}: each step is a mapping with a `type`; valid types: {choices(CONFIGS)}")
         t = raw["type"]
-        if t not in STEPS:
-            raise ConfigError(f"{where}: unknown step type {t!r}; valid: {choices(STEPS)}")
+        if t not in CONFIGS:
+            raise ConfigError(f"{where}: unknown step type {t!r}; valid: {choices(CONFIGS)}")
         try:
-            steps.append(STEPS[t].Config(**raw))
+            steps.append(CONFIGS[t](**raw))
         except ValidationError as e:
-            raise ConfigError(_fmt(e, f"{where} ({t})", STEPS[t].Config)) from None
-    terminal = [i for i, c in enumerate(steps) if STEPS[c.type].terminal]
+            raise ConfigError(_fmt(e, f"{where} ({t})", CONFIGS[t])) from None
+    terminal = [i for i, c in enumerate(steps) if c.terminal]
     if terminal and terminal[0] != len(steps) - 1:
         raise ConfigError(f"{name}: step {terminal[0]} ({steps[terminal[0]].type}) must be the last step; "
                           f"nothing may follow it")
     if terminal and steps[-1].type == "export":
-        blocked = [f"steps[{i}] ({c.type})" for i, c in enumerate(steps[:-1]) if not STEPS[c.type].exportable]
+        blocked = [f"steps[{i}] ({c.type})" for i, c in enumerate(steps[:-1]) if not c.exportable]
         if blocked:
             raise ConfigError(f"{name}: the export step cannot follow {', '.join(blocked)}: it puts in "
                               "quantized or custom-kernel modules that have no ONNX / TensorRT mapping; export the "
                               "unquantized model and set `int8: true` on the export step for an int8 ONNX graph "
                               "(exportable steps: "
-                              f"{choices(t for t, s in STEPS.items() if s.exportable and not s.terminal)})")
+                              f"{choices(t for t, s in CONFIGS.items() if s.exportable and not s.terminal)})")
     try:
         r = Recipe(steps=steps, base_dir=base_dir, **doc)
     except ValidationError as e:
         raise ConfigError(_fmt(e, name, Recipe)) from None
-    needs = [c.type for c in steps if STEPS[c.type].needs_calibration(c)]
+    needs = [c.type for c in steps if c.calibrates()]
     if needs and r.calibration is None:
         raise ConfigError(f"{name}: step(s) {needs} calibrate on real audio: add a `calibration:` section "
                           "with `data:` (an annotation file) and `samples:`")
     if needs and r.calibration is not None and r.calibration.inputs == "text":
-        other = sorted({p for c in steps if STEPS[c.type].needs_calibration(c)
+        other = sorted({p for c in steps if c.calibrates()
                         for p in getattr(getattr(c, "targets", None), "parts", ["llm"]) if p != "llm"})
         if other:
             raise ConfigError(f"{name}: calibration.inputs 'text' feeds the LLM only, but steps target {other}; "

@@ -84,6 +84,7 @@ def run_recipe(recipe, spec: str, out: str, *, overwrite: bool = False, model_kw
                weights_dtype: Optional[str] = "auto", log=print) -> dict:
     from .loaders import load_model
     from .loaders.artifact import check_output, model_notes, save_artifact
+    from .trainloop import process
 
     out = os.path.abspath(out)
     check_output(out, overwrite)  # before any work: nothing is lost at the end
@@ -101,14 +102,19 @@ def run_recipe(recipe, spec: str, out: str, *, overwrite: bool = False, model_kw
     extra = lambda: {"recipe": recipe.to_dict(), "recipe_sha256": recipe.sha256(),  # noqa: E731
                      "source": source_info(spec, model), "steps": list(reports), "created_by": "salmonn-compress run",
                      **({"source_notes": notes} if notes else {})}
+    rank = process()[0]
     for i, step in enumerate(steps):
         log(f"[{i + 1}/{len(steps)}] {step.name} ...")
+        if step.terminal and rank > 0:
+            break
         if step.terminal:  # the last step writes the run's output itself (an export) instead of the artifact
             rep = step.write(model, ctx, out, overwrite=overwrite, manifest_extra=extra(), log=log)
         else:
             rep = step(model, ctx)
         reports.append(rep)
         log(f"[{i + 1}/{len(steps)}] {step.name}: {_summary(rep)}")
+    if rank > 0:  # under a distributed launcher every process ran the steps; the main one writes
+        return {"artifact": None, "steps": reports, "rank": rank}
     if steps[-1].terminal:
         log(f"{steps[-1].config.format} export written to {out}")
     else:
@@ -138,6 +144,7 @@ def bench_pair(recipe, spec: str, artifact: str, model_kwargs: dict, log=print) 
 
     from .bench.harness import BenchSettings, run_benchmark
     from .bench.results import diff, diff_text, markdown_table, summary_row, write_json
+    from .fileio import write_text
     from .steps.calibration import resolve_data_path
 
     b = recipe.benchmark
@@ -161,11 +168,9 @@ def bench_pair(recipe, spec: str, artifact: str, model_kwargs: dict, log=print) 
     d = diff(results["baseline"], results["result"])
     write_json(d, os.path.join(outdir, "diff.json"))
     text = diff_text(d)
-    with open(os.path.join(outdir, "diff.txt"), "w") as f:
-        f.write(text + "\n")
+    write_text(os.path.join(outdir, "diff.txt"), text + "\n")
     table = markdown_table([summary_row(results["baseline"]), summary_row(results["result"])])
-    with open(os.path.join(outdir, "table.md"), "w") as f:
-        f.write(table)
+    write_text(os.path.join(outdir, "table.md"), table)
     log(table)
     log(text)
     return {"dir": outdir, **paths}

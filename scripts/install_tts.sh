@@ -43,7 +43,7 @@ else
 fi
 
 "$PY" - <<'EOF'
-from compress.data.tts import missing_voices
+from demo_factory.data.tts import missing_voices
 m = missing_voices()
 print("voices: all available" if not m else f"voices still missing: {m}")
 EOF

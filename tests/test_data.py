@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 
 from compress.audio import load_audio
-from compress.data import build, sentences, sounds, tts
+from demo_factory.data import build, sentences, sounds, tts
 from compress.data.annotations import read_annotations, write_annotations
-from compress.data.audiofile import set_ogg_serial, write_audio
+from demo_factory.data.audiofile import set_ogg_serial, write_audio
 from compress.errors import ConfigError, UserError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from compress.errors import ConfigError
 from compress.recipe import parse_recipe
 from compress.runner import run_recipe
-from compress.steps import distill
+from compress.loaders import checkpoint
 from compress.steps.distill import distill_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,16 +81,16 @@ def test_distill_resumes_after_interruption(tmp_path, monkeypatch):
     r = _recipe(f", checkpoint_dir: {ck}")
     done = run_recipe(r, "tiny", str(tmp_path / "full"), progress=False, bench=False, log=lambda *a: None)
 
-    real_save = distill._save
+    real_save = checkpoint.atomic_torch_save
 
     def save_then_die(*a, **k):
         real_save(*a, **k)
         raise KeyboardInterrupt  # the machine goes away right after the step-2 checkpoint
 
-    monkeypatch.setattr(distill, "_save", save_then_die)
+    monkeypatch.setattr(checkpoint, "atomic_torch_save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(r, "tiny", str(tmp_path / "b"), progress=False, bench=False, log=lambda *a: None)
-    monkeypatch.setattr(distill, "_save", real_save)
+    monkeypatch.setattr(checkpoint, "atomic_torch_save", real_save)
     assert len(os.listdir(ck)) == 1
     res = run_recipe(r, "tiny", str(tmp_path / "b"), progress=False, bench=False, log=lambda *a: None)
     rep = res["steps"][1]
@@ -102,3 +102,4 @@ def test_distill_resumes_after_interruption(tmp_path, monkeypatch):
 def test_distill_needs_a_data_file():
     with pytest.raises(ConfigError, match="data"):
         parse_recipe("name: kd\nsteps:\n  - {type: distill, steps: 2}", "kd", ROOT)
+

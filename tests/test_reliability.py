@@ -1,14 +1,19 @@
 """Hostile or mistaken input is refused before any work: recipes (duplicates, aliases, depth, size), output
-paths that are not this tool's, and out-of-range command-line numbers. Exit code 2, one screen, nothing lost."""
+paths that are not this tool's, and out-of-range command-line numbers. Exit code 2, one screen, nothing lost;
+recipe validation imports no torch."""
 
 import os
 import resource
+import subprocess
+import sys
 import time
 
 import pytest
 
 from compress.cli import MAX_ERROR_CHARS, main
 from compress.errors import ConfigError
+from compress.recipe import load_recipe, shipped_recipes
+from compress.steps.schema import CONFIGS
 from compress.yamlsafe import MAX_DEPTH, parse_yaml
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,3 +140,75 @@ def test_malformed_targets_lists_the_valid_fields():
     with pytest.raises(ConfigError) as e:
         parse_recipe("name: t\nsteps:\n  - {type: magnitude, sparsity: '" + "9" * 5000 + "'}\n")
     assert len(str(e.value)) < 400  # the value is quoted as a short excerpt
+
+
+def _run_without_torch(code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter that fails if torch was imported by the end."""
+    code += "\nimport sys\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE)
+
+
+def test_recipes_validate_without_importing_torch():
+    """Validation uses the step schemas only: every shipped recipe validates, and a bad one is refused, in a process
+    that never imports torch (so refusing a recipe costs no torch import)."""
+    code = (
+        "import os\n"
+        "import compress.recipe as R\n"
+        "from compress.errors import ConfigError\n"
+        f"R.parse_recipe(open({RECIPE!r}).read())\n"
+        "paths = R.shipped_recipes()\n"
+        "for p in paths:\n"
+        "    R.load_recipe(p)\n"
+        "try:\n"
+        "    R.parse_recipe('name: x\\nsteps:\\n  - {type: magnitude, sparsityy: 0.5}\\n')\n"
+        "except ConfigError as e:\n"
+        "    assert 'unknown field' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('bad recipe accepted')\n"
+        "print(len(paths))\n"
+    )
+    r = _run_without_torch(code)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.split()[-1]) == len(shipped_recipes()) > 0
+
+
+@pytest.mark.parametrize("steps", ["  - {type: magnitude, sparsity: 0.5,\n     sparsity: 0.9}\n",
+                                   "  - {type: no_such_step}\n", "  - {type: magnitude, sparsityy: 0.5}\n"],
+                         ids=["duplicate-key", "unknown-type", "unknown-field"])
+def test_cli_run_refuses_a_bad_recipe_without_importing_torch(tmp_path, steps):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: bad\nsteps:\n" + steps)
+    out = tmp_path / "o"
+    r = _run_without_torch("from compress.cli import main\n"
+                           f"assert main(['run', {str(p)!r}, '--model', 'tiny', '--out', {str(out)!r}]) == 2\n")
+    assert r.returncode == 0, r.stderr
+    assert "error:" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("path", shipped_recipes(), ids=os.path.basename)
+def test_shipped_recipe_validates(path):
+    r = load_recipe(path)
+    assert r.steps and all(type(c) is CONFIGS[c.type] for c in r.steps)
+
+
+def test_step_classes_take_their_config_and_flags_from_the_schema(monkeypatch):
+    from compress.steps import STEPS
+    from compress.steps.registry import Step, register
+
+    assert set(STEPS) == set(CONFIGS)
+    for name, cls in STEPS.items():
+        assert cls.Config is CONFIGS[name]
+        assert (cls.terminal, cls.exportable) == (CONFIGS[name].terminal, CONFIGS[name].exportable)
+    assert [n for n, c in STEPS.items() if c.terminal] == ["export"]
+    assert STEPS["layer_drop"].needs_calibration(CONFIGS["layer_drop"](count=1))
+    assert not STEPS["layer_drop"].needs_calibration(CONFIGS["layer_drop"](layers=[1]))
+    monkeypatch.delitem(STEPS, "wanda")  # restored after the test
+    with pytest.raises(RuntimeError, match="MagnitudeConfig.*WandaConfig"):
+        register("wanda")(type("Wrong", (Step,), {"Config": CONFIGS["magnitude"]}))
+    with pytest.raises(RuntimeError, match="declare it on"):
+        register("wanda")(type("Wrong", (Step,), {"Config": CONFIGS["wanda"], "terminal": True}))
+    with pytest.raises(RuntimeError, match="calibrates"):
+        register("wanda")(type("Wrong", (Step,), {"Config": CONFIGS["wanda"],
+                                                  "needs_calibration": classmethod(lambda cls, c: True)}))
+    assert "wanda" not in STEPS

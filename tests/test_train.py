@@ -9,8 +9,8 @@ import torch
 
 from compress.data.annotations import read_annotations, write_annotations
 from compress.loaders.spec import DEMO_DIR
-from compress.train import settings as S
-from compress.train.demo import assemble, stage_llm, train
+from demo_factory.train import settings as S
+from demo_factory.train.demo import assemble, stage_llm, train
 
 MAX_DEMO_BYTES = 60 * 1000 * 1000
 
@@ -18,7 +18,7 @@ MAX_DEMO_BYTES = 60 * 1000 * 1000
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """8 procedural caption clips (no TTS) and 6 'ASR' entries on them with short made-up transcripts."""
-    from compress.data.build import build_split
+    from demo_factory.data.build import build_split
 
     root = tmp_path_factory.mktemp("traindata")
     ann = build_split(root, "train", seed=0, n_asr=0, n_caption=8, voices=[], fmt="flac", progress=False)
@@ -41,8 +41,8 @@ def _tiny_model():
 def test_cached_path_equals_encode_audio(tiny_data, tmp_path):
     """Training's forward (cached Whisper output + padded BEATs fbanks) equals the inference audio path."""
     from compress.audio import load_audio
-    from compress.train.featcache import build_cache
-    from compress.train.loop import cached_batch, speech_from_features
+    from demo_factory.train.featcache import build_cache
+    from demo_factory.train.loop import cached_batch, speech_from_features
 
     ts, model, external = _tiny_model()
     assert external == {}  # test preset: random Whisper and LLM, stored in the artifact
@@ -63,7 +63,7 @@ def test_cached_path_equals_encode_audio(tiny_data, tmp_path):
 
 
 def test_answer_logits_equal_the_full_forward_at_answer_positions(tiny_data):
-    from compress.train.loop import answer_logits, llm_inputs, target_ids
+    from demo_factory.train.loop import answer_logits, llm_inputs, target_ids
 
     ts, model, _ = _tiny_model()
     model.eval()
@@ -85,7 +85,7 @@ def test_answer_logits_equal_the_full_forward_at_answer_positions(tiny_data):
 def test_ctc_head_pulls_free_tokens_onto_the_target_embeddings():
     """CTC through the embedding-distance head: free speech tokens learn to sit on the embeddings of the target
     pieces (greedy read-out = the targets), and the loss falls; the blank is class 0."""
-    from compress.train.loop import CtcHead, ctc_loss
+    from demo_factory.train.loop import CtcHead, ctc_loss
 
     torch.manual_seed(0)
     table = torch.randn(50, 16)
@@ -116,12 +116,27 @@ def test_ctc_head_pulls_free_tokens_onto_the_target_embeddings():
 
 
 def test_batches_are_a_function_of_the_step():
-    from compress.train.loop import batch_at
+    from demo_factory.train.loop import batch_at
 
     a = [batch_at(s, 10, 4, seed=0) for s in range(6)]
     assert a == [batch_at(s, 10, 4, seed=0) for s in range(6)]
     assert sorted(a[0] + a[1]) == sorted(set(a[0] + a[1]))  # no repeats inside an epoch
     assert a[:2] != [batch_at(s, 10, 4, seed=1) for s in range(2)]
+
+
+def test_caption_clips_repeat_per_epoch_and_speechless_captions_get_ctc():
+    from compress.data.annotations import Sample
+    from demo_factory.train.loop import batch_at, ctc_clips, epoch_pool
+
+    samples = [Sample("a", "a.ogg", "asr", "hello"), Sample("b", "b.ogg", "caption", "A beep", extra={"kind": "beeps"}),
+               Sample("c", "c.ogg", "caption", "A man talks", extra={"kind": "speech_noise"}),
+               Sample("d", "d.ogg", "caption", "Silence")]  # no kind: treated as possibly speech
+    pool = epoch_pool(samples, 3)
+    assert sorted(pool) == [0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    epoch = [i for s in range(len(pool) // 2) for i in batch_at(s, pool, 2, seed=0)]
+    assert sorted(epoch) == sorted(pool)  # one epoch sees every caption clip three times, every ASR clip once
+    assert ctc_clips(samples, S.preset("demo")) == [True, True, False, False]
+    assert ctc_clips(samples, S.preset("demo").replace(caption_ctc=False)) == [True, False, False, False]
 
 
 def test_pipeline_trains_resumes_and_writes_a_loadable_artifact(tiny_data, tmp_path):
@@ -156,8 +171,8 @@ def test_pipeline_trains_resumes_and_writes_a_loadable_artifact(tiny_data, tmp_p
 def test_a_killed_run_resumes_to_the_same_weights(tiny_data, tmp_path):
     """Stopped by max_minutes after a few steps (as a kill after a checkpoint), the rerun finishes the schedule
     and its weights equal an uninterrupted run's."""
-    from compress.train.loop import CKPT
-    from compress.train.demo import run_key
+    from demo_factory.train.loop import CKPT
+    from demo_factory.train.demo import run_key
 
     ts = S.preset("test")
     whole = train(ts, str(tmp_path / "whole"), data_dir=str(tmp_path / "a"), annotations=tiny_data,
@@ -190,7 +205,7 @@ def test_training_options_are_validated():
 def test_beats_ablation_variants_change_only_the_beats_branch():
     from bundle import tone
     from compress.loaders import load_model
-    from compress.train.ablation import beats_variant
+    from demo_factory.train.ablation import beats_variant
 
     model = load_model("tiny")
     clip = [tone(2.0)]
@@ -207,8 +222,8 @@ def test_beats_ablation_variants_change_only_the_beats_branch():
 
 
 def test_whisper_drop_leaves_beats_alone(tiny_data, tmp_path):
-    from compress.train.featcache import build_cache
-    from compress.train.loop import cached_batch, speech_from_features
+    from demo_factory.train.featcache import build_cache
+    from demo_factory.train.loop import cached_batch, speech_from_features
 
     ts, model, _ = _tiny_model()
     model.eval()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 
 from ..errors import UserError
+from ..fileio import atomic_path
 
 HEADER = ["testset_id", "text"]
 
 
 def write_submission(records: list, path: str) -> int:
     """One row per sample in record order; a failed sample is written with empty text (as a miss)."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(HEADER)
         for r in records:

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from typing import Optional
 
 from ..errors import UserError
@@ -16,21 +15,10 @@ MIB = 1024 * 1024
 
 
 def write_json(obj: dict, path: str) -> None:
-    """Write next to the target then rename, so a crash never leaves half a result file."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".result-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=str)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """A result file, written atomically (compress.fileio)."""
+    from ..fileio import write_json as _write
+
+    _write(path, obj)
 
 
 def load_result(path: str) -> dict:

@@ -1,4 +1,4 @@
-"""The project's own speech + sound data: TTS sentences for ASR, procedural sounds for captioning, annotation I/O."""
+"""Annotation files (the audio clips a benchmark or a calibration runs on): reading, checking, writing."""
 
 from .annotations import Sample, read_annotations, write_annotations
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, UserError
+from ..fileio import write_text
 from ..models.config import resolve_task
 
 KNOWN_FIELDS = ("path", "task", "text", "references", "testset_id", "id")
@@ -145,6 +146,4 @@ def write_annotations(path, entries, meta: dict | None = None) -> None:
     lines = [json.dumps(e, ensure_ascii=False, sort_keys=False) for e in entries]
     head = "{\n" + (f' "meta": {json.dumps(meta, ensure_ascii=False)},\n' if meta else "")
     body = ' "annotation": [\n  ' + ",\n  ".join(lines) + "\n ]\n}\n" if lines else ' "annotation": []\n}\n'
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(head + body, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, head + body)

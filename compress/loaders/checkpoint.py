@@ -58,10 +58,10 @@ def load_tensor_file(path: str, *, allow_unsafe_pickle: bool = False) -> dict:
 
 def atomic_torch_save(obj, path: str) -> None:
     """torch.save next to the target, then rename: a crash mid-write never leaves a file that looks complete."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from ..fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _clip(text: str, limit: int = 200) -> str:

@@ -42,7 +42,7 @@ def load_model(spec: str, *, allow_unsafe_pickle: bool = False, dtype: Optional[
     if spec == "demo":
         if not os.path.isfile(os.path.join(DEMO_DIR, MANIFEST)):
             raise UserError(f"the demo model is not built in this checkout ({DEMO_DIR} has no {MANIFEST}); "
-                            "build it with: python -m compress.train.demo")
+                            "build it with: python -m demo_factory.train.demo")
         return load_artifact(DEMO_DIR, dtype=dt)
     if spec in PRESETS:
         model = build_preset(spec, seed=seed, dtype=dt)

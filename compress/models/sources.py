@@ -105,11 +105,9 @@ def sha256_of(path: str) -> str:
             h.update(block)
     digest = h.hexdigest()
     try:
-        os.makedirs(memo_dir, exist_ok=True)
-        tmp = f"{memo}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(digest)
-        os.replace(tmp, memo)
+        from ..fileio import write_text
+
+        write_text(memo, digest)
     except OSError:
         pass  # a read-only cache only costs the hash again
     return digest

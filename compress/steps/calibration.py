@@ -5,31 +5,13 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Callable, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..errors import ConfigError
-
-
-class CalibrationConfig(BaseModel):
-    """Recipe `calibration:` section: which annotation file, how many clips, which tasks."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    data: str
-    samples: int = Field(32, ge=1, le=4096)
-    tasks: list = ["asr", "caption"]
-    seed: int = 0
-    with_reference: bool = True  # append the reference answer (teacher forcing) so output tokens are covered
-    # audio: the LLM sees what it sees in use (prompt + speech tokens [+ answer]); text: only BOS + the
-    # reference text, as a text-calibrated LLM compressor would (a baseline to compare against; LLM only)
-    inputs: Literal["audio", "text"] = "audio"
-    # all: the LLM sees every speech token of the 30 s slot, as in use; clip: only the tokens of the windows the
-    # clip covers (+ 2 of padding), so that the LLM's activation statistics are not mostly the slot's silence
-    # (a 3 s clip covers ~19 of the 187 windows of the demo model)
-    speech_windows: Literal["all", "clip"] = "all"
+from .schema import CalibrationConfig
 
 
 @dataclass

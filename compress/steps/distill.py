@@ -14,15 +14,13 @@ curve are written atomically to `checkpoint_dir` (default: under the system temp
 recipe, the step config and the student's starting weights). A run that finds a checkpoint for the
 same key resumes from it; a finished run deletes it unless `keep_checkpoints`.
 
-Multi-GPU (real checkpoints): under a distributed launcher (`WORLD_SIZE` > 1 in the environment), each
-rank takes every WORLD_SIZE-th sample, gradients of the trained tensors are all-reduced (averaged) and
-only rank 0 writes checkpoints:
+Several processes (real checkpoints): the step trains through `compress.trainloop` (accelerate). Under
+`accelerate launch` each process takes every WORLD_SIZE-th sample, gradients are averaged across processes, and
+only the main process writes checkpoints and the artifact (tested with two CPU processes on gloo; not run on
+several GPUs here):
 
     accelerate launch --multi_gpu --num_processes 8 -m compress.cli run \
         recipes/layer-drop-30-distill.yaml --model salmonn.yaml --out out/ld30-kd
-
-This path has NOT been run here (CPU-only machine); note also that `run` writes the artifact from every
-rank, so give rank > 0 a throw-away `--out` or run the write on rank 0 only before relying on it.
 """
 
 from __future__ import annotations
@@ -30,17 +28,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import tempfile
-from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from .calibration import CalibrationConfig, llm_inputs, load_calibration, reference_ids
+from .calibration import llm_inputs, load_calibration, reference_ids
 from .finetune import trainable_params
-from .registry import Step, StepConfig, register
+from .registry import Step, register
+from .schema import CalibrationConfig, DistillConfig
 
 
 # ------------------------------------------------------------------------------------ the math
@@ -58,25 +54,6 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, lab
 
 
 # ------------------------------------------------------------------------------------ glue
-class DistillConfig(StepConfig):
-    type: Literal["distill"] = "distill"
-    data: str  # annotation file of the training clips (with references)
-    samples: int = Field(64, ge=1, le=100000)
-    tasks: list = ["asr", "caption"]
-    steps: int = Field(20, ge=1, le=1000000)
-    lr: float = Field(1e-4, gt=0.0, le=1.0)
-    seed: int = 0
-    trainable: list[Literal["lora", "qformer", "proj", "beats"]] = ["lora", "qformer", "proj"]
-    teacher: Optional[str] = None  # model spec; None = the model before the recipe's first step
-    alpha: float = Field(0.5, ge=0.0, le=1.0)
-    temperature: float = Field(2.0, gt=0.0)
-    feature_loss: Optional[Literal["proj", "qformer"]] = None
-    feature_weight: float = Field(1.0, ge=0.0)
-    checkpoint_every: int = Field(50, ge=1)
-    checkpoint_dir: Optional[str] = None
-    keep_checkpoints: bool = False
-
-
 def _features(model, s, where: str) -> tuple:
     """LLM inputs plus the speech features the feature loss compares: projection or Q-Former output."""
     captured = {}
@@ -95,24 +72,22 @@ def _answer_logits(model, emb, mask, n_ref: int) -> torch.Tensor:
     return logits[0, start - 1: start - 1 + n_ref]  # position t predicts token t+1: (n_ref, V)
 
 
+def _weights_sha256(params: dict) -> str:
+    """Exact digest of the trained tensors (name, shape, bytes): equal digests mean equal weights."""
+    h = hashlib.sha256()
+    for n in sorted(params):
+        t = params[n].detach().cpu().contiguous()
+        h.update(f"{n}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def _fingerprint(params: dict) -> str:
     h = hashlib.sha256()
     for n, p in params.items():
         d = p.detach().double()
         h.update(f"{n}{tuple(p.shape)}{float(d.sum()):.10e}{float(d.abs().sum()):.10e}".encode())
     return h.hexdigest()[:16]
-
-
-def _dist():
-    """(rank, world) under a distributed launcher, else (0, 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
 
 
 @register("distill")
@@ -123,119 +98,66 @@ class Distill(Step):
     needs_teacher = True
 
     def run(self, model, ctx) -> dict:
+        from ..trainloop import LoopSettings, epoch_order, only_trainable, process, train
+
         c = self.config
         teacher = ctx.teacher(c.teacher)
         teacher.eval()
         cal = CalibrationConfig(data=c.data, samples=c.samples, tasks=c.tasks, seed=c.seed)
         samples = load_calibration(cal, ctx.base_dir)
-        rank, world = _dist()
+        rank, world = process()
         mine = samples[rank::world] or samples
 
         wanted = {id(p) for p in trainable_params(model, c.trainable)}
         named = {n: p for n, p in model.named_parameters() if id(p) in wanted}
         if not named:
             raise ctx.error(f"distill: the model has no parameters in trainable groups {c.trainable}")
-        key = hashlib.sha256(json.dumps([ctx.recipe.sha256(), c.model_dump(), _fingerprint(named)],
+        key = hashlib.sha256(json.dumps([ctx.recipe.sha256(), c.model_dump(), _fingerprint(named), world],
                                         sort_keys=True, default=str).encode()).hexdigest()[:16]
         ck_dir = (os.path.join(ctx.base_dir or "", c.checkpoint_dir) if c.checkpoint_dir
                   else os.path.join(tempfile.gettempdir(), "salmonn-compress-distill"))
         ck_path = os.path.join(ck_dir, f"distill-{key}.pt")
 
-        flags = {id(p): p.requires_grad for p in model.parameters()}
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in named.values():
-            p.requires_grad_(True)
-        params = list(named.values())
-        opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=0.0)
-        losses, ce_curve, kd_curve, feat_curve = [], [], [], []
-        start, written = 0, 0
-        if os.path.isfile(ck_path):
-            ck = torch.load(ck_path, map_location=model.device, weights_only=True)
+        def step_loss(step: int):
+            epoch, k = divmod(step, len(mine))
+            s = mine[epoch_order(len(mine), c.seed, epoch)[k]]
+            n_ref = len(reference_ids(model, s.reference))
             with torch.no_grad():
-                for n, t in ck["params"].items():
-                    named[n].copy_(t)
-            opt.load_state_dict(ck["optimizer"])
-            start = ck["step"]
-            losses, ce_curve, kd_curve, feat_curve = ck["losses"], ck["ce"], ck["kd"], ck["feature"]
-        resumed_from = start
-
-        rng = random.Random(c.seed)
-        order = list(range(len(mine)))
-        for step in range(start):  # replay the seeded shuffles so a resumed run sees the same sample order
-            if step % len(order) == 0:
-                rng.shuffle(order)
-        was_training = model.training
-        model.train()
-        bar = ctx.bar(c.steps, "distill")
-        bar.update(start)
-        try:
-            for step in range(start, c.steps):
-                if step % len(order) == 0:
-                    rng.shuffle(order)
-                s = mine[order[step % len(order)]]
-                n_ref = len(reference_ids(model, s.reference))
-                with torch.no_grad():
-                    if c.feature_loss:
-                        t_emb, t_mask, t_feat = _features(teacher, s, c.feature_loss)
-                    else:
-                        t_emb, t_mask = llm_inputs(teacher, s, with_reference=True)
-                    t_logits = _answer_logits(teacher, t_emb, t_mask, n_ref)
                 if c.feature_loss:
-                    emb, mask, feat = _features(model, s, c.feature_loss)
+                    t_emb, t_mask, t_feat = _features(teacher, s, c.feature_loss)
                 else:
-                    emb, mask = llm_inputs(model, s, with_reference=True)
-                s_logits = _answer_logits(model, emb, mask, n_ref)
-                labels = torch.tensor(reference_ids(model, s.reference), device=s_logits.device)
-                loss, ce, kd = distill_loss(s_logits, t_logits.to(s_logits.device), labels, c.alpha, c.temperature)
-                fl = torch.zeros((), device=loss.device)
-                if c.feature_loss:
-                    fl = F.mse_loss(feat.float(), t_feat.to(feat.device).float())
-                    loss = loss + c.feature_weight * fl
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if world > 1:
-                    import torch.distributed as dist
+                    t_emb, t_mask = llm_inputs(teacher, s, with_reference=True)
+                t_logits = _answer_logits(teacher, t_emb, t_mask, n_ref)
+            if c.feature_loss:
+                emb, mask, feat = _features(model, s, c.feature_loss)
+            else:
+                emb, mask = llm_inputs(model, s, with_reference=True)
+            s_logits = _answer_logits(model, emb, mask, n_ref)
+            labels = torch.tensor(reference_ids(model, s.reference), device=s_logits.device)
+            loss, ce, kd = distill_loss(s_logits, t_logits.to(s_logits.device), labels, c.alpha, c.temperature)
+            fl = torch.zeros((), device=loss.device)
+            if c.feature_loss:
+                fl = F.mse_loss(feat.float(), t_feat.to(feat.device).float())
+                loss = loss + c.feature_weight * fl
+            return loss, {"ce": ce.item(), "kd": kd.item(), "feature": fl.item()}
 
-                    for p in params:
-                        if p.grad is not None:
-                            dist.all_reduce(p.grad)
-                            p.grad /= world
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                losses.append(loss.item())
-                ce_curve.append(ce.item())
-                kd_curve.append(kd.item())
-                feat_curve.append(fl.item())
-                bar.update(1)
-                if (step + 1) % c.checkpoint_every == 0 and step + 1 < c.steps and rank == 0:
-                    _save(ck_path, named, opt, step + 1, losses, ce_curve, kd_curve, feat_curve)
-                    written += 1
+        loop = LoopSettings(steps=c.steps, lr=c.lr, checkpoint=ck_path, checkpoint_every=c.checkpoint_every,
+                            keep_checkpoint=c.keep_checkpoints)
+        bar = ctx.bar(c.steps, "distill")
+        try:
+            with only_trainable(model, named.values()):
+                r = train(named, step_loss, loop, progress=bar)
         finally:
             bar.close()
-            model.train(was_training)
-            for p in model.parameters():
-                p.requires_grad_(flags[id(p)])
-        if not c.keep_checkpoints and os.path.isfile(ck_path) and rank == 0:
-            os.remove(ck_path)
-        elif c.keep_checkpoints and rank == 0:
-            _save(ck_path, named, opt, c.steps, losses, ce_curve, kd_curve, feat_curve)
+        cur = r["curves"]
+        losses = cur["loss"]
         first, last = losses[:5], losses[-5:]
-        return {"steps": c.steps, "steps_run_now": c.steps - resumed_from, "resumed_from_step": resumed_from,
-                "trained_groups": list(c.trainable), "trained_params": sum(p.numel() for p in params),
+        return {"steps": c.steps, "steps_run_now": r["steps_run_now"], "resumed_from_step": r["resumed_from_step"],
+                "trained_groups": list(c.trainable), "trained_params": sum(p.numel() for p in named.values()),
                 "teacher": c.teacher or "model before the recipe's first step",
                 "loss_first": sum(first) / len(first), "loss_last": sum(last) / len(last),
-                "loss_curve": [round(x, 5) for x in losses], "ce_curve": [round(x, 5) for x in ce_curve],
-                "kd_curve": [round(x, 5) for x in kd_curve],
-                "feature_curve": [round(x, 5) for x in feat_curve] if c.feature_loss else None,
-                "checkpoint_path": ck_path, "checkpoints_written": written,
+                "loss_curve": losses, "ce_curve": cur["ce"], "kd_curve": cur["kd"],
+                "feature_curve": cur["feature"] if c.feature_loss else None,
+                "trained_weights_sha256": _weights_sha256(named), "checkpoint_path": ck_path, "checkpoints_written": r["checkpoints_written"],
                 "checkpoint_kept": bool(c.keep_checkpoints and rank == 0), "world_size": world,
                 "samples": len(samples)}
-
-
-def _save(path, named, opt, step, losses, ce, kd, feat) -> None:
-    """Atomic write: a crash mid-write never leaves a checkpoint that looks complete."""
-    from ..loaders.checkpoint import atomic_torch_save
-
-    atomic_torch_save({"params": {n: p.detach().cpu() for n, p in named.items()}, "optimizer": opt.state_dict(),
-                       "step": step, "losses": losses, "ce": ce, "kd": kd, "feature": feat}, path)

@@ -8,26 +8,15 @@ benchmark section) then runs the ONNX export through ONNX Runtime with the same 
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
-
-from .registry import Step, StepConfig, register
-
-
-class ExportConfig(StepConfig):
-    type: Literal["export"] = "export"
-    format: Literal["onnx", "tensorrt"] = "onnx"
-    int8: bool = False  # onnx: dynamic int8 quantization of the LLM graph
-    opset: int = Field(18, ge=14, le=23)
+from .registry import Step, register
+from .schema import ExportConfig
 
 
 @register("export")
 class Export(Step):
     """Writes the run's output as an export; see the module docstring."""
 
-    Config = ExportConfig
-    terminal = True
+    Config = ExportConfig  # terminal: see ExportConfig
 
     def preflight(self) -> None:
         if self.config.format == "tensorrt":

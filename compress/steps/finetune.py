@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import random
-from typing import Callable, Literal, Optional
+from typing import Callable, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from .calibration import CalibSample, llm_inputs, reference_ids
+from .schema import TrainConfig
 
 TRAINABLE_GROUPS = ("lora", "qformer", "proj", "beats")
-
-
-class TrainConfig(BaseModel):
-    """What to train, on which annotation file, for how long."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    data: str
-    samples: int = Field(64, ge=1, le=100000)
-    steps: int = Field(20, ge=1, le=100000)
-    lr: float = Field(1e-4, gt=0.0, le=1.0)
-    trainable: list[Literal["lora", "qformer", "proj", "beats"]] = ["lora", "qformer", "proj"]
-    seed: int = 0
 
 
 def trainable_params(model, groups) -> list:
@@ -51,38 +38,22 @@ def sample_loss(model, s: CalibSample) -> torch.Tensor:
 
 def train_steps(model, samples: list, cfg: TrainConfig, *, after_step: Optional[Callable] = None,
                 extra_params: Optional[list] = None, progress=None) -> list:
-    """`cfg.steps` AdamW steps of one sample each (seeded order); returns the losses.
+    """`cfg.steps` AdamW steps of one sample each (seeded order, this process's share of the samples under a
+    distributed launcher) through the one training loop; returns the losses.
 
     after_step() runs after every optimizer step (e.g. to re-apply pruning masks).
     """
-    params = trainable_params(model, cfg.trainable) + list(extra_params or [])
-    flags = {id(p): p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    rng = random.Random(cfg.seed)
-    order = list(range(len(samples)))
-    losses = []
-    was_training = model.training
-    model.train()
-    try:
-        for step in range(cfg.steps):
-            if step % len(order) == 0:
-                rng.shuffle(order)
-            loss = sample_loss(model, samples[order[step % len(order)]])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            if after_step is not None:
-                after_step()
-            losses.append(loss.item())
-            if progress is not None:
-                progress.update(1)
-    finally:
-        model.train(was_training)
-        for p in model.parameters():
-            p.requires_grad_(flags[id(p)])
-    return losses
+    from ..trainloop import LoopSettings, epoch_order, only_trainable, process, train
+
+    named = {f"p{i}": p for i, p in enumerate(trainable_params(model, cfg.trainable) + list(extra_params or []))}
+    rank, world = process()
+    mine = samples[rank::world] or samples
+
+    def step_loss(step: int):
+        epoch, k = divmod(step, len(mine))
+        return sample_loss(model, mine[epoch_order(len(mine), cfg.seed, epoch)[k]]), {}
+
+    with only_trainable(model, named.values()):
+        report = train(named, step_loss, LoopSettings(steps=cfg.steps, lr=cfg.lr), after_step=after_step,
+                       progress=progress)
+    return report["curves"]["loss"]

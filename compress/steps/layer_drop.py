@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
-
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
 from ..sparsity import block_influence
 from .calibration import block_output, forward_all, part_blocks, run_hooked
-from .registry import Step, StepConfig, register
-
-
-class LayerDropConfig(StepConfig):
-    type: Literal["layer_drop"] = "layer_drop"
-    part: Literal["llm", "speech_encoder"] = "llm"
-    fraction: Optional[float] = Field(None, gt=0.0, lt=1.0)  # share of the part's layers to drop
-    count: Optional[int] = Field(None, ge=1)
-    layers: Optional[list[int]] = None  # explicit indices instead of block influence
-    keep_first: int = Field(1, ge=0)  # never drop the first / last layers (they matter most)
-    keep_last: int = Field(1, ge=0)
-
-    @model_validator(mode="after")
-    def _one_choice(self):
-        given = [x is not None for x in (self.fraction, self.count, self.layers)]
-        if sum(given) != 1:
-            raise ValueError("give exactly one of fraction, count, layers")
-        return self
+from .registry import Step, register
+from .schema import LayerDropConfig
 
 
 @torch.no_grad()
@@ -78,10 +59,6 @@ class LayerDrop(Step):
     """Drops the blocks that change their input least; the model really gets smaller and faster."""
 
     Config = LayerDropConfig
-
-    @classmethod
-    def needs_calibration(cls, config) -> bool:
-        return config.layers is None  # block influence is measured on calibration audio
 
     def run(self, model, ctx) -> dict:
         c = self.config

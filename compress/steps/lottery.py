@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field, model_validator
 
 from .. import sparsity as sp
-from .calibration import CalibrationConfig, load_calibration
-from .finetune import TrainConfig, train_steps
+from .calibration import load_calibration
+from .finetune import train_steps
 from .prune import PruneStep, measure
-from .registry import StepConfig, register
-from .targets import Targets
-
-
-class LotteryConfig(StepConfig):
-    type: Literal["lottery_ticket"] = "lottery_ticket"
-    sparsity: float = Field(0.5, gt=0.0, lt=1.0)  # final sparsity after the last round
-    rounds: int = Field(3, ge=1, le=20)
-    scope: Literal["layer", "global"] = "global"
-    rewind: Literal["start", "early"] = "start"
-    rewind_steps: int = Field(0, ge=0)  # with rewind=early: snapshot after this many steps of round 1
-    train_base: bool = False  # also train the targeted base weights (then rewinding matters)
-    retrain: TrainConfig
-    targets: Targets = Targets()
-
-    @model_validator(mode="after")
-    def _rewind(self):
-        if self.rewind == "early" and not (self.train_base and self.rewind_steps >= 1):
-            raise ValueError("rewind: early needs train_base: true and rewind_steps >= 1")
-        return self
+from .registry import register
+from .schema import CalibrationConfig, LotteryConfig
 
 
 def _lora_zeros(model) -> int:

@@ -38,6 +38,9 @@ def record_override(model, name: str, kind: str, spec: dict) -> None:
 
 
 def restore_modules(model, overrides: dict) -> None:
+    from . import load_steps
+
+    load_steps()  # the step modules register the rebuilders of the modules they put in
     for name, spec in overrides.items():
         kind = spec.get("kind")
         if kind not in REBUILDERS:

@@ -1,44 +1,18 @@
-"""Pruning steps `magnitude` and `wanda`: glue around compress.sparsity, reporting the sparsity they measured."""
+"""Pruning steps `magnitude`, `wanda` and `sparsegpt`: glue around compress.sparsity, reporting measured sparsity."""
 
 from __future__ import annotations
 
-from typing import Literal, Optional
-
 import torch
-from pydantic import Field, field_validator
 
 from .. import sparsity as sp
 from ..models.salmonn import part_of
 from .calibration import by_blocks, collect_hessians, collect_input_norms
-from .registry import Step, StepConfig, register
-from .targets import Targets, select_linears
+from .registry import Step, register
+from .schema import MagnitudeConfig, PruneConfig, SparseGptConfig, WandaConfig, parse_pattern  # noqa: F401
+from .targets import select_linears
 
 UNSTRUCTURED_NOTE = ("unstructured zeros are stored densely: the artifact and the running model are as large and "
                      "as slow as before; only N:M patterns on sparse kernels, or sparse storage, save anything")
-
-
-def parse_pattern(p: Optional[str]):
-    if p is None:
-        return None
-    try:
-        n, m = (int(x) for x in p.split(":"))
-    except ValueError:
-        raise ValueError(f"pattern must look like 'N:M' (e.g. '2:4'), got {p!r}") from None
-    if not 0 < n < m:
-        raise ValueError(f"pattern {p!r}: need 0 < N < M")
-    return n, m
-
-
-class PruneConfig(StepConfig):
-    sparsity: float = Field(0.5, gt=0.0, lt=1.0)
-    pattern: Optional[str] = None  # "N:M" semi-structured; then `sparsity` is implied (1 - N/M)
-    targets: Targets = Targets()
-
-    @field_validator("pattern")
-    @classmethod
-    def _pattern(cls, v):
-        parse_pattern(v)
-        return v
 
 
 def measure(model, linears: dict, pattern=None) -> dict:
@@ -75,19 +49,6 @@ class PruneStep(Step):
         return linears
 
 
-class CalibratedPruneStep(PruneStep):
-    """A pruning step whose scores come from real-audio calibration through the model."""
-
-    @classmethod
-    def needs_calibration(cls, config) -> bool:
-        return True
-
-
-class MagnitudeConfig(PruneConfig):
-    type: Literal["magnitude"] = "magnitude"
-    scope: Literal["layer", "row", "global"] = "layer"
-
-
 @register("magnitude")
 class Magnitude(PruneStep):
     """|W| pruning: per layer, per output row, or one global threshold over all targeted layers; or N:M."""
@@ -108,15 +69,8 @@ class Magnitude(PruneStep):
         return measure(model, linears, pattern)
 
 
-class WandaConfig(PruneConfig):
-    type: Literal["wanda"] = "wanda"
-    sequential: bool = True  # prune block by block; later blocks calibrate on the pruned earlier ones
-    # comparison group of the scores: each output row (the Wanda paper's choice for LLMs) or the whole layer
-    scope: Literal["row", "layer"] = "row"
-
-
 @register("wanda")
-class Wanda(CalibratedPruneStep):
+class Wanda(PruneStep):
     """Wanda: |W| x ||X||_2 compared within each output row (or layer), activations from real audio through the model."""
 
     Config = WandaConfig
@@ -136,15 +90,8 @@ class Wanda(CalibratedPruneStep):
         return report
 
 
-class SparseGptConfig(PruneConfig):
-    type: Literal["sparsegpt"] = "sparsegpt"
-    sequential: bool = True  # prune block by block; later blocks calibrate on the pruned earlier ones
-    damp_percent: float = Field(0.01, ge=0.0, lt=1.0)
-    block_size: int = Field(128, ge=1)
-
-
 @register("sparsegpt")
-class SparseGpt(CalibratedPruneStep):
+class SparseGpt(PruneStep):
     """SparseGPT: OBS-style pruning with reconstruction of the kept weights, from the GPTQ Hessian of each Linear's
     inputs (real audio through the model), block by block; unstructured or N:M."""
 

@@ -9,11 +9,7 @@ dequantizing modules are slower than dense ones; the benchmark harness measures 
 
 from __future__ import annotations
 
-import importlib.util
-from typing import Literal, Optional
-
-import torch
-from pydantic import Field, model_validator
+from typing import Optional
 
 from ..inspect_model import part_stats
 from ..models.salmonn import part_of
@@ -22,8 +18,10 @@ from ..quant.qlinear import GPTQLinear
 from ..quant.rtn import relative_error, rtn_quantize
 from .calibration import by_blocks, collect_hessians, run_hooked
 from .overrides import record_override, register_rebuilder, set_module
-from .registry import Step, StepConfig, register
-from .targets import Targets, select_linears
+from .registry import Step, register
+from .schema import BitsandbytesConfig, GptqConfig, RtnConfig, TorchaoConfig  # noqa: F401
+from .targets import select_linears
+
 
 def _state_bytes(m) -> int:
     return sum(t.numel() * t.element_size() for t in m.state_dict().values())
@@ -40,8 +38,6 @@ def _mean(xs) -> Optional[float]:
 
 class QuantStep(Step):
     """Shared glue: target selection, replacing a module (with its override record), measuring afterwards."""
-
-    exportable = False  # packed / bitsandbytes / torchao modules: no ONNX mapping, LoRA cannot merge into them
 
     def targets(self, model, ctx) -> dict:
         linears = select_linears(model, self.config.targets)
@@ -97,23 +93,6 @@ def group_notes(linears: dict, group_size: int) -> list:
 
 
 # ----------------------------------------------------------------------------------------------- GPTQ / RTN
-class RtnConfig(StepConfig):
-    type: Literal["rtn"] = "rtn"
-    bits: Literal[2, 3, 4, 8] = 4
-    group_size: Literal[-1, 16, 32, 64, 128, 256, 512, 1024] = 128  # what GPTQ kernels (GPTQModel, Marlin) take
-    sym: bool = True
-    targets: Targets = Targets()
-
-
-class GptqConfig(RtnConfig):
-    type: Literal["gptq"] = "gptq"
-    act_order: bool = False  # desc_act: visit columns by decreasing Hessian diagonal (g_idx records the groups)
-    damp_percent: float = Field(0.01, gt=0.0, lt=1.0)
-    block_size: int = Field(128, ge=1, le=4096)  # columns whose error updates are applied together
-    sequential: bool = True  # block by block: later blocks calibrate on the quantized earlier ones
-    keep_zeros: bool = True  # exactly-zero (pruned) weights stay zero, so pruning + GPTQ keeps its pattern
-
-
 @register("rtn")
 class Rtn(QuantStep):
     """Round-to-nearest on GPTQ's grid and storage format: the no-calibration baseline GPTQ is compared with."""
@@ -140,10 +119,6 @@ class Gptq(QuantStep):
     """GPTQ with Hessians from real audio through the whole SALMONN path, block by block; RTN measured alongside."""
 
     Config = GptqConfig
-
-    @classmethod
-    def needs_calibration(cls, config) -> bool:
-        return True
 
     def run(self, model, ctx) -> dict:
         c = self.config
@@ -196,29 +171,6 @@ def _rebuild_gptq(old, spec: dict):
 
 
 # ----------------------------------------------------------------------------------------------- bitsandbytes
-def _require(package: str, what: str) -> None:
-    if importlib.util.find_spec(package) is None:
-        raise ValueError(f"{what} needs the {package!r} package, which is not installed (pip install {package})")
-
-
-class BitsandbytesConfig(StepConfig):
-    type: Literal["bitsandbytes"] = "bitsandbytes"
-    mode: Literal["int8", "nf4", "fp4"] = "nf4"
-    threshold: Optional[float] = Field(None, ge=0.0)  # int8: LLM.int8 outlier threshold (default 6.0; 0 = none)
-    double_quant: Optional[bool] = None  # nf4/fp4: also quantize the per-block absmax statistics (default true)
-    compute_dtype: Optional[Literal["auto", "float32", "float16", "bfloat16"]] = None  # nf4/fp4 (default auto)
-    targets: Targets = Targets()
-
-    @model_validator(mode="after")
-    def _fields_for_mode(self):
-        if self.mode == "int8" and (self.double_quant is not None or self.compute_dtype is not None):
-            raise ValueError("double_quant and compute_dtype apply to modes nf4 and fp4, not int8")
-        if self.mode != "int8" and self.threshold is not None:
-            raise ValueError(f"threshold applies to mode int8 only (mode is {self.mode})")
-        _require("bitsandbytes", "step bitsandbytes")
-        return self
-
-
 @register("bitsandbytes")
 class Bitsandbytes(QuantStep):
     """bitsandbytes LLM.int8 (Linear8bitLt) or nf4/fp4 (Linear4bit), on whatever device the model is on."""
@@ -265,17 +217,6 @@ def _rebuild_bnb(old, spec: dict):
 
 
 # ----------------------------------------------------------------------------------------------- torchao
-class TorchaoConfig(StepConfig):
-    type: Literal["torchao"] = "torchao"
-    mode: Literal["int8_weight_only", "int8_dynamic"] = "int8_weight_only"  # dynamic: int8 activations too
-    targets: Targets = Targets()
-
-    @model_validator(mode="after")
-    def _installed(self):
-        _require("torchao", "step torchao")
-        return self
-
-
 @register("torchao")
 class Torchao(QuantStep):
     """torchao `quantize_` with Int8WeightOnlyConfig / Int8DynamicActivationInt8WeightConfig; plain-tensor storage."""

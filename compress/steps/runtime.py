@@ -7,18 +7,16 @@ None of these changes a weight, so the artifact stores them as `model.cfg.extra[
 from __future__ import annotations
 
 import time
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
-from pydantic import Field
 
 from ..errors import ConfigError
-from .registry import Step, StepConfig, register
+from .registry import Step, register
+from .schema import (COMPILE_MODES, COMPILE_PARTS, SDPA_PARTS, CompileConfig, LigerConfig,  # noqa: F401
+                     RealLengthConfig, SdpaConfig)
 
 RUNTIME_KEY = "runtime"
-SDPA_PARTS = ("speech_encoder", "beats", "qformer")
-COMPILE_PARTS = ("speech_encoder", "beats", "qformer", "llm")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LIGER_FAMILIES = ("llama", "qwen2", "gemma2", "mistral", "qwen3", "gemma")
 
 
@@ -125,21 +123,11 @@ def _greedy(model, clip, n: int) -> list:
 
 
 # ------------------------------------------------------------------------------------ steps
-class SdpaConfig(StepConfig):
-    type: Literal["sdpa"] = "sdpa"
-    parts: list[Literal["speech_encoder", "beats", "qformer"]] = list(SDPA_PARTS)
-    check_tokens: int = Field(8, ge=1, le=256)  # greedy tokens compared with eager on a calibration clip
-
-
 @register("sdpa")
 class Sdpa(Step):
     """Runs the chosen parts' attention through torch SDPA; measures the difference from eager on real audio."""
 
     Config = SdpaConfig
-
-    @classmethod
-    def needs_calibration(cls, config) -> bool:
-        return True
 
     def run(self, model, ctx) -> dict:
         c = self.config
@@ -154,10 +142,6 @@ class Sdpa(Step):
                 "checked_on": clip.id}
 
 
-class RealLengthConfig(StepConfig):
-    type: Literal["real_length"] = "real_length"
-
-
 @register("real_length")
 class RealLength(Step):
     """Encodes each clip's real length (rounded up to whole windows) instead of 30 s, so the LLM sees fewer speech tokens."""
@@ -165,10 +149,6 @@ class RealLength(Step):
     Config = RealLengthConfig
     NOTE = ("speech tokens counted on the calibration clips; the effect on accuracy is not measured by this step: "
             "benchmark the artifact against the baseline (WER, CIDEr-D) before relying on it")
-
-    @classmethod
-    def needs_calibration(cls, config) -> bool:
-        return True
 
     def run(self, model, ctx) -> dict:
         clips = ctx.calibration()
@@ -183,24 +163,12 @@ class RealLength(Step):
                 "clip_seconds": [round(len(s.audio) / 16000, 3) for s in clips], "note": self.NOTE}
 
 
-class CompileConfig(StepConfig):
-    type: Literal["compile"] = "compile"
-    parts: list[Literal["speech_encoder", "beats", "qformer", "llm"]] = ["speech_encoder", "qformer"]
-    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
-    dynamic: Optional[bool] = None
-    warmup_tokens: int = Field(4, ge=1, le=256)
-
-
 @register("compile")
 class Compile(Step):
     """torch.compile on chosen parts; the first generate (compilation) is timed apart from a steady-state one."""
 
     Config = CompileConfig
     saves_artifact = False  # nothing in the weights changes; re-applied at load from the config
-
-    @classmethod
-    def needs_calibration(cls, config) -> bool:
-        return True  # the warm-up generate runs on a calibration clip
 
     def run(self, model, ctx) -> dict:
         c = self.config
@@ -227,20 +195,12 @@ class Compile(Step):
                 "note": "one run each, not a latency benchmark; compilation is redone when the artifact loads"}
 
 
-class LigerConfig(StepConfig):
-    type: Literal["liger"] = "liger"
-    rms_norm: bool = True
-    rope: bool = True
-    swiglu: bool = True
-
-
 @register("liger")
 class Liger(Step):
     """Liger Triton kernels (RMSNorm, RoPE, SwiGLU) in the LLM; CUDA only, checked when the recipe runs."""
 
     Config = LigerConfig
     saves_artifact = False
-    exportable = False  # Triton kernels: torch.export / ONNX cannot trace them
 
     def run(self, model, ctx) -> dict:
         c = self.config

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, field_validator
 from torch import nn
 
 from ..models.salmonn import PARTS, part_of
+from . import schema
+from .schema import Targets
+
+if schema.PARTS != PARTS:
+    raise RuntimeError(f"compress.steps.schema.PARTS {schema.PARTS} differs from the model's parts {PARTS}")
 
 LORA_MARKERS = (".lora_A.", ".lora_B.", ".lora_embedding_", ".lora_magnitude_vector")
 
@@ -20,42 +23,6 @@ def display_name(name: str) -> str:
 
 def is_lora(name: str) -> bool:
     return any(m in name + "." for m in LORA_MARKERS)
-
-
-class Targets(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    parts: list = ["llm"]
-    include: Optional[str] = None  # regex searched in the module name; None = every Linear of the parts
-    ignore: list = ["lm_head"]  # regexes; a match excludes the module
-
-    @field_validator("parts")
-    @classmethod
-    def _parts(cls, v):
-        bad = [p for p in v if p not in PARTS]
-        if bad or not v:
-            raise ValueError(f"unknown part(s) {bad}; valid: {', '.join(PARTS)}")
-        return v
-
-    @field_validator("include")
-    @classmethod
-    def _include(cls, v):
-        if v is not None:
-            _compile(v)
-        return v
-
-    @field_validator("ignore")
-    @classmethod
-    def _ignore(cls, v):
-        for p in v:
-            _compile(p)
-        return v
-
-
-def _compile(pattern: str):
-    try:
-        return re.compile(pattern)
-    except re.error as e:
-        raise ValueError(f"invalid regular expression {pattern!r}: {e}") from None
 
 
 def select_linears(model: nn.Module, targets: Targets) -> dict:

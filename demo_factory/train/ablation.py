@@ -1,6 +1,6 @@
 """Does the BEATs branch carry information? Captioning CIDEr-D with BEATs intact, fed silence, or zeroed.
 
-    python -m compress.train.ablation --model demo --data benchmarks/data/test.json \
+    python -m demo_factory.train.ablation --model demo --data benchmarks/data/test.json \
         --out benchmarks/results/demo-beats-ablation-test.json
 
 Every variant decodes with the model's own `generate()` and its saved defaults; only the BEATs
@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from ..errors import UserError
+from compress.errors import UserError
 
 VARIANTS = ("intact", "silence", "zero")
 
@@ -58,8 +58,8 @@ def beats_variant(model, variant: str):
 def run(model, samples: list, variants=VARIANTS, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    from ..audio import load_audio
-    from ..metrics import cider_d
+    from compress.audio import load_audio
+    from compress.metrics import cider_d
 
     caps = [s for s in samples if s.task == "caption"]
     if not caps:
@@ -75,9 +75,9 @@ def run(model, samples: list, variants=VARIANTS, progress: bool = True) -> dict:
         out[v] = {"cider_d": score, "samples": [{"id": s.id, "hypothesis": h, "cider_d": p}
                                                  for s, h, p in zip(caps, hyps, per)]}
     if "intact" in out:  # is each variant's difference from intact beyond clip sampling?
-        from ..metrics.bootstrap import paired_bootstrap
-        from ..metrics.cider import tokenize_caption_sets
-        from ..metrics.ptb import caption_tokenize_batch
+        from compress.metrics.bootstrap import paired_bootstrap
+        from compress.metrics.cider import tokenize_caption_sets
+        from compress.metrics.ptb import caption_tokenize_batch
 
         def score(cands, references):
             return cider_d(cands, references, tokenize=False)[0]
@@ -91,7 +91,7 @@ def run(model, samples: list, variants=VARIANTS, progress: bool = True) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m compress.train.ablation", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m demo_factory.train.ablation", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="demo")
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", help="result JSON")
@@ -99,8 +99,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from ..data.annotations import read_annotations
-    from ..loaders import load_model
+    from compress.data.annotations import read_annotations
+    from compress.loaders import load_model
 
     try:
         model = load_model(args.model)
@@ -115,11 +115,11 @@ def main(argv=None) -> int:
         print(f"{v:<8} CIDEr-D {r['cider_d']:.4f}{vs}")
     if args.out:
         doc = {"what": "captioning CIDEr-D with the BEATs branch intact / fed silence / zeroed",
-               "command": "python -m compress.train.ablation " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "command": "python -m demo_factory.train.ablation " + " ".join(argv if argv is not None else sys.argv[1:]),
                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                "model": args.model, "data": os.path.abspath(args.data),
                "decoding": dict(vars(model.cfg.generate)), "threads": args.threads, "variants": res}
-        from ..bench.results import write_json
+        from compress.bench.results import write_json
 
         write_json(doc, args.out)
     return 0

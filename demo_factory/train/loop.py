@@ -5,7 +5,8 @@ and BEATs fed its fbank; the LLM input is `Salmonn.build_inputs` (BOS, prompt, s
 followed by the answer tokens (teacher forcing); the loss is cross-entropy on the answer tokens only, and the
 LLM's output layer runs only at those positions (the tied 49k x 576 output layer is a fifth of SmolLM2).
 
-Resumable: every `checkpoint_minutes` the trainable tensors, the optimizer and the step are written
+Both stages (the CTC front warm-up and the joint stage) run on the product's one training loop
+(`compress.trainloop`): every `checkpoint_minutes` the trained tensors, the optimizer and the step are written
 atomically; a rerun continues from there. Batch order, kept windows and dropout are functions of (seed, step),
 so a resumed run takes the same steps an uninterrupted one would.
 """
@@ -13,23 +14,20 @@ so a resumed run takes the same steps an uninterrupted one would.
 from __future__ import annotations
 
 import os
-import time
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..loaders.checkpoint import atomic_torch_save
-from ..models.salmonn import _pad_to_same_length, window_count, window_tokens
+from compress.models.salmonn import _pad_to_same_length, window_count, window_tokens
+from compress.trainloop import LoopSettings, only_trainable, warmup_cosine
+from compress.trainloop import train as train_loop
+
 from .featcache import FeatureCache
-from .optim import make_optimizer, set_lr, warmup_cosine
 
 TRAINABLE_PREFIXES = ("ln_speech.", "beats.", "ln_audio.", "speech_Qformer.", "speech_query_tokens",
                       "speech_llama_proj.")
-CKPT = "train-state.pt"
-
-
 def set_trainable(model) -> list:
     """SALMONN's trainable set: everything but the Whisper encoder and the LLM's base weights (LoRA trains)."""
     names = []
@@ -138,11 +136,19 @@ def ctc_loss(head: CtcHead, table: torch.Tensor, speech: torch.Tensor, windows: 
                       zero_infinity=True)
 
 
+def ctc_clips(samples: list, ts) -> list:
+    """Per clip: whether its answer is also a CTC target of its speech tokens. ASR clips always; caption clips
+    without speech when `ts.caption_ctc` (a clip with speech cannot have both its transcript and its caption as
+    the pieces its windows spell)."""
+    return [s.task == "asr" or (ts.caption_ctc and "speech" not in str(s.extra.get("kind", "speech")))
+            for s in samples]
+
+
 def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list, *, frames: int,
                beats_mode: str = "on", whisper_off: Optional[list] = None, ctc_head: Optional[CtcHead] = None,
-               ctc_weight: float = 0.0) -> tuple:
-    """Mean answer-token cross-entropy of a batch (+ ctc_weight x CTC of the ASR clips' speech tokens), and
-    {name: (loss sum, count)}."""
+               ctc_weight: float = 0.0, ctc_on: Optional[list] = None) -> tuple:
+    """Mean answer-token cross-entropy of a batch (+ ctc_weight x CTC of the speech tokens of the clips flagged in
+    `ctc_on`, default the ASR clips), and {name: (loss sum, count)}."""
     speech = speech_from_features(model, *cached_batch(cache, idx, frames), beats_mode=beats_mode,
                                   whisper_off=whisper_off)
     embeds, mask, (r, c, labels) = llm_inputs(model, speech, tasks, targets)
@@ -152,7 +158,8 @@ def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list
         sel = torch.tensor([tasks[int(i)] == task for i in r])
         per_task[task] = (tok[sel].sum().item(), int(sel.sum()))
     loss = tok.mean()
-    rows = [j for j, t in enumerate(tasks) if t == "asr" and len(targets[j]) > 1]
+    ctc_on = ctc_on if ctc_on is not None else [t == "asr" for t in tasks]
+    rows = [j for j in range(len(idx)) if ctc_on[j] and len(targets[j]) > 1]
     if ctc_head is not None and ctc_weight > 0 and rows:
         windows = [min(speech.shape[1], clip_windows(model, cache, idx[j])) for j in rows]
         table = model.llama_model.get_input_embeddings().weight
@@ -186,208 +193,143 @@ def keep_frames(model, cache: FeatureCache, idx: list, rng: np.random.Generator,
     return window_frames_needed(model, windows)
 
 
-def batch_at(step: int, n: int, batch: int, seed: int) -> list:
-    """Clip indices of `step`: epochs of a seeded permutation, so any step's batch is known without history."""
-    per_epoch = max(1, n // batch)
+def batch_at(step: int, n, batch: int, seed: int) -> list:
+    """Clip indices of `step`: epochs of a seeded permutation, so any step's batch is known without history.
+    `n` is the clip count, or the list of clip indices of one epoch (a clip listed twice is seen twice)."""
+    pool = np.arange(n) if isinstance(n, int) else np.asarray(n)
+    per_epoch = max(1, len(pool) // batch)
     epoch, k = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, 7, epoch]).permutation(n)
+    order = pool[np.random.default_rng([seed, 7, epoch]).permutation(len(pool))]
     return [int(i) for i in order[k * batch:(k + 1) * batch]]
 
 
+def epoch_pool(samples: list, caption_repeat: int) -> list:
+    """One epoch's clip indices: every clip once, caption clips `caption_repeat` times."""
+    return list(range(len(samples))) + [i for i, s in enumerate(samples) if s.task != "asr"] * (caption_repeat - 1)
+
+
 # ----------------------------------------------------------------------------------------------- loop
-def _save_state(path: str, model, opt, step: int, names: list, stats: dict, head=None) -> None:
-    params = dict(model.named_parameters())
-    state = {"step": step, "params": {n: params[n].detach().clone() for n in names}, "optimizer": opt.state_dict(),
-             "stats": stats, "head": head.state_dict() if head is not None else {}}
-    atomic_torch_save(state, path)
-
-
-def _load_state(path: str, model, opt, names: list, head=None) -> tuple:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if head is not None and state.get("head"):
-        head.load_state_dict(state["head"])
-    params = dict(model.named_parameters())
-    if set(state["params"]) != set(names):
-        raise RuntimeError(f"{path} holds other trainable tensors than this model; delete it to start afresh")
-    with torch.no_grad():
-        for n, t in state["params"].items():
-            params[n].copy_(t)
-    opt.load_state_dict(state["optimizer"])
-    return state["step"], state.get("stats", {})
-
-
+CKPT = "train-state.pt"
 WARMUP = "front-warmup.pt"
+
+
+def _loop_settings(ts, steps: int, lr: float, warmup: int, checkpoint: str) -> LoopSettings:
+    return LoopSettings(steps=steps, lr=lr, weight_decay=ts.weight_decay, betas=(0.9, 0.98), grad_clip=ts.grad_clip,
+                        schedule=lambda step: warmup_cosine(step, steps, warmup), checkpoint=checkpoint,
+                        checkpoint_minutes=ts.checkpoint_minutes or None, max_minutes=ts.max_minutes, log_every=50)
 
 
 def front_warmup(model, samples: list, cache: FeatureCache, ts, state_dir: str, *,
                  progress: Optional[Callable] = None, log=print) -> Optional[dict]:
-    """CTC alone on the ASR clips before SALMONN's loss: the audio front (BEATs, Q-Former, projection) learns to
-    put each window's word piece onto its LLM input embedding without any LLM forward, about ten times cheaper
-    per clip than a joint step. The softmax runs over the pieces the training transcripts use (+ blank).
-    Deterministic from (seed, step); its result is kept in `state_dir` (a killed warm-up starts over)."""
-    path = os.path.join(state_dir, WARMUP)
+    """CTC alone before SALMONN's loss, on the ASR clips and the caption clips of `ctc_clips`: the audio front
+    (BEATs, Q-Former, projection) learns to put each window's word piece onto its LLM input embedding without any
+    LLM forward, about ten times cheaper per clip than a joint step. The softmax runs over the pieces the training
+    answers use (+ blank). Deterministic from (seed, step) and resumable like the joint stage; its final state
+    (`state_dir`/front-warmup.pt) also hands the CTC head to the joint stage."""
     if ts.front_warmup_steps <= 0:
         return None
     head = CtcHead(model.llama_model.get_input_embeddings().weight)
-    names = [n for n in set_trainable(model) if "lora_" not in n]
     params = dict(model.named_parameters())
-    if os.path.isfile(path):
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        with torch.no_grad():
-            for n, t in state["params"].items():
-                params[n].copy_(t)
-        head.load_state_dict(state["head"])
-        log(f"train: front warm-up taken from {path}")
-        return state["report"]
+    named = {n: params[n] for n in set_trainable(model) if "lora_" not in n}
+    named.update({f"ctc_head.{n}": p for n, p in head.named_parameters()})
     tok = model.tokenizer
-    asr = [i for i, s in enumerate(samples) if s.task == "asr"]
-    targets = {i: target_ids(tok, samples[i].text) for i in asr}
-    vocab = sorted({t for i in asr for t in targets[i][:-1]})
+    clips = [i for i, on in enumerate(ctc_clips(samples, ts)) if on]
+    targets = {i: target_ids(tok, samples[i].text) for i in clips}
+    vocab = sorted({t for i in clips for t in targets[i][:-1]})
     index = {v: k for k, v in enumerate(vocab)}
-    table = model.llama_model.get_input_embeddings().weight.detach()[vocab]  # the transcripts' pieces only
+    table = model.llama_model.get_input_embeddings().weight.detach()[vocab]  # the answers' pieces only
 
-    named = [(n, params[n]) for n in names] + [(f"ctc_head.{n}", p) for n, p in head.named_parameters()]
-    opt = make_optimizer(named, ts.front_warmup_lr, ts.weight_decay,
-                         lambda n: ts.front_warmup_lr * (10 if n.startswith("ctc_head.") else 1))
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    trainable = [p for _, p in named]
-    model.train()
-    model.speech_encoder.eval()
-    bar = progress(ts.front_warmup_steps) if progress else None
-    losses, t0 = [], time.perf_counter()
-    for step in range(ts.front_warmup_steps):
+    def step_loss(step: int):
         rng = np.random.default_rng([ts.seed, 13, step])
-        idx = [asr[int(j)] for j in rng.choice(len(asr), min(ts.front_warmup_batch, len(asr)), replace=False)]
+        idx = [clips[int(j)] for j in rng.choice(len(clips), min(ts.front_warmup_batch, len(clips)), replace=False)]
         torch.manual_seed(ts.seed * 1_000_003 + 500_000 + step)
         windows = [clip_windows(model, cache, i) for i in idx]
-        frames = window_frames_needed(model, max(windows))
-        set_lr(opt, base_lrs, warmup_cosine(step, ts.front_warmup_steps, min(100, ts.front_warmup_steps // 10)))
-        speech = speech_from_features(model, *cached_batch(cache, idx, frames))
+        speech = speech_from_features(model, *cached_batch(cache, idx, window_frames_needed(model, max(windows))))
         windows = [min(w, speech.shape[1]) for w in windows]
         tg = [[index[t] for t in targets[i][:-1]] + [-1] for i in idx]  # ctc_loss drops the last id
-        loss = ctc_loss(head, table, speech, windows, tg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, ts.grad_clip)
-        opt.step()
-        losses.append(round(loss.item(), 4))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(ctc=f"{np.mean(losses[-50:]):.3f}")
-        if (step + 1) % 200 == 0:
-            log(f"train: front warm-up step {step + 1} ctc {np.mean(losses[-50:]):.3f}")
+        return ctc_loss(head, table, speech, windows, tg), {}
+
+    steps = ts.front_warmup_steps
+    cfg = _loop_settings(ts, steps, ts.front_warmup_lr, min(100, steps // 10), os.path.join(state_dir, WARMUP))
+    cfg.max_minutes = None
+    bar = progress(steps) if progress else None
+    with only_trainable(model, named.values()):
+        model.speech_encoder.eval()
+        r = train_loop(named, step_loss, cfg, progress=bar, log=lambda m: log(f"train: front warm-up {m}"),
+                       lr_of=lambda n: ts.front_warmup_lr * (10 if n.startswith("ctc_head.") else 1))
     if bar is not None:
         bar.close()
-    report = {"steps": ts.front_warmup_steps, "batch": ts.front_warmup_batch, "vocabulary": len(vocab),
-              "first_ctc": losses[0], "final_ctc": round(float(np.mean(losses[-50:])), 4),
-              "seconds": round(time.perf_counter() - t0, 1)}
-    # the joint stage's head starts from this one (its blank and temperature), on the whole vocabulary
-    atomic_torch_save({"params": {n: params[n].detach().clone() for n in names}, "head": head.state_dict(),
-                       "report": report}, path)
     model.eval()
-    return report
+    ctc = r["curves"].get("loss", [])
+    return {"steps": r["steps"], "batch": ts.front_warmup_batch, "vocabulary": len(vocab),
+            "first_ctc": ctc[0] if ctc else None, "final_ctc": _tail(ctc), "seconds": r["seconds"]}
 
 
 def train(model, samples: list, cache: FeatureCache, ts, state_dir: str, *,
           progress: Optional[Callable] = None, log=print) -> dict:
-    """Run (or continue) the training stage; returns its report. `ts` is a DemoSettings."""
+    """Run (or continue) the joint stage (SALMONN's answer loss + the auxiliary CTC); returns its report.
+    `ts` is a DemoSettings."""
     names = set_trainable(model)
+    params = dict(model.named_parameters())
+    named = {n: params[n] for n in names}
     tok = model.tokenizer
     targets = [target_ids(tok, s.text) for s in samples]
     tasks = ["asr" if s.task == "asr" else "caption" for s in samples]
+    ctc_on = ctc_clips(samples, ts)
+    pool = epoch_pool(samples, ts.caption_repeat)
 
     head = CtcHead(model.llama_model.get_input_embeddings().weight) if ts.ctc_weight > 0 else None
     warm = os.path.join(state_dir, WARMUP)
-    if head is not None and os.path.isfile(warm):
-        head.load_state_dict(torch.load(warm, map_location="cpu", weights_only=True)["head"])
-    named = list(model.named_parameters())
-    if head is not None:  # the head's temperature and blank learn fast: at the weights' rate they barely move
-        named += [(f"ctc_head.{n}", p) for n, p in head.named_parameters()]
+    if head is not None:  # the head starts from the warm-up's (its blank and temperature), on the whole vocabulary
+        if os.path.isfile(warm):
+            state = torch.load(warm, map_location="cpu", weights_only=True)["params"]
+            head.load_state_dict({k[len("ctc_head."):]: v for k, v in state.items() if k.startswith("ctc_head.")})
+        named.update({f"ctc_head.{n}": p for n, p in head.named_parameters()})
 
-    def lr_of(name):
+    def lr_of(name):  # the head's temperature and blank learn fast: at the weights' rate they barely move
         if name.startswith("ctc_head."):
             return ts.lr * 10
         return ts.lora_lr if ("lora_" in name and ts.lora_lr is not None) else ts.lr
 
-    opt = make_optimizer(named, ts.lr, ts.weight_decay, lr_of)
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    os.makedirs(state_dir, exist_ok=True)
-    ckpt = os.path.join(state_dir, CKPT)
-    step, stats = 0, {"losses": [], "seconds": 0.0}
-    if os.path.isfile(ckpt):
-        step, stats = _load_state(ckpt, model, opt, names, head)
-        log(f"train: resuming from step {step} of {ts.steps} ({ckpt})")
-    model.train()
-    model.speech_encoder.eval()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_params = sum(p.numel() for p in trainable)
-    log(f"train: {len(names)} trainable tensors, {n_params / 1e6:.2f} M parameters; {len(samples)} clips, "
-        f"batch {ts.batch}, {ts.steps} steps")
-    bar = progress(ts.steps) if progress else None
-    if bar is not None:
-        bar.update(step)
-    t_start, last_ckpt = time.perf_counter(), time.perf_counter()
-    spent = stats.get("seconds", 0.0)
-    stopped = None
-    while step < ts.steps:
-        if ts.max_minutes is not None and spent + time.perf_counter() - t_start > ts.max_minutes * 60:
-            stopped = f"max_minutes {ts.max_minutes} reached at step {step}"
-            log(f"train: {stopped}")
-            break
-        idx = batch_at(step, len(samples), ts.batch, ts.seed)
+    def step_loss(step: int):
+        idx = batch_at(step, pool, ts.batch, ts.seed)
         rng = np.random.default_rng([ts.seed, 11, step])
         torch.manual_seed(ts.seed * 1_000_003 + step)
         frames = keep_frames(model, cache, idx, rng, ts.full_share)
         off = [tasks[i] == "caption" and rng.random() < ts.whisper_drop for i in idx]
-        set_lr(opt, base_lrs, warmup_cosine(step, ts.steps, ts.warmup))
         loss, per_task = batch_loss(model, cache, idx, [tasks[i] for i in idx], [targets[i] for i in idx],
-                                    frames=frames, whisper_off=off, ctc_head=head, ctc_weight=ts.ctc_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(trainable, ts.grad_clip)
-        opt.step()
-        step += 1
-        rec = {"step": step, "loss": round(loss.item(), 4), "grad_norm": round(float(gnorm), 3)}
-        rec.update({t: round(s / max(c, 1), 4) for t, (s, c) in per_task.items()})
-        stats["losses"].append(rec)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{_tail(stats['losses'], 'loss'):.3f}")
-        if step % 50 == 0:
-            log(f"train: step {step} loss {_tail(stats['losses'], 'loss'):.3f} (asr "
-                f"{_tail(stats['losses'], 'asr'):.3f}, caption {_tail(stats['losses'], 'caption'):.3f}, ctc "
-                f"{_tail(stats['losses'], 'ctc'):.3f})")
-        now = time.perf_counter()
-        if step == ts.steps or (ts.checkpoint_minutes and now - last_ckpt > ts.checkpoint_minutes * 60):
-            stats["seconds"] = round(spent + now - t_start, 1)
-            _save_state(ckpt, model, opt, step, names, stats, head)
-            last_ckpt = now
+                                    frames=frames, whisper_off=off, ctc_head=head, ctc_weight=ts.ctc_weight,
+                                    ctc_on=[ctc_on[i] for i in idx])
+        return loss, {t: s / max(c, 1) for t, (s, c) in per_task.items()}
+
+    n_params = sum(p.numel() for n, p in named.items() if not n.startswith("ctc_head."))
+    log(f"train: {len(names)} trainable tensors, {n_params / 1e6:.2f} M parameters; {len(samples)} clips, "
+        f"batch {ts.batch}, {ts.steps} steps")
+    os.makedirs(state_dir, exist_ok=True)
+    bar = progress(ts.steps) if progress else None
+    with only_trainable(model, named.values()):
+        model.speech_encoder.eval()
+        r = train_loop(named, step_loss, _loop_settings(ts, ts.steps, ts.lr, ts.warmup, os.path.join(state_dir, CKPT)),
+                       lr_of=lr_of, progress=bar, log=lambda m: log(f"train: {m}"))
     if bar is not None:
         bar.close()
-    stats["seconds"] = round(spent + time.perf_counter() - t_start, 1)
-    if step == ts.steps or stopped:
-        _save_state(ckpt, model, opt, step, names, stats, head)
     model.eval()
-    losses = stats["losses"]
-    return {"steps": step, "planned_steps": ts.steps, "stopped": stopped, "trainable_tensors": len(names),
-            "trainable_parameters": n_params, "seconds": stats["seconds"],
-            "first_loss": losses[0]["loss"] if losses else None, "final_loss": _tail(losses, "loss"),
-            "final_asr_loss": _tail(losses, "asr"), "final_caption_loss": _tail(losses, "caption"),
-            "final_ctc_loss": _tail(losses, "ctc"),
-            "curve": _curve(losses)}
+    c = r["curves"]
+    return {"steps": r["steps"], "planned_steps": ts.steps, "stopped": r["stopped"], "trainable_tensors": len(names),
+            "trainable_parameters": n_params, "seconds": r["seconds"],
+            "first_loss": c["loss"][0] if c.get("loss") else None, "final_loss": _tail(c.get("loss", [])),
+            "final_asr_loss": _tail(c.get("asr", [])), "final_caption_loss": _tail(c.get("caption", [])),
+            "final_ctc_loss": _tail(c.get("ctc", [])), "curve": _curve(c.get("loss", []))}
 
 
-def _tail(losses: list, key: str, n: int = 50) -> float:
-    vals = [r[key] for r in losses[-n:] if key in r]
-    return round(float(np.mean(vals)), 4) if vals else float("nan")
+def _tail(values: list, n: int = 50) -> float:
+    return round(float(np.mean(values[-n:])), 4) if values else float("nan")
 
 
 def _curve(losses: list, points: int = 20) -> list:
-    if not losses:
-        return []
+    """About `points` (step, mean loss over the preceding stretch) pairs of the loss curve."""
     every = max(1, len(losses) // points)
-    return [{"step": r["step"], "loss": _tail(losses[: i + 1], "loss", every)}
-            for i, r in enumerate(losses) if (i + 1) % every == 0]
+    return [{"step": i + 1, "loss": _tail(losses[: i + 1], every)} for i in range(len(losses)) if (i + 1) % every == 0]
 
 
 @torch.no_grad()

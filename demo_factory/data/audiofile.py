@@ -8,14 +8,14 @@ page checksums, so the same seed gives identical files.
 from __future__ import annotations
 
 import io
-import os
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, choices
+from compress.errors import ConfigError, choices
+from compress.fileio import write_bytes
 from .signals import SR
 
 FORMATS = {"ogg": ("OGG", "VORBIS"), "flac": ("FLAC", "PCM_16")}
@@ -72,9 +72,5 @@ def write_audio(path, wav: np.ndarray, fmt: str = "ogg") -> int:
     data = buf.getvalue()
     if fmt == "ogg":
         data = set_ogg_serial(data, zlib.crc32(Path(path).name.encode()))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes(path, data)
     return len(data)

@@ -16,6 +16,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from compress.fileio import atomic_path
+
 PATCH = 16  # BEATs patch size in fbank frames
 
 
@@ -34,7 +36,7 @@ def clip_digest(path: str) -> str:
 
 def clip_fbank(wav: np.ndarray) -> np.ndarray:
     """BEATs' normalised fbank of one clip, cut to whole patches: (16 * k, 128) float16."""
-    from ..fbank import beats_fbank
+    from compress.fbank import beats_fbank
 
     fb = beats_fbank(torch.from_numpy(np.asarray(wav, dtype=np.float32))[None])[0]
     n = max(PATCH, (fb.shape[0] // PATCH) * PATCH)
@@ -72,16 +74,15 @@ class FeatureCache:
 
 
 def _save(path: str, arr: np.ndarray) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}.npy"
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npy") as tmp:  # np.save appends .npy to a name without it
+        np.save(tmp, arr)
 
 
 @torch.inference_mode()
 def build_cache(speech_encoder: torch.nn.Module, samples: list, cache_dir: str, *, batch: int = 8,
                 progress: Optional[Callable] = None, log=print) -> FeatureCache:
     """The cache of `samples` under `cache_dir`, encoding only the clips it lacks."""
-    from ..audio import load_audio, whisper_features
+    from compress.audio import load_audio, whisper_features
 
     folder = os.path.join(cache_dir, f"whisper-{state_digest(speech_encoder)}")
     os.makedirs(folder, exist_ok=True)

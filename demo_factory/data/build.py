@@ -1,15 +1,15 @@
 """Generate a split of the speech + sound dataset: ASR clips from TTS voices, captioning clips from procedural sounds.
 
-    python -m compress.data.build --out benchmarks/data --split dev --seed 0 [--asr 100] [--caption 100]
+    python -m demo_factory.data.build --out benchmarks/data --split dev --seed 0 [--asr 100] [--caption 100]
 
 writes ``OUT/SPLIT.json`` (SALMONN's ``{"annotation": [...]}``, paths relative to it) and the clips
 under ``OUT/SPLIT/``. Every clip comes from its own generator seeded by (seed, split, task, index),
 so the same arguments give identical files, and ``--asr 10`` gives the first 10 clips of
-``--asr 100``. Sentences come from :mod:`compress.data.sentences` (dev and test sentences never
-occur in train); the voice :data:`~compress.data.tts.HELDOUT_VOICE` never speaks in train and
+``--asr 100``. Sentences come from :mod:`demo_factory.data.sentences` (dev and test sentences never
+occur in train); the voice :data:`~demo_factory.data.tts.HELDOUT_VOICE` never speaks in train and
 speaks a share of the dev and test ASR clips (entries carry ``"voice"`` and ``"heldout_voice"``).
 ``--chain N`` (train only) adds N ASR clips ``train/chain_*`` of word-bigram sequences over the train
-sentences (:func:`compress.data.sentences.chain_sentences`, marked ``"sentence_source": "chain"``): far
+sentences (:func:`demo_factory.data.sentences.chain_sentences`, marked ``"sentence_source": "chain"``): far
 more word sequences than the pool's 2,102 train sentences, so that a model cannot get by on whole
 sentences it remembers.
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, UserError, choices
+from compress.errors import ConfigError, UserError, choices
 from . import signals as S
 from . import sounds, tts
-from .annotations import write_annotations
+from compress.data.annotations import write_annotations
 from .audiofile import FORMATS, write_audio
 from .sentences import LICENCE, chain_sentences, normalise, sentences_for
 
@@ -34,6 +34,8 @@ DEFAULT_COUNTS = {"train": (2000, 2000), "dev": (100, 100), "test": (100, 100)}
 HELDOUT_SHARE = 0.2  # of the dev / test ASR clips
 ASR_NOISE_SHARE = 0.3
 GENERATOR_VERSION = 2
+# written into every annotation file's meta and compared on reuse; the name is the one the shipped splits carry
+GENERATOR_ID = f"compress.data.build v{GENERATOR_VERSION}"
 CHAIN_SOURCE = "chain"  # "sentence_source" of the --chain clips' entries
 
 
@@ -175,7 +177,7 @@ def build_split(out, split: str, seed: int = 0, n_asr: int | None = None, n_capt
     for stale in sorted(clip_dir.glob("*")) if clip_dir.is_dir() else []:
         if stale.is_file() and stale.name.startswith(("asr_", "cap_", "chain_")) and stale not in written:
             stale.unlink()
-    meta = {"generator": f"compress.data.build v{GENERATOR_VERSION}", "split": split, "seed": seed,
+    meta = {"generator": GENERATOR_ID, "split": split, "seed": seed,
             "asr": n_asr, "caption": n_caption, **({"chain": n_chain} if n_chain else {}), "format": fmt, "voices": voices,
             "heldout_voice": tts.HELDOUT_VOICE, "sentences": LICENCE}
     ann = out / f"{split}.json"
@@ -184,7 +186,7 @@ def build_split(out, split: str, seed: int = 0, n_asr: int | None = None, n_capt
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m compress.data.build", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m demo_factory.data.build", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output folder (annotation OUT/SPLIT.json, clips OUT/SPLIT/)")
     ap.add_argument("--split", required=True, choices=list(SPLIT_IDS))
     ap.add_argument("--seed", type=int, default=0)
