@@ -101,7 +101,8 @@ def accelerator(accumulate: int = 1):
     from accelerate import Accelerator
 
     if _ACCELERATOR is None:
-        _ACCELERATOR = Accelerator(gradient_accumulation_steps=max(1, accumulate))
+        # the caller places the model; the optimizer state stays beside its parameters
+        _ACCELERATOR = Accelerator(gradient_accumulation_steps=max(1, accumulate), device_placement=False)
     else:
         _ACCELERATOR.gradient_accumulation_steps = max(1, accumulate)
     _ACCELERATOR.step = 0  # micro-batch counter of the accumulation: each loop starts on a boundary
