@@ -242,9 +242,11 @@ def front_warmup(model, samples: list, cache: FeatureCache, ts, state_dir: str, 
     def step_loss(step: int):
         rng = np.random.default_rng([ts.seed, 13, step])
         idx = [clips[int(j)] for j in rng.choice(len(clips), min(ts.front_warmup_batch, len(clips)), replace=False)]
+        off = [samples[i].task != "asr" and rng.random() < ts.warmup_whisper_drop for i in idx]
         torch.manual_seed(ts.seed * 1_000_003 + 500_000 + step)
         windows = [clip_windows(model, cache, i) for i in idx]
-        speech = speech_from_features(model, *cached_batch(cache, idx, window_frames_needed(model, max(windows))))
+        speech = speech_from_features(model, *cached_batch(cache, idx, window_frames_needed(model, max(windows))),
+                                      whisper_off=off)
         windows = [min(w, speech.shape[1]) for w in windows]
         tg = [[index[t] for t in targets[i][:-1]] + [-1] for i in idx]  # ctc_loss drops the last id
         return ctc_loss(head, table, speech, windows, tg), {}
