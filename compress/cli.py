@@ -196,7 +196,7 @@ def cmd_export(args) -> int:
         require_tensorrt()
     if args.check and not os.path.isfile(args.check):
         raise UserError(f"--check {args.check!r}: no such annotation file")
-    from .loaders.artifact import check_output
+    from .outputs import check_output
     from .runner import source_info
 
     check_output(args.out, args.overwrite)  # before the export: --overwrite replaces only this tool's outputs

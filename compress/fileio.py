@@ -1,6 +1,6 @@
 """Atomic file writes: every file this package (and the demo factory) writes goes beside its target first and is
 renamed onto it, so a crash or a kill never leaves a file that looks complete. The temporary name is
-`.NAME.tmp-PID` in the target's folder (the pattern `loaders.artifact.clean_stale_siblings` removes when the
+`.NAME.tmp-PID` in the target's folder (the pattern `outputs.clean_stale_siblings` removes when the
 process that made it is gone); files get the umask's permissions."""
 
 from __future__ import annotations

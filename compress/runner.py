@@ -63,7 +63,7 @@ class RunContext:
 
 def source_info(spec: str, model) -> dict:
     """Provenance of the input model: preset name and seed, artifact file hashes, or checkpoint hash."""
-    from .loaders.artifact import sha256_file
+    from .outputs import sha256_file
 
     info = {"spec": spec}
     if getattr(model, "manifest", None):
@@ -83,7 +83,8 @@ def run_recipe(recipe, spec: str, out: str, *, overwrite: bool = False, model_kw
                progress: bool = True, bench: bool = True, storage: str = "sparse",
                weights_dtype: Optional[str] = "auto", log=print) -> dict:
     from .loaders import load_model
-    from .loaders.artifact import check_output, model_notes, save_artifact
+    from .loaders.artifact import model_notes, save_artifact
+    from .outputs import check_output
     from .trainloop import process
 
     out = os.path.abspath(out)
@@ -122,7 +123,7 @@ def run_recipe(recipe, spec: str, out: str, *, overwrite: bool = False, model_kw
             weights_dtype = None if (model_kwargs or {}).get("dtype") else getattr(model, "stored_dtype", None)
         save_artifact(model, out, overwrite=overwrite, storage=storage, weights_dtype=weights_dtype,
                       manifest_extra=extra())
-        from .loaders.artifact import read_manifest
+        from .outputs import read_manifest
 
         st = read_manifest(out)["storage"]
         log(f"artifact written to {out} ({st['mode']} storage, {st['weights_dtype']} weights: "

@@ -102,11 +102,19 @@ def accelerator(accumulate: int = 1):
 
     if _ACCELERATOR is None:
         # the caller places the model; the optimizer state stays beside its parameters
-        _ACCELERATOR = Accelerator(gradient_accumulation_steps=max(1, accumulate), device_placement=False)
+        _ACCELERATOR = Accelerator(gradient_accumulation_steps=max(1, accumulate), device_placement=False,
+                                   cpu=_cpu_only())
     else:
         _ACCELERATOR.gradient_accumulation_steps = max(1, accumulate)
     _ACCELERATOR.step = 0  # micro-batch counter of the accumulation: each loop starts on a boundary
     return _ACCELERATOR
+
+
+def _cpu_only() -> bool:
+    """No accelerator device here. accelerate then needs `cpu=True` to join a launcher's process group (gloo):
+    without it a CPU-only process under torchrun / `accelerate launch` without --cpu quietly runs alone, and
+    every process would act as the main one."""
+    return not torch.accelerator.is_available()
 
 
 def process() -> tuple:
@@ -115,7 +123,7 @@ def process() -> tuple:
         return 0, 1
     from accelerate import PartialState
 
-    s = PartialState()
+    s = PartialState(cpu=_cpu_only())
     return s.process_index, s.num_processes
 
 

@@ -82,7 +82,8 @@ def test_set_decoding_changes_the_default_and_logs_it(tmp_path, capsys):
     import os
 
     from compress.loaders import load_model
-    from compress.loaders.artifact import save_artifact, sha256_file
+    from compress.loaders.artifact import save_artifact
+    from compress.outputs import sha256_file
 
     art = save_artifact(load_model("tiny"), str(tmp_path / "art"), manifest_extra={"training": {"seed": 0}})
     weights = sha256_file(os.path.join(art, "model.safetensors"))

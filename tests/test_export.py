@@ -15,7 +15,7 @@ from compress.cli import main
 from compress.data.annotations import read_annotations
 from compress.errors import CheckpointError, ConfigError, UserError
 from compress.loaders import load_model
-from compress.loaders.artifact import read_manifest, verify_files
+from compress.outputs import read_manifest, verify_files
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

@@ -1,4 +1,6 @@
-"""The package's shape: the product never imports the demo-model factory, and its import graph has no loops."""
+"""The package's shape: the product never imports the demo-model factory, and its import graph has no loops: not
+between modules (lazy imports inside functions included), and not between folders (no import from a lower layer
+back up to a higher one)."""
 
 import ast
 import os
@@ -85,13 +87,38 @@ def test_the_product_never_imports_the_demo_factory():
 def test_the_factory_is_found_by_the_checker():
     """The check above can fail: the factory's own imports of the product are seen by the same parser."""
     edges = _imports({**_modules("demo_factory"), **_modules("compress")})
-    assert any(t.startswith("compress.") for t in edges["demo_factory.train.demo"])
+    assert any(t.startswith("compress.") for t in edges["demo_factory.train.pipeline"])
 
 
 def test_no_import_loops_at_module_level():
     edges = _imports(_modules("compress"))
     graph = {m: [t for t, lazy in d.items() if not lazy and t.startswith("compress")] for m, d in edges.items()}
     assert _cycles(graph) == []
+
+
+def test_no_import_loops_counting_lazy_imports():
+    edges = _imports(_modules("compress"))
+    graph = {m: [t for t in d if t.startswith("compress")] for m, d in edges.items()}
+    assert _cycles(graph) == []
+
+
+def _layer(module: str) -> str:
+    """The folder a module is drawn in: compress.loaders.artifact -> compress.loaders; top-level modules alone."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def test_layers_import_only_downward():
+    """Folders as layers (loaders, models, quant, export, steps, bench, ...): no two import each other, directly or
+    around a loop, so the layers stack and every import runs down."""
+    edges = _imports(_modules("compress"))
+    graph: dict = {}
+    for m, d in edges.items():
+        for t in d:
+            if t.startswith("compress") and _layer(t) != _layer(m):
+                graph.setdefault(_layer(m), set()).add(_layer(t))
+    assert _cycles({k: sorted(v) for k, v in graph.items()}) == []
+    assert "compress.outputs" in graph.get("compress.loaders", ())  # the graph is the real one
 
 
 def test_cycle_finder_finds_a_loop():

@@ -10,7 +10,8 @@ from bundle import tone
 from compress.errors import CheckpointError, ConfigError, UserError
 from compress.inspect_model import part_stats
 from compress.loaders import load_model
-from compress.loaders.artifact import MANIFEST, save_artifact
+from compress.loaders.artifact import save_artifact
+from compress.outputs import MANIFEST
 from compress.models.build import build_modules
 from compress.models.presets import preset_config
 from compress.models.tokenizer import byte_tokenizer
@@ -141,7 +142,7 @@ def test_artifact_refuses_overwrite_and_cleans_up_on_failure(tiny, tmp_path, mon
     save_artifact(tiny, out)
     with pytest.raises(UserError, match="already exists"):
         save_artifact(tiny, out)
-    import compress.loaders.artifact as art
+    import compress.outputs as art
 
     def boom(*a, **k):
         raise KeyboardInterrupt

@@ -182,7 +182,7 @@ def test_cli_run_and_interrupt_leaves_nothing(tmp_path, monkeypatch, capsys):
     assert main(["run", str(p), "--model", "tiny", "--out", str(out)]) == 0
     assert (out / "manifest.json").exists()
     assert main(["run", str(p), "--model", "tiny", "--out", str(out)]) == 2  # exists, no --overwrite
-    import compress.loaders.artifact as art
+    import compress.outputs as art
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt

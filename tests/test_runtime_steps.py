@@ -11,7 +11,7 @@ from compress.loaders import load_model
 from compress.models.salmonn import real_mel_frames, whisper_encode
 from compress.recipe import parse_recipe
 from compress.runner import run_recipe
-from compress.steps.runtime import apply_runtime, set_attention
+from compress.runtime import apply_runtime, set_attention
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CALIB = os.path.join(ROOT, "benchmarks", "data", "calib.json")
@@ -134,7 +134,7 @@ def test_liger_refuses_without_cuda_at_run_time(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="Liger kernels need CUDA and liger-kernel")
 def test_liger_on_cuda():
     pytest.importorskip("liger_kernel")
-    from compress.steps.runtime import apply_liger
+    from compress.runtime import apply_liger
 
     m = load_model("tiny").cuda()
     audio = _clip()

@@ -43,7 +43,7 @@ def test_artifact_names_the_frozen_whisper_instead_of_storing_it(tmp_path):
 
     from compress.loaders.artifact import load_artifact, save_artifact
     from demo_factory.train import settings as S
-    from demo_factory.train.demo import assemble, stage_llm
+    from demo_factory.train.pipeline import assemble, stage_llm
 
     ts = S.preset("test").replace(whisper="tiny.en", qformer_hidden=32)
     tok, folder = stage_llm(ts, progress=False)

@@ -10,7 +10,7 @@ import torch
 from compress.data.annotations import read_annotations, write_annotations
 from compress.loaders.spec import DEMO_DIR
 from demo_factory.train import settings as S
-from demo_factory.train.demo import assemble, stage_llm, train
+from demo_factory.train.pipeline import assemble, stage_llm, train
 
 MAX_DEMO_BYTES = 60 * 1000 * 1000
 
@@ -172,7 +172,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tiny_data, tmp_path):
     """Stopped by max_minutes after a few steps (as a kill after a checkpoint), the rerun finishes the schedule
     and its weights equal an uninterrupted run's."""
     from demo_factory.train.loop import CKPT
-    from demo_factory.train.demo import run_key
+    from demo_factory.train.pipeline import run_key
 
     ts = S.preset("test")
     whole = train(ts, str(tmp_path / "whole"), data_dir=str(tmp_path / "a"), annotations=tiny_data,

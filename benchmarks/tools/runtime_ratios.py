@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     from compress.bench.results import write_json
     from compress.data.annotations import read_annotations
     from compress.loaders import load_model
-    from compress.steps.runtime import SDPA_PARTS, compile_parts, set_attention
+    from compress.runtime import SDPA_PARTS, compile_parts, set_attention
 
     set_threads(a.threads)
     t0 = time.perf_counter()

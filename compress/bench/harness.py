@@ -53,7 +53,7 @@ def git_revision() -> Optional[str]:
 def environment(device: str) -> dict:
     import torch
 
-    from ..loaders.artifact import package_versions
+    from ..outputs import package_versions
 
     return {
         "python": sys.version.split()[0],
@@ -170,7 +170,7 @@ def score(records: list, settings: BenchSettings) -> dict:
 
 def artifact_bytes(spec: str) -> Optional[int]:
     """Bytes on disk of the model's artifact directory (None for presets and official checkpoints)."""
-    from ..loaders.artifact import dir_bytes
+    from ..outputs import dir_bytes
     from ..loaders.spec import DEMO_DIR
 
     path = DEMO_DIR if spec == "demo" else spec
@@ -247,7 +247,8 @@ def run_benchmark(spec: str, data: str, settings: BenchSettings, *, model_kwargs
         bar.close()
     tasks = score(records, settings)
     eff = run_efficiency(model, spec, records, settings, model_kwargs)
-    from ..loaders.artifact import model_notes, sha256_file
+    from ..loaders.artifact import model_notes
+    from ..outputs import sha256_file
 
     return {
         "schema": SCHEMA,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..loaders.artifact import atomic_directory, file_table, package_versions, write_manifest
+from ..outputs import atomic_directory, file_table, package_versions, write_manifest
 from .wrappers import DecoderWithCache, example_audio, float32_front, full_mel_frames, merged_llm, require_exportable
 from .layout import CONFIG, EMBED, FRONT, KIND, LLM  # noqa: F401  (re-exported)
 

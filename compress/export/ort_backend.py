@@ -191,7 +191,7 @@ class OrtSalmonn(PromptMixin):
 
 def load_onnx_export(path: str, *, verify: bool = True, dtype=None, providers: Optional[list] = None) -> OrtSalmonn:
     """A directory written by `export --format onnx` -> OrtSalmonn (every file checked against the manifest)."""
-    from ..loaders.artifact import read_manifest, verify_files
+    from ..outputs import read_manifest, verify_files
 
     manifest = read_manifest(path)
     if manifest.get("kind") != KIND:

@@ -18,7 +18,7 @@ def parity_check(model, export_dir: str, *, data: str, limit: int = 4, max_new_t
     """
     from ..audio import load_audio
     from ..data.annotations import read_annotations
-    from ..loaders.artifact import sha256_file
+    from ..outputs import sha256_file
     from .ort_backend import OrtSalmonn
 
     if limit < 1 or max_new_tokens < 1:

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from ..errors import UserError
-from ..loaders.artifact import atomic_directory, file_table, write_manifest
+from ..outputs import atomic_directory, file_table, write_manifest
 from .wrappers import DecoderWithCache, example_audio, float32_front, full_mel_frames, merged_llm, require_exportable
 
 KIND = "tensorrt"

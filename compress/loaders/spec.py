@@ -29,7 +29,8 @@ def parse_dtype(name: Optional[str]):
 def load_model(spec: str, *, allow_unsafe_pickle: bool = False, dtype: Optional[str] = None,
                qformer_config: Optional[str] = None, seed: int = 0):
     from ..models.presets import PRESETS, build_preset
-    from .artifact import MANIFEST, load_artifact, read_manifest
+    from ..outputs import MANIFEST, read_manifest
+    from .artifact import load_artifact
     from .official import load_official
 
     dt = parse_dtype(dtype)
@@ -42,7 +43,7 @@ def load_model(spec: str, *, allow_unsafe_pickle: bool = False, dtype: Optional[
     if spec == "demo":
         if not os.path.isfile(os.path.join(DEMO_DIR, MANIFEST)):
             raise UserError(f"the demo model is not built in this checkout ({DEMO_DIR} has no {MANIFEST}); "
-                            "build it with: python -m demo_factory.train.demo")
+                            "build it with: python -m demo_factory.train")
         return load_artifact(DEMO_DIR, dtype=dt)
     if spec in PRESETS:
         model = build_preset(spec, seed=seed, dtype=dt)

@@ -47,7 +47,7 @@ def export_hf_gptq(model, out_dir: str, *, checkpoint_format: str = "gptq", dtyp
     """Write model's LLM (a Salmonn whose LLM Linears were replaced by GPTQLinear) as an HF GPTQ checkpoint."""
     from safetensors.torch import save_file
 
-    from ..loaders.artifact import FORMAT, MARKER, atomic_directory, split_shared
+    from ..outputs import FORMAT, MARKER, atomic_directory, split_shared
 
     if checkpoint_format not in ("gptq", "gptq_v2"):
         raise UserError(f"export: checkpoint_format must be 'gptq' or 'gptq_v2', got {checkpoint_format!r}")

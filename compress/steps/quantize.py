@@ -1,6 +1,6 @@
 """Quantization steps `gptq`, `rtn`, `bitsandbytes`, `torchao`: swap targeted Linears for quantized modules.
 
-Each replaced module is recorded as a module override (steps/overrides.py) so that artifacts rebuild it on
+Each replaced module is recorded as a module override (loaders/overrides.py) so that artifacts rebuild it on
 load, and each step reports what it measured after acting: bits per parameter from the stored tensors,
 bytes per part, and the reconstruction error per layer (weight, and for GPTQ the output on the calibration
 inputs next to what round-to-nearest would give on the same inputs). Nothing here claims speed: on CPU the
@@ -12,12 +12,12 @@ from __future__ import annotations
 from typing import Optional
 
 from ..inspect_model import part_stats
+from ..loaders.overrides import record_override, set_module
 from ..models.salmonn import part_of
-from ..quant.gptq_math import HessianAccumulator, gptq_quantize, output_error
+from ..quant.gptq_math import gptq_quantize, output_error
 from ..quant.qlinear import GPTQLinear
 from ..quant.rtn import relative_error, rtn_quantize
-from .calibration import by_blocks, collect_hessians, run_hooked
-from .overrides import record_override, register_rebuilder, set_module
+from .calibration import by_blocks, collect_hessians
 from .registry import Step, register
 from .schema import BitsandbytesConfig, GptqConfig, RtnConfig, TorchaoConfig  # noqa: F401
 from .targets import select_linears
@@ -165,11 +165,6 @@ class Gptq(QuantStep):
         return report
 
 
-@register_rebuilder("gptq")
-def _rebuild_gptq(old, spec: dict):
-    return GPTQLinear.from_spec(spec)
-
-
 # ----------------------------------------------------------------------------------------------- bitsandbytes
 @register("bitsandbytes")
 class Bitsandbytes(QuantStep):
@@ -209,13 +204,6 @@ class Bitsandbytes(QuantStep):
         return report
 
 
-@register_rebuilder("bitsandbytes")
-def _rebuild_bnb(old, spec: dict):
-    from ..quant import bnb
-
-    return bnb.rebuild(spec)
-
-
 # ----------------------------------------------------------------------------------------------- torchao
 @register("torchao")
 class Torchao(QuantStep):
@@ -235,10 +223,3 @@ class Torchao(QuantStep):
             per_layer[n] = {"weight_rel_error": relative_error(w, new.dequantize())}
             self.replace(model, n, m, new, "torchao", new.spec())
         return {"mode": c.mode, **self.measure(model, per_layer, [])}
-
-
-@register_rebuilder("torchao")
-def _rebuild_torchao(old, spec: dict):
-    from ..quant.ao import TorchaoInt8Linear
-
-    return TorchaoInt8Linear.from_spec(spec)

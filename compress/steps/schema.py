@@ -15,14 +15,13 @@ from typing import ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..runtime import SDPA_PARTS  # torch-free
+
 CONFIGS: dict[str, type] = {}
 
 # The model's parts in data-flow order (compress.models.salmonn.PARTS, which imports torch;
 # compress.steps.targets checks that the two agree).
 PARTS = ("speech_encoder", "beats", "qformer", "proj", "llm")
-SDPA_PARTS = ("speech_encoder", "beats", "qformer")
-COMPILE_PARTS = ("speech_encoder", "beats", "qformer", "llm")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def step_config(name: str):

@@ -2,27 +2,38 @@
 
 A step that swaps `model.<name>` for another module calls `record_override(model, name, kind, spec)`;
 the artifact stores `{name: {"kind": kind, **spec}}` in config.json; loading builds the plain model,
-then `restore_modules` asks the registered rebuilder of each kind for an empty module with the right
-shapes and buffers, puts it in place, and the state dict is loaded on top as usual.
+then `restore_modules` asks the rebuilder of each kind (the table REBUILDERS below: one per quantized module
+class of compress/quant) for an empty module with the right shapes and buffers, puts it in place, and the state
+dict is loaded on top as usual.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 from torch import nn
 
 from ..errors import CheckpointError, choices
 
-REBUILDERS: dict = {}
+
+def _gptq(old, spec: dict) -> nn.Module:
+    from ..quant.qlinear import GPTQLinear
+
+    return GPTQLinear.from_spec(spec)
 
 
-def register_rebuilder(kind: str):
-    def deco(fn: Callable):
-        REBUILDERS[kind] = fn
-        return fn
+def _bitsandbytes(old, spec: dict) -> nn.Module:
+    from ..quant import bnb  # imports bitsandbytes: only when an artifact holds such modules
 
-    return deco
+    return bnb.rebuild(spec)
+
+
+def _torchao(old, spec: dict) -> nn.Module:
+    from ..quant.ao import TorchaoInt8Linear
+
+    return TorchaoInt8Linear.from_spec(spec)
+
+
+# override kind -> (replaced module, its spec) -> an empty module of the kind, ready for load_state_dict
+REBUILDERS = {"gptq": _gptq, "bitsandbytes": _bitsandbytes, "torchao": _torchao}
 
 
 def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -38,9 +49,6 @@ def record_override(model, name: str, kind: str, spec: dict) -> None:
 
 
 def restore_modules(model, overrides: dict) -> None:
-    from . import load_steps
-
-    load_steps()  # the step modules register the rebuilders of the modules they put in
     for name, spec in overrides.items():
         kind = spec.get("kind")
         if kind not in REBUILDERS:

