@@ -61,6 +61,12 @@ def test_result_schema(result):
     assert eff["latency"]["ttft_ms"]["unit"] == "ms" and eff["latency"]["ttft_ms"]["p50"] > 0
     assert eff["latency"]["config"]["n_tokens"] == 4
     assert eff["memory"]["peak_rss_mib"] > eff["memory"]["baseline_rss_mib"] > 0
+    lat, phases = eff["latency"], eff["memory"]["phases"]  # TTFT in phases; each phase's own time and peak
+    assert lat["front_ms"]["p50"] > 0 and lat["prefill_ms"]["p50"] > 0
+    assert lat["front_ms"]["p50"] + lat["prefill_ms"]["p50"] == pytest.approx(lat["ttft_ms"]["p50"], rel=0.25)
+    assert list(phases) == ["load", "audio_read", "speech_front", "prefill", "decode"]
+    assert all(p["seconds"] >= 0 and p["peak_rss_mib"] > 0 for p in phases.values())
+    assert eff["memory"]["workload_peak_rss_mib"] >= max(p["peak_rss_mib"] for p in phases.values())
     assert eff["decode_bound"]["tpot_over_bound"] > 0
     assert result["environment"]["torch_threads"] >= 1 and result["environment"]["packages"]["torch"]
     assert set(result["model"]["parts"]) == {"speech_encoder", "beats", "qformer", "proj", "llm"}

@@ -45,12 +45,16 @@ class FakeGenerator:
         return self.step_s(k) if callable(self.step_s) else self.step_s
 
     def generate(self, audios, task, *, max_new_tokens, num_beams=1, ignore_eos=False,
-                 on_token=None):
+                 on_token=None, on_phase=None):
         self.calls.append(dict(n=len(audios), task=task, max_new_tokens=max_new_tokens,
                                num_beams=num_beams, ignore_eos=ignore_eos))
-        deadline = time.perf_counter() + self.encode_s + self.prefill_s
+        deadline = time.perf_counter() + self.encode_s
         if len(self.calls) == 1:
             deadline += self.cold_extra_s
+        time.sleep(max(0.0, deadline - time.perf_counter()))
+        if on_phase is not None:
+            on_phase("speech_front")
+        deadline += self.prefill_s
         n = min(max_new_tokens, self.stop_after or max_new_tokens)
         for k in range(n):
             if k:
@@ -92,6 +96,8 @@ def test_ttft_tpot_match_injected_delays_and_warmup_is_discarded():
     assert close(d["step_ms"]["p50"], tpot_ms), d["step_ms"]
     assert close(d["tokens_per_s"]["p50"], n / (e2e_ms / 1e3))
     assert close(d["decode_tokens_per_s"]["p50"], 1e3 / tpot_ms)
+    assert close(d["front_ms"]["p50"], encode * 1e3), d["front_ms"]  # TTFT in its two phases
+    assert close(d["prefill_ms"]["p50"], prefill * 1e3), d["prefill_ms"]
 
     assert len(gen.calls) == 1 + 3
     assert all(c == dict(n=1, task="asr", max_new_tokens=n, num_beams=1, ignore_eos=True)
@@ -132,7 +138,7 @@ def test_sync_called_before_and_after_every_run():
     calls = []
     res = measure_latency(FakeGenerator(0, 0, 0.001), AUDIO, "asr", n_tokens=3, warmup=2,
                           repeats=3, sync=lambda: calls.append(1))
-    assert len(calls) == 2 * (2 + 3)
+    assert len(calls) == 3 * (2 + 3)  # before, at the end of the speech front, after
     assert res.sync.startswith("user")
 
 
@@ -143,7 +149,7 @@ def test_cuda_device_synchronises_with_torch_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # no CUDA events
     res = measure_latency(FakeGenerator(0, 0, 0.001, device="cuda"), AUDIO, "asr", n_tokens=3,
                           warmup=1, repeats=2)
-    assert len(seen) == 2 * 3 and all(d == torch.device("cuda") for d in seen)
+    assert len(seen) == 3 * 3 and all(d == torch.device("cuda") for d in seen)
     assert (res.sync, res.device) == ("torch.cuda.synchronize", "cuda")
 
 

@@ -16,7 +16,7 @@ from compress.errors import ConfigError, UserError
 from compress.inspect_model import part_stats
 from compress.loaders import load_model
 from compress.loaders.artifact import save_artifact
-from compress.quant.export import export_hf_gptq
+from compress.quant.hf_gptq import export_hf_gptq
 from compress.quant.qlinear import GPTQLinear
 from compress.recipe import recipe_from_dict
 from compress.runner import RunContext

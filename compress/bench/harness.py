@@ -213,6 +213,7 @@ def run_efficiency(model, spec: str, records: list, settings: BenchSettings, mod
             "spec": spec, "audio_path": clip["path"], "task": clip["task"], "n_tokens": settings.latency_tokens,
             "threads": settings.threads, **model_kwargs})
         out["memory"] = {k: v for k, v in mem.items() if k != "result"}
+        out["memory"]["phases"] = (mem.get("result") or {}).get("phases")  # time and peak RSS of each phase
         out["memory"]["method"] = ("peak RSS (VmHWM) of a clean process that loads the model and generates; "
                                    "baseline_rss_mib = interpreter + torch/transformers/peft imported, before the model")
     else:

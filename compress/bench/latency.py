@@ -10,6 +10,9 @@ Definitions (DESIGN.md section 2), for one audio clip, greedy decoding, EOS igno
   after the last token, e.g. detokenisation). The per-step intervals between consecutive
   ``on_token`` callbacks are reported separately as ``step_ms`` (its p50 is the median step).
 - tokens/s = ``n / E2E``; decode tokens/s = ``(n - 1) / (E2E - TTFT)``.
+- TTFT in phases: ``front_ms`` from the start to the end of the speech front (features, Whisper, BEATs,
+  Q-Former, projection, prompt embeddings: ``generate``'s ``on_phase("speech_front")``, after a device
+  synchronisation), ``prefill_ms`` from there to the first token id (the LLM prefill and the first sampling).
 
 Clock: ``time.perf_counter``. On CUDA the device is synchronised before the start and after the
 end of each run (the callback fires once the token id is on the host, so the host clock is valid
@@ -39,6 +42,8 @@ _METRICS = {
     "tpot_ms": ("ms", False),
     "e2e_ms": ("ms", False),
     "step_ms": ("ms", False),
+    "front_ms": ("ms", False),
+    "prefill_ms": ("ms", False),
     "tokens_per_s": ("tokens/s", True),
     "decode_tokens_per_s": ("tokens/s", True),
 }
@@ -113,6 +118,8 @@ class LatencyResult:
     e2e_ms: list[float]
     step_ms: list[float]  # every decode interval of every timed run, pooled
     e2e_ms_cuda_events: list[float] | None = None
+    front_ms: list[float] = field(default_factory=list)  # TTFT = front + prefill (empty: not measured)
+    prefill_ms: list[float] = field(default_factory=list)
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -132,6 +139,8 @@ class LatencyResult:
             "tpot_ms": self.tpot_ms,
             "e2e_ms": self.e2e_ms,
             "step_ms": self.step_ms,
+            "front_ms": self.front_ms,
+            "prefill_ms": self.prefill_ms,
             "tokens_per_s": self.tokens_per_s,
             "decode_tokens_per_s": self.decode_tokens_per_s,
         }
@@ -173,6 +182,7 @@ class _Run:
     t_tokens: list[float]  # clock at on_token(step), step = 0..n-1
     t_end: float
     cuda_e2e_ms: float | None
+    t_front: float | None = None  # clock at the end of the speech front
 
 
 def _model_device(model) -> torch.device:
@@ -223,6 +233,13 @@ def _timed_generate(model, audio, task: str, n_tokens: int, clock: Callable[[], 
         if step not in stamps:  # first sequence of the batch to report this step
             stamps[step] = clock()
 
+    front: list = []
+
+    def on_phase(name: str) -> None:
+        if name == "speech_front":
+            sync()
+            front.append(clock())
+
     start = end = None
     if events:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -231,7 +248,7 @@ def _timed_generate(model, audio, task: str, n_tokens: int, clock: Callable[[], 
         start.record(torch.cuda.current_stream(device))
     t_start = clock()
     outputs = model.generate([audio], task, max_new_tokens=n_tokens, num_beams=1,
-                             ignore_eos=True, on_token=on_token)
+                             ignore_eos=True, on_token=on_token, on_phase=on_phase)
     if end is not None:
         end.record(torch.cuda.current_stream(device))
     sync()
@@ -251,7 +268,7 @@ def _timed_generate(model, audio, task: str, n_tokens: int, clock: Callable[[], 
     if start is not None:
         end.synchronize()
         cuda_ms = float(start.elapsed_time(end))
-    return _Run(t_start, [stamps[i] for i in range(n_tokens)], t_end, cuda_ms)
+    return _Run(t_start, [stamps[i] for i in range(n_tokens)], t_end, cuda_ms, front[0] if front else None)
 
 
 def measure_latency(model, audio: np.ndarray, task: str, *, n_tokens: int = 32, warmup: int = 2,
@@ -275,10 +292,13 @@ def measure_latency(model, audio: np.ndarray, task: str, *, n_tokens: int = 32, 
     runs = [_timed_generate(model, audio, task, n_tokens, clock, sync, device, events)
             for _ in range(repeats)]
 
-    ttft, tpot, e2e, steps = [], [], [], []
+    ttft, tpot, e2e, steps, front, prefill = [], [], [], [], [], []
     for r in runs:
         t_first = (r.t_tokens[0] - r.t_start) * 1e3
         total = (r.t_end - r.t_start) * 1e3
+        if r.t_front is not None:
+            front.append((r.t_front - r.t_start) * 1e3)
+            prefill.append((r.t_tokens[0] - r.t_front) * 1e3)
         ttft.append(t_first)
         e2e.append(total)
         tpot.append((total - t_first) / (n_tokens - 1))
@@ -288,7 +308,8 @@ def measure_latency(model, audio: np.ndarray, task: str, *, n_tokens: int = 32, 
         method="default", task=task, n_tokens=n_tokens, warmup=warmup, repeats=repeats,
         num_threads=torch.get_num_threads(), device=str(device), dtype=_llm_dtype(model),
         clock="time.perf_counter", sync=sync_name, ttft_ms=ttft, tpot_ms=tpot, e2e_ms=e2e,
-        step_ms=steps, e2e_ms_cuda_events=cuda,
+        step_ms=steps, e2e_ms_cuda_events=cuda, front_ms=front if len(front) == len(runs) else [],
+        prefill_ms=prefill if len(prefill) == len(runs) else [],
         note="TTFT to the first token id on the host; TPOT = (E2E - TTFT) / (n - 1)")
 
 

@@ -115,6 +115,9 @@ def run_in_clean_process(target: str, args: Mapping[str, Any] | None = None, *,
          "delta_peak_rss_mib":  workload_peak_rss_mib - baseline_rss_mib (model + workload),
          "final_rss_mib", "hwm_reset", and "cuda_max_{allocated,reserved}_mib" if CUDA was used}
 
+    A workload that splits its run into phases and resets the high-water mark between them returns
+    ``{"phases": {name: {"peak_rss_mib": ...}, ...}}``; the workload's peak is then the largest phase peak.
+
     The child inherits the environment plus ``env`` and the parent's non-stdlib ``sys.path``.
     """
     if not isinstance(target, str) or not _TARGET_RE.match(target):
@@ -144,6 +147,11 @@ def run_in_clean_process(target: str, args: Mapping[str, Any] | None = None, *,
             raise ConfigError(f"cannot import target {target!r}: {last}")
         raise RuntimeError(f"{target} failed in the clean process:\n{report['error']}")
     del report["stage"]
+    result = report.get("result")
+    phases = result.get("phases") if isinstance(result, dict) else None
+    if isinstance(phases, dict):  # the workload reset the high-water mark between its phases: the peak is theirs
+        peaks = [p.get("peak_rss_mib") for p in phases.values() if isinstance(p, dict)]
+        report["workload_peak_rss_mib"] = max([report["workload_peak_rss_mib"]] + [p for p in peaks if p is not None])
     peaks = [p for p in (report.get("import_peak_rss_mib"), report["workload_peak_rss_mib"]) if p is not None]
     report["peak_rss_mib"] = max(peaks)
     base = report.get("baseline_rss_mib")

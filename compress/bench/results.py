@@ -64,6 +64,8 @@ def summary_row(r: dict) -> dict:
         "wer_seen": _group(r, "seen_voices"),
         "wer_heldout": _group(r, "heldout_voice"),
         "ttft_ms_p50": _eff(r, "latency", "ttft_ms", "p50"),
+        "front_ms_p50": _eff(r, "latency", "front_ms", "p50"),  # TTFT = speech front + prefill
+        "prefill_ms_p50": _eff(r, "latency", "prefill_ms", "p50"),
         "tpot_ms_p50": _eff(r, "latency", "tpot_ms", "p50"),
         "tokens_per_s_p50": _eff(r, "latency", "tokens_per_s", "p50"),
         "peak_rss_mib": mem,
@@ -146,8 +148,11 @@ def diff(base: dict, other: dict, top: int = 5) -> dict:
             metrics.append({"task": task, "metric": name, "baseline": b, "other": o, "delta": delta,
                             "verdict": verdict, "higher_is_better": hib, "recovery": rec})
     eff = []
-    for label, keys in (("ttft_ms_p50", ("latency", "ttft_ms", "p50")), ("tpot_ms_p50", ("latency", "tpot_ms", "p50")),
-                        ("e2e_ms_p50", ("latency", "e2e_ms", "p50")), ("peak_rss_mib", ("memory", "peak_rss_mib"))):
+    for label, keys in (("ttft_ms_p50", ("latency", "ttft_ms", "p50")),
+                        ("front_ms_p50", ("latency", "front_ms", "p50")),
+                        ("prefill_ms_p50", ("latency", "prefill_ms", "p50")), ("tpot_ms_p50", ("latency", "tpot_ms", "p50")),
+                        ("e2e_ms_p50", ("latency", "e2e_ms", "p50")), ("load_s", ("memory", "phases", "load", "seconds")),
+                        ("peak_rss_mib", ("memory", "peak_rss_mib"))):
         b, o = _eff(base, *keys), _eff(other, *keys)
         eff.append({"measure": label, "baseline": b, "other": o,
                     "ratio": (o / b) if (b and o is not None) else None, "higher_is_better": False})

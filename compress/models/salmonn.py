@@ -75,10 +75,13 @@ class PromptMixin:
                  max_new_tokens: Optional[int] = None, num_beams: Optional[int] = None,
                  ignore_eos: bool = False, on_token: Optional[Callable[[int], None]] = None,
                  min_length: Optional[int] = None, repetition_penalty: Optional[float] = None,
-                 length_penalty: Optional[float] = None) -> list:
+                 length_penalty: Optional[float] = None, on_phase: Optional[Callable[[str], None]] = None) -> list:
         """Raw 16 kHz float waveforms (host) -> generated text per clip.
 
-        `on_token(step)` is called after each generated token id of the batch is on the host.
+        `on_token(step)` is called after each generated token id of the batch is on the host; `on_phase(name)`
+        when a phase ends before decoding starts: "speech_front" once the LLM's input embeddings (audio through
+        both encoders, Q-Former, projection, and the prompt around them) are built. The prefill ends with the
+        first `on_token`.
         """
         from ..generation import decode, options_from
 
@@ -88,6 +91,8 @@ class PromptMixin:
         inputs = self.prepare_audio(audios)
         speech = self.encode_audio(**inputs)
         embeds, mask = self.build_inputs(speech, instruction or self.instruction_for(task))
+        if on_phase is not None:
+            on_phase("speech_front")
         seqs = decode(self.decoder_lm(), embeds, mask, opts, on_token=on_token)
         return [GenerationOutput(text=self.decode_text(s), token_ids=s) for s in seqs]
 

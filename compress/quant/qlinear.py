@@ -24,7 +24,7 @@ class GPTQLinear(nn.Module):
     """y = x W^T + b with W rebuilt from qweight/qzeros/scales/g_idx on every call (nothing dense is kept).
 
     Buffers follow the GPTQ format (qzeros without the v1 offset, see packing.py), so the state dict is what
-    a GPTQ checkpoint holds and `export.export_hf_gptq` only renames and re-offsets it.
+    a GPTQ checkpoint holds and `hf_gptq.export_hf_gptq` only renames and re-offsets it.
     """
 
     def __init__(self, in_features: int, out_features: int, bits: int, group_size: int, bias: bool = True,
