@@ -10,6 +10,6 @@ if [ ! -f compress/assets/demo/manifest.json ]; then
   MODEL=tiny
 fi
 .venv/bin/salmonn-compress inspect --model "$MODEL"
-# 20 clips per task: the SmolLM2-based demo generates about a clip a second on two cores, and the job benchmarks
+# 16 clips per task: the SmolLM2-based demo generates about a clip a second on two cores, and the job benchmarks
 # the baseline and four recipes (--limit N on the command line overrides it)
-exec .venv/bin/salmonn-compress demo --model "$MODEL" --data benchmarks/data/dev.json --out out/demo --limit 20 "$@"
+exec .venv/bin/salmonn-compress demo --model "$MODEL" --data benchmarks/data/dev.json --out out/demo --limit 16 "$@"

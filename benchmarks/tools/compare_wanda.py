@@ -86,7 +86,7 @@ def main():
     texts = [s.text for s in read_annotations(a.calib)][: a.samples]
     with open(os.path.join(a.out, "calib-texts.json"), "w") as f:
         json.dump(texts, f)
-    subprocess.run([a.llmc_python, os.path.join(ROOT, "benchmarks", "tools", "llmc_wanda.py"), "--model", plain_dir,
+    subprocess.run([a.llmc_python, os.path.join(ROOT, "benchmarks", "tools", "peer_llmc.py"), "--method", "wanda", "--model", plain_dir,
                     "--texts", os.path.join(a.out, "calib-texts.json"), "--out", pruned_dir,
                     "--samples", str(a.samples)], check=True)
     pruned = {}

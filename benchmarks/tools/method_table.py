@@ -1,0 +1,269 @@
+"""Compression methods on the embedded demo's real LLM: ours (calibrated on audio through the whole SALMONN path)
+beside the peers (llm-compressor's Wanda / SparseGPT and GPTQModel's GPTQ, each with its text calibration), all
+benched on the same clips, in one table with paired-bootstrap intervals and each method's calibration cost.
+
+    .venv/bin/python benchmarks/tools/method_table.py --out benchmarks/results/methods-v2 [--limit 100]
+        [--methods wanda-50,llmc-wanda-50,...] [--data benchmarks/data/test.json]
+
+- Ours: `salmonn-compress run RECIPE --no-bench` in a child process (recipes/NAME.yaml).
+- Peers: the SALMONN's LLM base weights (LoRA kept aside) are written once as a plain HF folder; the peer runs in
+  its own virtual environment (bash benchmarks/peers_env.sh) on the calibration split's sentences (text only);
+  its weights are copied back under the same LoRA and saved as an artifact. GPTQModel's 4/3-bit weights come back
+  as the float weights its own kernel computes (see peer_gptqmodel.py): accuracy is the quantized model's, the
+  artifact's size and speed are not (the table says so). A peer whose environment is missing is skipped, noted.
+- Cost: wall time and peak RSS (`os.wait4` on the child: that process alone) of the method's run, model load
+  included; for the peers, their child only (the export of the plain LLM and the copy back are not counted).
+- Every method and the baseline are benched with the same settings; the table gives WER and CIDEr-D with paired
+  bootstrap intervals (over the shared clips) against the baseline and against the method's peer.
+Resumable: a method whose bench JSON exists in --out is not run again (delete the file to rerun it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+RECIPES = ("magnitude-50", "wanda-50", "sparsegpt-50", "wanda-2of4", "sparsegpt-2of4", "rtn-4bit-g128",
+           "gptq-4bit-g128", "gptq-4bit-g128-textcalib", "gptq-3bit-g128", "layer-drop-25", "layer-drop-25-distill")
+PEERS = {  # label -> (environment, arguments of its tool)
+    "llmc-wanda-50": ("llmc", ["--method", "wanda", "--mask", "0:0"]),
+    "llmc-sparsegpt-50": ("llmc", ["--method", "sparsegpt", "--mask", "0:0"]),
+    "llmc-wanda-2of4": ("llmc", ["--method", "wanda", "--mask", "2:4"]),
+    "llmc-sparsegpt-2of4": ("llmc", ["--method", "sparsegpt", "--mask", "2:4"]),
+    "gptqmodel-4bit-g128": ("gptqmodel", ["--bits", "4", "--group-size", "128"]),
+    "gptqmodel-3bit-g128": ("gptqmodel", ["--bits", "3", "--group-size", "128"]),
+}
+PEER_TOOL = {"llmc": "peer_llmc.py", "gptqmodel": "peer_gptqmodel.py"}
+PEER_ENV = {"llmc": ".venv-llmc", "gptqmodel": ".venv-gptqmodel"}
+VERSUS = {  # ours -> the methods it is compared with, beside the baseline
+    "wanda-50": ["llmc-wanda-50", "magnitude-50"], "sparsegpt-50": ["llmc-sparsegpt-50", "wanda-50"],
+    "wanda-2of4": ["llmc-wanda-2of4"], "sparsegpt-2of4": ["llmc-sparsegpt-2of4", "wanda-2of4"],
+    "gptq-4bit-g128": ["gptqmodel-4bit-g128", "rtn-4bit-g128", "gptq-4bit-g128-textcalib"],
+    "gptq-3bit-g128": ["gptqmodel-3bit-g128"], "layer-drop-25-distill": ["layer-drop-25"],
+}
+
+
+def timed(cmd: list, log_path: str, env: dict | None = None) -> dict:
+    """Run `cmd` (stdout and stderr to `log_path`); its wall time and its own peak RSS (wait4)."""
+    t = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"seconds": round(time.perf_counter() - t, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+            "returncode": proc.returncode, "log": log_path}
+
+
+def export_plain_llm(model, out_dir: str) -> dict:
+    """The LLM's base weights without the LoRA wrapper as a plain HF folder; returns plain name -> our name."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = dict(model.cfg.llm)
+    plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
+    ours = dict(model.llama_model.named_parameters())
+    names = {}
+    for pn in plain.state_dict():
+        on = "base_model.model." + pn
+        wrapped = on.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        names[pn] = on if on in ours else wrapped
+    plain.load_state_dict({pn: ours[on].detach() for pn, on in names.items() if on in ours}, strict=False)
+    plain.save_pretrained(out_dir)
+    model.tokenizer.save_pretrained(out_dir)
+    return names
+
+
+def copy_back(model, names: dict, weights: dict) -> int:
+    """Copy the peer's Linear weights (plain names) into the SALMONN's LLM; returns how many."""
+    import torch
+
+    ours = dict(model.llama_model.named_parameters())
+    n = 0
+    with torch.no_grad():
+        for pn, t in weights.items():
+            on = names.get(pn)
+            if on in ours and t.dim() == 2 and "embed" not in pn and "lm_head" not in pn:
+                if tuple(t.shape) != tuple(ours[on].shape):
+                    raise RuntimeError(f"peer weight {pn} has shape {tuple(t.shape)}, ours {tuple(ours[on].shape)}")
+                ours[on].copy_(t.to(ours[on].dtype))
+                n += 1
+    return n
+
+
+def run_peer(label: str, a, plain: dict) -> dict:
+    from safetensors.torch import load_file
+
+    from compress.loaders import load_model
+    from compress.loaders.artifact import save_artifact
+
+    env_name, args = PEERS[label]
+    python = os.path.join(ROOT, PEER_ENV[env_name], "bin", "python")
+    if not os.path.isfile(python):
+        return {"skipped": f"{PEER_ENV[env_name]} missing: bash benchmarks/peers_env.sh {env_name}"}
+    if "names" not in plain:
+        model = load_model(a.model)
+        plain["dir"] = os.path.join(a.out, "peers", "plain-llm")
+        plain["names"] = export_plain_llm(model, plain["dir"])
+        plain["texts"] = os.path.join(a.out, "peers", "calib-texts.json")
+        from compress.data.annotations import read_annotations
+
+        with open(plain["texts"], "w") as f:
+            json.dump([s.text for s in read_annotations(a.calib)][: a.samples], f)
+    out = os.path.join(a.out, "peers", label)
+    cost = timed([python, os.path.join(ROOT, "benchmarks", "tools", PEER_TOOL[env_name]), "--model", plain["dir"],
+                  "--texts", plain["texts"], "--out", out, "--samples", str(a.samples)] + args,
+                 os.path.join(a.out, f"{label}.run.log"), env={"GPTQMODEL_CPU_WORKERS": "2"})
+    if cost["returncode"] != 0:
+        return {"failed": f"exit {cost['returncode']}, see {cost['log']}", "cost": cost}
+    weights = {}
+    files = [os.path.join(out, "dequantized.safetensors")] if env_name == "gptqmodel" else [
+        os.path.join(out, f) for f in sorted(os.listdir(out)) if f.endswith(".safetensors")]
+    for f in files:
+        weights.update(load_file(f))
+    model = load_model(a.model)
+    copied = copy_back(model, plain["names"], weights)
+    note = (f"{label}: the peer's weights under this model's LoRA; text calibration ({a.samples} sentences)"
+            + ("; stored as the float weights GPTQModel's kernel computes (accuracy of the quantized model, not "
+               "its size or speed)" if env_name == "gptqmodel" else ""))
+    art = os.path.join(a.out, "artifacts", label)
+    save_artifact(model, art, overwrite=True, storage="dense" if env_name == "gptqmodel" else "sparse",
+                  manifest_extra={"peer": label, "note": note, "copied_matrices": copied})
+    return {"artifact": art, "cost": cost, "copied_matrices": copied, "note": note}
+
+
+def run_ours(label: str, a) -> dict:
+    art = os.path.join(a.out, "artifacts", label)
+    cost = timed([os.path.join(ROOT, ".venv", "bin", "salmonn-compress"), "run",
+                  os.path.join(ROOT, "recipes", f"{label}.yaml"), "--model", a.model, "--out", art, "--overwrite",
+                  "--no-bench"], os.path.join(a.out, f"{label}.run.log"))
+    if cost["returncode"] != 0:
+        return {"failed": f"exit {cost['returncode']}, see {cost['log']}", "cost": cost}
+    return {"artifact": art, "cost": cost}
+
+
+def bootstrap(results: dict, a_label: str, b_label: str, cider_resamples: int) -> dict:
+    """Paired bootstrap of b - a over the clips both scored: WER (ASR clips) and CIDEr-D (caption clips)."""
+    from compress.metrics import cider_d
+    from compress.metrics.bootstrap import paired_bootstrap, wer_bootstrap
+
+    out = {}
+    by = {k: {(s["task"], s["id"]): s for s in results[k]["samples"] if s.get("error") is None}
+          for k in (a_label, b_label)}
+    for task in ("asr", "caption"):
+        ids = sorted(i for i in by[a_label] if i[0] == task and i in by[b_label])
+        if not ids:
+            continue
+        ha = [by[a_label][i]["hypothesis"] for i in ids]
+        hb = [by[b_label][i]["hypothesis"] for i in ids]
+        if task == "asr":
+            out["wer"] = {**wer_bootstrap([by[a_label][i]["reference"] for i in ids], ha, hb), "clips": len(ids)}
+        else:
+            refs = [by[a_label][i]["references"] for i in ids]
+            out["cider_d"] = {**paired_bootstrap(lambda c, r: cider_d(c, r)[0], ha, hb, refs,
+                                                 resamples=cider_resamples), "clips": len(ids)}
+    return out
+
+
+def _ci(b: dict | None, digits: int = 3) -> str:
+    if not b:
+        return "n/a"
+    return f"{b['delta']:+.{digits}f} [{b['low']:+.{digits}f}, {b['high']:+.{digits}f}]"
+
+
+def table(rows: list) -> str:
+    head = ("| method | WER | ΔWER vs baseline [95% CI] | CIDEr-D | ΔCIDEr-D vs baseline | vs peer / control "
+            "(ΔWER) | LLM MiB | TPOT ms | calib s | calib peak MiB |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        vs = "; ".join(f"{k}: {_ci(v.get('wer'))}" for k, v in r["versus"].items()) or ""
+        cost = r.get("cost") or {}
+        lines.append("| " + " | ".join([
+            r["label"], _f(r["wer"]), _ci(r["vs_baseline"].get("wer")), _f(r["cider_d"]),
+            _ci(r["vs_baseline"].get("cider_d")), vs, _f(r["llm_mib"], 1), _f(r["tpot_ms"], 1),
+            _f(cost.get("seconds"), 0), _f(cost.get("peak_rss_mib"), 0)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _f(v, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="demo")
+    p.add_argument("--data", default=os.path.join(ROOT, "benchmarks", "data", "test.json"))
+    p.add_argument("--calib", default=os.path.join(ROOT, "benchmarks", "data", "calib.json"))
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "methods-v2"))
+    p.add_argument("--limit", type=int, default=None, help="first N clips per task (default: all)")
+    p.add_argument("--samples", type=int, default=32, help="calibration sentences for the peers (ours: the recipe's)")
+    p.add_argument("--methods", default=None, help="comma-separated subset of: " + ", ".join(RECIPES + tuple(PEERS)))
+    p.add_argument("--cider-resamples", type=int, default=300)
+    p.add_argument("--latency-repeats", type=int, default=3)
+    a = p.parse_args(argv)
+    known = list(RECIPES) + list(PEERS)
+    wanted = known if a.methods is None else [m.strip() for m in a.methods.split(",") if m.strip()]
+    bad = [m for m in wanted if m not in known]
+    if bad:
+        print(f"error: unknown method(s) {bad}; valid: {', '.join(known)}", file=sys.stderr)
+        return 2
+    os.makedirs(os.path.join(a.out, "peers"), exist_ok=True)
+
+    from compress.bench.harness import BenchSettings, run_benchmark
+    from compress.bench.results import load_result, summary_row, write_json
+
+    settings = BenchSettings(tasks=("asr", "caption"), limit=a.limit, latency_repeats=a.latency_repeats)
+    runs_path = os.path.join(a.out, "runs.json")
+    runs = json.load(open(runs_path)) if os.path.isfile(runs_path) else {}
+    results, plain = {}, {}
+    for label in ["baseline"] + wanted:
+        path = os.path.join(a.out, f"{label}.json")
+        if not os.path.isfile(path):
+            if label == "baseline":
+                spec = a.model
+            else:
+                print(f"== {label}: running", flush=True)
+                runs[label] = run_peer(label, a, plain) if label in PEERS else run_ours(label, a)
+                write_json(runs, runs_path)
+                if "artifact" not in runs[label]:
+                    print(f"   {label}: {runs[label].get('skipped') or runs[label].get('failed')}", flush=True)
+                    continue
+                spec = runs[label]["artifact"]
+                print(f"   run {runs[label]['cost']['seconds']} s, peak {runs[label]['cost']['peak_rss_mib']} MiB",
+                      flush=True)
+            print(f"== {label}: bench", flush=True)
+            write_json(run_benchmark(spec, a.data, settings), path)
+        results[label] = load_result(path)
+    rows = []
+    for label in [k for k in ["baseline"] + wanted if k in results]:
+        row = summary_row(results[label])
+        versus = {v: bootstrap(results, v, label, a.cider_resamples) for v in VERSUS.get(label, []) if v in results}
+        rows.append({"label": label, "wer": row["wer"], "cider_d": row["cider_d"], "llm_mib": row["llm_mib"],
+                     "tpot_ms": row["tpot_ms_p50"], "cost": (runs.get(label) or {}).get("cost"),
+                     "note": (runs.get(label) or {}).get("note"),
+                     "vs_baseline": {} if label == "baseline" else bootstrap(results, "baseline", label,
+                                                                             a.cider_resamples),
+                     "versus": versus})
+    skipped = {k: v.get("skipped") or v.get("failed") for k, v in runs.items() if "artifact" not in v}
+    text = table(rows)
+    text += "".join(f"\nNote: {r['note']}." for r in rows if r["note"])
+    text += "".join(f"\nNot in the table: {k}: {why}." for k, why in skipped.items() if k not in results)
+    notes = list(dict.fromkeys(n for r in results.values() for n in r["model"].get("notes", [])))
+    text += "".join(f"\nNote: {n}." for n in notes) + "\n"
+    write_json({"rows": rows, "skipped": skipped, "data": a.data, "limit": a.limit,
+                "command": ["python", "benchmarks/tools/method_table.py"] + list(argv if argv is not None
+                                                                                 else sys.argv[1:])},
+               os.path.join(a.out, "methods.json"))
+    with open(os.path.join(a.out, "methods.md"), "w") as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
