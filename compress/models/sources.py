@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import CheckpointError, UserError, choices
+from ..fileio import atomic_path
 
 CACHE_ENV = "SALMONN_COMPRESS_CACHE"
 SMOLLM2 = "smollm2-135m-instruct"
@@ -157,10 +158,9 @@ def smollm2_dir(progress: bool = True, log=None) -> str:
 
     if not progress:
         hf_logging.disable_progress_bar()
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
-    tmp = f"{folder}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    if os.path.isdir(folder):  # an incomplete folder from an interrupted older conversion
+        shutil.rmtree(folder)
+    with atomic_path(folder) as tmp:
         d, f = os.path.split(gguf)
         tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
         model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
@@ -169,11 +169,6 @@ def smollm2_dir(progress: bool = True, log=None) -> str:
         with open(os.path.join(tmp, "done.json"), "w") as fh:
             json.dump({**describe(SMOLLM2), "converted_by": "transformers " + _version("transformers") +
                        " (GGUF reader) + gguf " + _version("gguf")}, fh, indent=1)
-        if os.path.isdir(folder):  # an incomplete folder from an interrupted older conversion
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
