@@ -205,6 +205,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=None, help="comma-separated subset of: " + ", ".join(RECIPES + tuple(PEERS)))
     p.add_argument("--cider-resamples", type=int, default=300)
     p.add_argument("--latency-repeats", type=int, default=3)
+    p.add_argument("--no-memory", action="store_true", help="skip the clean-process peak-memory run of each bench")
     a = p.parse_args(argv)
     known = list(RECIPES) + list(PEERS)
     wanted = known if a.methods is None else [m.strip() for m in a.methods.split(",") if m.strip()]
@@ -217,7 +218,8 @@ def main(argv=None) -> int:
     from compress.bench.harness import BenchSettings, run_benchmark
     from compress.bench.results import load_result, summary_row, write_json
 
-    settings = BenchSettings(tasks=("asr", "caption"), limit=a.limit, latency_repeats=a.latency_repeats)
+    settings = BenchSettings(tasks=("asr", "caption"), limit=a.limit, latency_repeats=a.latency_repeats,
+                             memory=not a.no_memory)
     runs_path = os.path.join(a.out, "runs.json")
     runs = json.load(open(runs_path)) if os.path.isfile(runs_path) else {}
     results, plain = {}, {}

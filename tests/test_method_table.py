@@ -1,0 +1,41 @@
+"""benchmarks/tools/method_table.py end to end on the tiny preset: one of our recipes run in a child process (its
+cost measured), a peer whose environment is missing reported as skipped, bench results reused on a rerun."""
+
+import importlib.util
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("method_table", os.path.join(ROOT, "benchmarks", "tools",
+                                                                               "method_table.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_method_table_on_tiny(tmp_path, monkeypatch, capsys):
+    mt = _tool()
+    monkeypatch.setitem(mt.PEER_ENV, "llmc", ".venv-not-here")
+    args = ["--model", "tiny", "--limit", "1", "--methods", "magnitude-50,llmc-wanda-50", "--out", str(tmp_path),
+            "--latency-repeats", "1", "--cider-resamples", "5", "--no-memory"]
+    assert mt.main(args) == 0
+    out = json.loads((tmp_path / "methods.json").read_text())
+    rows = {r["label"]: r for r in out["rows"]}
+    assert set(rows) == {"baseline", "magnitude-50"}
+    cost = rows["magnitude-50"]["cost"]
+    assert cost["returncode"] == 0 and cost["seconds"] > 0 and cost["peak_rss_mib"] > 50
+    assert "wer" in rows["magnitude-50"]["vs_baseline"]
+    assert "bash benchmarks/peers_env.sh llmc" in out["skipped"]["llmc-wanda-50"]
+    text = (tmp_path / "methods.md").read_text()
+    assert "| magnitude-50 |" in text and "Not in the table: llmc-wanda-50" in text
+    before = os.path.getmtime(tmp_path / "magnitude-50.json")
+    assert mt.main(args) == 0  # resumed: nothing run or benched again
+    assert os.path.getmtime(tmp_path / "magnitude-50.json") == before
+
+
+def test_method_table_refuses_unknown_methods(capsys):
+    assert _tool().main(["--methods", "nope"]) == 2
+    assert "valid:" in capsys.readouterr().err
