@@ -133,12 +133,15 @@ def recipe_from_dict(doc: dict, name: str = "<recipe>", base_dir: Optional[str] 
         raise ConfigError(f"{name}: step {terminal[0]} ({steps[terminal[0]].type}) must be the last step; "
                           f"nothing may follow it")
     if terminal and steps[-1].type == "export":
-        blocked = [f"steps[{i}] ({c.type})" for i, c in enumerate(steps[:-1]) if not c.exportable]
+        last = steps[-1]
+        blocked = [f"steps[{i}] ({c.type})" for i, c in enumerate(steps[:-1])
+                   if not c.exportable_to(last.format, last.int8)]
         if blocked:
-            raise ConfigError(f"{name}: the export step cannot follow {', '.join(blocked)}: it puts in "
-                              "quantized or custom-kernel modules that have no ONNX / TensorRT mapping; export the "
-                              "unquantized model and set `int8: true` on the export step for an int8 ONNX graph "
-                              "(exportable steps: "
+            raise ConfigError(f"{name}: the export step (format {last.format}{', int8' if last.int8 else ''}) cannot "
+                              f"follow {', '.join(blocked)}: it puts in quantized or custom-kernel modules that have "
+                              "no mapping there. ONNX takes gptq / rtn at 2, 4 or 8 bits with a group_size other than "
+                              "-1 (as MatMulNBits, without `int8: true`); otherwise export the unquantized model and "
+                              "set `int8: true` for an int8 ONNX graph (steps any export may follow: "
                               f"{choices(t for t, s in CONFIGS.items() if s.exportable and not s.terminal)})")
     try:
         r = Recipe(steps=steps, base_dir=base_dir, **doc)

@@ -195,14 +195,24 @@ def test_export_step_is_terminal_and_validated():
     assert [c.type for c in r.steps] == ["magnitude", "export"]
 
 
-@pytest.mark.parametrize("step", [{"type": "rtn"}, {"type": "gptq"}, {"type": "bitsandbytes", "mode": "int8"},
-                                  {"type": "torchao"}, {"type": "liger"}], ids=lambda s: s["type"])
-def test_export_after_quantization_is_refused_before_loading(step):
+@pytest.mark.parametrize("step,export", [
+    ({"type": "rtn", "bits": 3}, {}), ({"type": "gptq", "group_size": -1}, {}), ({"type": "gptq"}, {"int8": True}),
+    ({"type": "rtn"}, {"format": "tensorrt"}), ({"type": "bitsandbytes", "mode": "int8"}, {}), ({"type": "torchao"}, {}),
+    ({"type": "liger"}, {})], ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) or "onnx")
+def test_export_after_quantization_is_refused_before_loading(step, export):
     from compress.recipe import recipe_from_dict
 
-    doc = {"name": "x", "calibration": {"data": DEV, "samples": 2}, "steps": [step, {"type": "export"}]}
-    with pytest.raises(ConfigError, match=rf"cannot follow steps\[0\] \({step['type']}\).*int8: true"):
+    doc = {"name": "x", "calibration": {"data": DEV, "samples": 2}, "steps": [step, {"type": "export", **export}]}
+    with pytest.raises(ConfigError, match=rf"cannot follow steps\[0\] \({step['type']}\).*MatMulNBits"):
         recipe_from_dict(doc)
+
+
+def test_export_after_gptq_4bit_is_accepted():
+    from compress.recipe import recipe_from_dict
+
+    r = recipe_from_dict({"name": "x", "calibration": {"data": DEV, "samples": 2},
+                          "steps": [{"type": "gptq", "bits": 4, "group_size": 32}, {"type": "export"}]})
+    assert [c.type for c in r.steps] == ["gptq", "export"]
 
 
 def test_exporting_a_quantized_artifact_is_one_clear_error(tmp_path, capsys):
@@ -210,13 +220,41 @@ def test_exporting_a_quantized_artifact_is_one_clear_error(tmp_path, capsys):
     from compress.runner import run_recipe
 
     art = str(tmp_path / "rtn")
-    run_recipe(recipe_from_dict({"name": "q", "steps": [{"type": "rtn", "bits": 8}]}), "tiny", art, progress=False,
-               bench=False, log=lambda *a: None)
+    run_recipe(recipe_from_dict({"name": "q", "steps": [{"type": "rtn", "bits": 3, "group_size": 32}]}), "tiny", art,
+               progress=False, bench=False, log=lambda *a: None)
     out = tmp_path / "onnx"
     assert main(["export", "--model", art, "--format", "onnx", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "quantized modules (gptq)" in err and "--int8" in err and "Traceback" not in err
+    assert "cannot be written as ONNX Runtime MatMulNBits" in err and "3-bit" in err and "Traceback" not in err
     assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".onnx")]
+
+
+def test_gptq_export_runs_the_models_own_codes_as_matmul_nbits(tmp_path):
+    """GPTQ 4-bit with act-order on the tiny LLM -> every quantized Linear is one MatMulNBits node holding the same
+    codes (a Gather puts the activations in group order); ONNX Runtime decodes the tokens PyTorch decodes."""
+    import onnx
+
+    from compress.export import export_model
+    from compress.recipe import recipe_from_dict
+    from compress.runner import run_recipe
+
+    art = str(tmp_path / "gptq")
+    run_recipe(recipe_from_dict({"name": "q", "calibration": {"data": DEV, "samples": 2},
+                                 "steps": [{"type": "gptq", "bits": 4, "group_size": 32, "act_order": True,
+                                            "targets": {"parts": ["llm"], "ignore": ["lm_head"]}}]}),
+               "tiny", art, progress=False, bench=False, log=lambda *a: None)
+    model = load_model(art)
+    out = str(tmp_path / "onnx")
+    export_model(model, out, fmt="onnx", check={"data": DEV, "limit": 2, "max_new_tokens": 6})
+    graph = onnx.load(os.path.join(out, "llm.onnx"), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    quantized = len(model.module_overrides)
+    assert ops.count("MatMulNBits") == quantized > 0 and "Gather" in ops  # act order: activations permuted
+    m = read_manifest(out)
+    nb = m["export"]["quantization"]
+    assert nb["layers"] == quantized and nb["bits"] == [4] and nb["block_sizes"] == [32]
+    assert m["check"]["identical"] == m["check"]["clips"]  # greedy tokens equal PyTorch's on every clip
+    assert m["export"]["graphs"]["llm"]["lora"].startswith("unmerged")
 
 
 def test_export_after_layer_drop_matches_pytorch(tmp_path):

@@ -62,7 +62,7 @@ def _require_onnx() -> None:
 
 
 def _export(module, args: tuple, path: str, *, dynamic_shapes, input_names, output_names, opset: int,
-            what: str) -> None:
+            what: str, translations: Optional[dict] = None) -> None:
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "no torchvision"
     try:
         # The exporter prints its progress and warns about merged axis names: not user news.
@@ -70,7 +70,7 @@ def _export(module, args: tuple, path: str, *, dynamic_shapes, input_names, outp
             warnings.simplefilter("ignore")
             prog = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes,
                                      input_names=input_names, output_names=output_names, opset_version=opset,
-                                     verbose=False)
+                                     verbose=False, custom_translation_table=translations)
             prog.save(path)  # external data only when the graph is over 2 GB
     except Exception as e:  # noqa: BLE001 - report which graph failed, in one line
         raise UserError(f"ONNX export of the {what} failed ({_reason(e)}); steps that replace modules with custom "
@@ -120,10 +120,15 @@ def export_front(model, path: str, opset: int) -> dict:
                             if model.beats is not None else "no BEATs in this model")}
 
 
-def export_llm(model, path: str, opset: int) -> dict:
+def export_llm(model, path: str, opset: int, *, accuracy_level: int = 0) -> dict:
+    """The KV-cache decoder graph. GPTQ / RTN Linears become MatMulNBits nodes holding the model's own codes
+    (nbits_op); LoRA is then left unmerged on them (merging would change the codes), else merged everywhere."""
     from torch.export import Dim
 
-    lm = merged_llm(model)
+    from .nbits_op import has_gptq, nbits_llm, onnx_translation
+
+    quantized = has_gptq(model)
+    lm = nbits_llm(model, accuracy_level) if quantized else merged_llm(model)
     dec = DecoderWithCache(lm).eval()
     hidden = lm.get_input_embeddings().embedding_dim
     b, s = 2, 5
@@ -146,11 +151,24 @@ def export_llm(model, path: str, opset: int) -> dict:
         _export(dec, args, path, dynamic_shapes=shapes,
                 input_names=["inputs_embeds", "attention_mask", "position_ids", *names],
                 output_names=["logits", *[n.replace("past_", "present_") for n in names]], opset=opset,
-                what="LLM decoder with KV cache")
+                what="LLM decoder with KV cache", translations=onnx_translation() if quantized else None)
     emb = lm.get_input_embeddings().weight.detach().float().numpy()
     return {"file": LLM, "num_layers": n_layers, "kv_heads": kv_heads, "head_dim": head_dim, "hidden": hidden,
             "vocab": vocab, "past_inputs": names, "logits": "last position only (logits_to_keep=1)",
-            "lora": "merged into the base weights (peft merge_and_unload on a copy)"}, emb
+            "lora": ("unmerged (its base layers are MatMulNBits)" if quantized
+                     else "merged into the base weights (peft merge_and_unload on a copy)"),
+            "matmul_nbits": _nbits_summary(lm) if quantized else None}, emb
+
+
+def _nbits_summary(lm) -> dict:
+    from .nbits_op import NBitsLinear
+
+    mods = [m for m in lm.modules() if isinstance(m, NBitsLinear)]
+    return {"method": "com.microsoft MatMulNBits with the model's own GPTQ / RTN codes (compress.quant.nbits)",
+            "layers": len(mods), "bits": sorted({m.bits for m in mods}),
+            "block_sizes": sorted({m.block_size for m in mods}),
+            "act_order_gathers": sum(m.perm.numel() > 0 for m in mods),
+            "accuracy_level": mods[0].accuracy_level if mods else None}
 
 
 def quantize_llm(path: str) -> dict:
@@ -195,8 +213,13 @@ def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT
     step_report: when exporting as a recipe step, this dict (the step's report) is completed and appended to
     manifest_extra["steps"].
     """
-    require_exportable(model)
+    require_exportable(model, nbits=True)
     _require_onnx()
+    from .nbits_op import has_gptq
+
+    if int8 and has_gptq(model):
+        raise UserError("export --int8 quantizes the float MatMuls of the LLM graph; this model's LLM is already "
+                        "GPTQ / RTN quantized (exported as MatMulNBits): drop --int8")
     if not 7 <= opset <= 23:
         raise UserError(f"opset {opset} is out of range; valid: 7..23 (default {DEFAULT_OPSET})")
     say = log or (lambda *a: None)
@@ -227,12 +250,13 @@ def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT
             result = parity_check(model, tmp, **check)
         export = {"format": KIND, "exporter": EXPORTER, "opset": opset, "dtype": "float32",
                   "graphs": {"audio_front": front, "llm": llm}, "embedding_table": EMBED,
-                  "quantization": quant or "none (float32 weights)", "seconds": round(time.perf_counter() - t0, 3)}
+                  "quantization": quant or llm.get("matmul_nbits") or "none (float32 weights)",
+                  "seconds": round(time.perf_counter() - t0, 3)}
         extra = dict(manifest_extra or {})
         files = file_table(tmp)
         if step_report is not None:
             step_report.update(seconds=export["seconds"], files=sorted(files),
-                               quantization=quant["method"] if quant else None,
+                               quantization=quant["method"] if quant else (llm.get("matmul_nbits") or {}).get("method"),
                                parity=None if result is None else {k: result[k] for k in ("clips", "identical")})
             extra["steps"] = list(extra.get("steps", [])) + [step_report]
         write_manifest(tmp, {"kind": KIND, "export": export,

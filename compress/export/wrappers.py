@@ -104,11 +104,17 @@ def full_mel_frames(model) -> int:
     return _full_mel_frames(model.speech_encoder)
 
 
-def require_exportable(model) -> None:
+def require_exportable(model, *, nbits: bool = False) -> None:
+    """Refuse what cannot be exported. `nbits`: GPTQ / RTN modules are allowed (ONNX writes them as MatMulNBits)."""
     if not hasattr(model, "llama_model") or not hasattr(model, "speech_encoder"):
         raise UserError(f"export needs a SALMONN model (got {type(model).__name__}); an exported directory "
                         "cannot be exported again")
     replaced = getattr(model, "module_overrides", {})
+    if replaced and nbits:
+        from .nbits_op import check_nbits_exportable
+
+        check_nbits_exportable(model)
+        return
     if replaced:
         kinds = sorted({spec.get("kind", "?") for spec in replaced.values()})
         raise UserError(f"export: this model has {len(replaced)} quantized modules ({', '.join(kinds)}), which have "

@@ -52,6 +52,10 @@ class StepConfig(BaseModel):
         """Whether this configuration of the step calibrates on real audio (the recipe must then say on what)."""
         return False
 
+    def exportable_to(self, fmt: str, int8: bool = False) -> bool:
+        """Whether an export step of format `fmt` may follow this configuration of the step."""
+        return self.exportable
+
 
 # ------------------------------------------------------------------------------------ shared sections
 def _compile(pattern: str):
@@ -236,6 +240,10 @@ class RtnConfig(QuantConfig):
     group_size: Literal[-1, 16, 32, 64, 128, 256, 512, 1024] = 128  # what GPTQ kernels (GPTQModel, Marlin) take
     sym: bool = True
     targets: Targets = Targets()
+
+    def exportable_to(self, fmt: str, int8: bool = False) -> bool:
+        """ONNX writes these codes as ONNX Runtime MatMulNBits (2/4/8 bits, power-of-two blocks); nothing else can."""
+        return fmt == "onnx" and not int8 and self.bits in (2, 4, 8) and self.group_size != -1
 
 
 @step_config("gptq")

@@ -1,0 +1,102 @@
+"""The project's GPTQ / RTN codes in the layout of ONNX Runtime's MatMulNBits (com.microsoft), as pure tensor functions.
+
+MatMulNBits computes y = x dequant(B)^T with B block-quantized along K (the input dimension):
+  B            (N, k_blocks, block_size * bits / 8) uint8, codes packed low bits first along K;
+  scales       (N, k_blocks) float;  zero_points (N, ceil(k_blocks * bits / 8)) uint8, packed the same way
+               (absent: 2^(bits - 1), the symmetric grid's zero);  w = (code - zero_point) * scale.
+Blocks are contiguous runs of K. GPTQ with act-order puts the columns of a group anywhere along K (g_idx); sorting
+the columns by group makes every group a contiguous block, so the same product is x[..., perm] times the sorted
+weight. The conversion is exact: no code, scale or zero point changes. ONNX Runtime's own quantizer
+(matmul_nbits_quantizer) re-quantizes float weights; no installable library converts existing GPTQ codes, hence
+this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .packing import unpack_qweight, unpack_qzeros
+
+BITS = (2, 4, 8)
+
+
+@dataclass
+class NBitsWeight:
+    b: torch.Tensor  # (N, k_blocks, blob) uint8
+    scales: torch.Tensor  # (N, k_blocks) float32
+    zero_points: Optional[torch.Tensor]  # (N, ceil(k_blocks * bits / 8)) uint8, or None (= 2^(bits-1))
+    perm: Optional[torch.Tensor]  # (K,) int64 column order (None: identity)
+    k: int
+    n: int
+    bits: int
+    block_size: int
+
+
+def pack_low_first(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """(..., L) integers in [0, 2^bits) -> (..., ceil(L * bits / 8)) uint8, element i at bit offset i * bits."""
+    per = 8 // bits
+    c = codes.to(torch.int32)
+    pad = (-c.shape[-1]) % per
+    if pad:
+        c = torch.cat([c, c.new_zeros(c.shape[:-1] + (pad,))], dim=-1)
+    c = c.reshape(c.shape[:-1] + (-1, per))
+    shifts = torch.arange(per, dtype=torch.int32) * bits
+    return (c << shifts).sum(-1).to(torch.uint8)
+
+
+def unpack_low_first(packed: torch.Tensor, bits: int, length: int) -> torch.Tensor:
+    """Inverse of pack_low_first: (..., bytes) uint8 -> (..., length) int32."""
+    per = 8 // bits
+    shifts = torch.arange(per, dtype=torch.int32) * bits
+    vals = (packed.to(torch.int32).unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+    return vals.reshape(packed.shape[:-1] + (-1,))[..., :length]
+
+
+def from_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor, bits: int,
+              in_features: int) -> NBitsWeight:
+    """Packed GPTQ buffers (this project's layout, zeros without the v1 offset) -> MatMulNBits inputs.
+
+    Needs bits in (2, 4, 8) and groups that become whole blocks once sorted: every group but the last of the
+    same power-of-two size >= 16 (what GPTQ and RTN with a power-of-two group_size give)."""
+    if bits not in BITS:
+        raise ValueError(f"MatMulNBits takes {BITS} bits, not {bits}")
+    out_features = scales.shape[1]
+    codes = unpack_qweight(qweight, bits, in_features)  # (N, K)
+    zeros = unpack_qzeros(qzeros, bits, out_features, v1_offset=False)  # (groups, N)
+    g = g_idx.to(torch.int64)
+    perm = torch.argsort(g, stable=True)
+    sizes = torch.bincount(g, minlength=scales.shape[0])
+    block = int(sizes[0])
+    if block < 16 or block & (block - 1) or bool((sizes[:-1] != block).any()) or int(sizes[-1]) > block:
+        raise ValueError(f"groups of {sizes.tolist()[:4]}... columns are not whole power-of-two blocks (>= 16)")
+    k_blocks = scales.shape[0]
+    sorted_codes = codes[:, perm]
+    pad = k_blocks * block - in_features
+    if pad:  # the last block's missing columns: any code works, their activations are never read
+        sorted_codes = torch.cat([sorted_codes, sorted_codes.new_zeros(out_features, pad)], dim=1)
+    b = pack_low_first(sorted_codes.reshape(out_features, k_blocks, block), bits)
+    zt = zeros.T.contiguous()  # (N, k_blocks)
+    zp = None if bool((zt == 2 ** (bits - 1)).all()) else pack_low_first(zt, bits)
+    identity = bool((perm == torch.arange(in_features)).all())
+    return NBitsWeight(b=b, scales=scales.T.float().contiguous(), zero_points=zp, perm=None if identity else perm,
+                       k=in_features, n=out_features, bits=bits, block_size=block)
+
+
+def dequantize(w: NBitsWeight) -> torch.Tensor:
+    """(N, K) float32 weight in the ORIGINAL column order: what y = x W^T with MatMulNBits computes."""
+    k_blocks = w.scales.shape[1]
+    codes = unpack_low_first(w.b, w.bits, w.block_size).reshape(w.n, k_blocks * w.block_size)[:, : w.k].float()
+    if w.zero_points is None:
+        zeros = torch.full((w.n, k_blocks), float(2 ** (w.bits - 1)))
+    else:
+        zeros = unpack_low_first(w.zero_points, w.bits, k_blocks).float()
+    col_block = torch.arange(w.k) // w.block_size
+    dense = (codes - zeros[:, col_block]) * w.scales[:, col_block]
+    if w.perm is None:
+        return dense
+    out = torch.empty_like(dense)
+    out[:, w.perm] = dense
+    return out

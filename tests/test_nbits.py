@@ -1,0 +1,64 @@
+"""GPTQ / RTN codes in ONNX Runtime's MatMulNBits layout: exact conversion (act-order included) and the module that
+carries them into the ONNX export."""
+
+import pytest
+import torch
+
+from compress.quant.gptq_math import gptq_quantize
+from compress.quant.nbits import dequantize, from_gptq, pack_low_first, unpack_low_first
+from compress.quant.packing import dequantize_packed
+from compress.quant.qlinear import GPTQLinear
+from compress.quant.rtn import rtn_quantize
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_low_first_packing_round_trips(bits):
+    g = torch.Generator().manual_seed(bits)
+    codes = torch.randint(0, 2 ** bits, (3, 5, 37), generator=g)
+    packed = pack_low_first(codes, bits)
+    assert packed.dtype == torch.uint8 and packed.shape == (3, 5, -(-37 * bits // 8))
+    assert torch.equal(unpack_low_first(packed, bits, 37), codes.to(torch.int32))
+    if bits == 4:  # element 0 in the low nibble, element 1 in the high one
+        assert int(pack_low_first(torch.tensor([[3, 10]]), 4)[0, 0]) == 3 | (10 << 4)
+
+
+def _gptq_linear(out_f, in_f, bits, group, act_order, sym, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out_f, in_f, generator=g)
+    x = torch.randn(256, in_f, generator=g) * torch.linspace(0.2, 3.0, in_f)  # uneven columns: act-order moves them
+    if act_order:
+        qw, _ = gptq_quantize(w, x.T @ x, bits, group, sym=sym, act_order=True)
+    else:
+        qw = rtn_quantize(w, bits, group, sym=sym)
+    return GPTQLinear.from_quantized(qw, torch.randn(out_f, generator=g), sym=sym, act_order=act_order)
+
+
+@pytest.mark.parametrize("bits,group,act_order,sym", [(4, 32, True, True), (4, 32, False, False), (8, 64, True, True),
+                                                      (2, 16, False, True), (4, 32, True, False)])
+def test_conversion_is_exact(bits, group, act_order, sym):
+    m = _gptq_linear(24, 80, bits, group, act_order, sym)  # 80 = 2 whole groups of 32 + a last one of 16
+    w = from_gptq(m.qweight, m.qzeros, m.scales, m.g_idx, bits, m.in_features)
+    assert w.block_size == group and w.b.shape == (24, -(-80 // group), group * bits // 8)
+    assert (w.perm is not None) == act_order  # act-order permutes the columns; a plain grid does not
+    assert (w.zero_points is None) == sym  # the symmetric grid's zero is MatMulNBits' default
+    ref = dequantize_packed(m.qweight, m.qzeros, m.scales, m.g_idx, bits)
+    assert torch.equal(dequantize(w), ref)
+
+
+def test_refuses_groups_that_are_not_power_of_two_blocks():
+    m = _gptq_linear(8, 48, 4, -1, False, True)  # one group of 48 columns
+    with pytest.raises(ValueError, match="power-of-two"):
+        from_gptq(m.qweight, m.qzeros, m.scales, m.g_idx, 4, 48)
+    m3 = _gptq_linear(8, 64, 3, 32, False, True)
+    with pytest.raises(ValueError, match="bits"):
+        from_gptq(m3.qweight, m3.qzeros, m3.scales, m3.g_idx, 3, 64)
+
+
+def test_nbits_linear_computes_what_the_gptq_linear_does():
+    from compress.export.nbits_op import NBitsLinear
+
+    m = _gptq_linear(24, 80, 4, 32, True, True, seed=3)
+    n = NBitsLinear.from_gptq(m)
+    x = torch.randn(2, 5, 80, generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(n(x), m(x), atol=1e-5)
+    assert n.b.dtype == torch.uint8 and n.perm.numel() == 80 and n.zero_points.numel() == 0
