@@ -20,8 +20,9 @@ def check_format(fmt: str) -> None:
 
 def export_model(model, out_dir: str, *, fmt: str = "onnx", int8: bool = False, opset: Optional[int] = None,
                  overwrite: bool = False, check: Optional[dict] = None, manifest_extra: Optional[dict] = None,
-                 step_report: Optional[dict] = None, log=None) -> str:
-    """Write `model` (a Salmonn) as an `fmt` export in `out_dir`; returns the directory's absolute path."""
+                 step_report: Optional[dict] = None, log=None, nbits_accuracy_level: int = 0) -> str:
+    """Write `model` (a Salmonn) as an `fmt` export in `out_dir`; returns the directory's absolute path.
+    `nbits_accuracy_level`: ONNX Runtime's MatMulNBits compute mode for GPTQ / RTN layers (0-4, see ExportConfig)."""
     check_format(fmt)
     if fmt == "tensorrt":
         from .tensorrt import export_tensorrt, require_tensorrt
@@ -34,7 +35,8 @@ def export_model(model, out_dir: str, *, fmt: str = "onnx", int8: bool = False, 
     from .onnx_export import DEFAULT_OPSET, export_onnx
 
     return export_onnx(model, out_dir, int8=int8, opset=opset or DEFAULT_OPSET, overwrite=overwrite, check=check,
-                       manifest_extra=manifest_extra, step_report=step_report, log=log)
+                       manifest_extra=manifest_extra, step_report=step_report, log=log,
+                       nbits_accuracy_level=nbits_accuracy_level)
 
 
 def load_exported(path: str, kind: str, *, dtype=None):

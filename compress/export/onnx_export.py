@@ -205,7 +205,7 @@ def quantize_llm(path: str) -> dict:
 
 def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT_OPSET, overwrite: bool = False,
                 check: Optional[dict] = None, manifest_extra: Optional[dict] = None,
-                step_report: Optional[dict] = None, log=None) -> str:
+                step_report: Optional[dict] = None, log=None, nbits_accuracy_level: int = 0) -> str:
     """Export `model` (a Salmonn) to `out_dir`; returns its absolute path.
 
     check: {"data": annotation file, "limit": clips per task, "max_new_tokens": n} runs the PyTorch / ONNX Runtime
@@ -229,7 +229,7 @@ def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT
         say("exporting the audio front ...")
         front = export_front(model, os.path.join(tmp, FRONT), opset)
         say("exporting the LLM decoder ...")
-        llm, emb = export_llm(model, os.path.join(tmp, LLM), opset)
+        llm, emb = export_llm(model, os.path.join(tmp, LLM), opset, accuracy_level=nbits_accuracy_level)
         quant = None
         if int8:
             say("quantizing the LLM graph to int8 ...")

