@@ -20,24 +20,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
-
-
-def export_plain_llm(model, out_dir: str) -> dict:
-    """Base LLM weights without the LoRA wrapper, as a plain HF directory; returns our-name -> plain-name map."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    llm = dict(model.cfg.llm)
-    plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(llm.pop("model_type"), **llm))
-    names = {}
-    ours = dict(model.llama_model.named_parameters())
-    for pn in plain.state_dict():
-        on = "base_model.model." + pn
-        on_wrapped = on.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
-        names[pn] = on if on in ours else on_wrapped
-    plain.load_state_dict({pn: ours[on].detach() for pn, on in names.items() if on in ours}, strict=False)
-    plain.save_pretrained(out_dir)
-    model.tokenizer.save_pretrained(out_dir)
-    return names
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from method_table import export_plain_llm  # noqa: E402  (the LLM's base weights as a plain HF folder)
 
 
 def main():
