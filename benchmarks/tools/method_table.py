@@ -50,15 +50,26 @@ VERSUS = {  # ours -> the methods it is compared with, beside the baseline
 }
 
 
+# A small interpreter runs the command and reports its rusage: a child forked straight from this (large) process
+# would count this process's pages, copied at fork time, in its own peak RSS.
+_WRAP = ("import json, os, subprocess, sys\n"
+         "p = subprocess.Popen(sys.argv[2:])\n"
+         "_, status, usage = os.wait4(p.pid, 0)\n"
+         "json.dump({'rc': os.waitstatus_to_exitcode(status), 'maxrss_kib': usage.ru_maxrss}, open(sys.argv[1], 'w'))\n")
+
+
 def timed(cmd: list, log_path: str, env: dict | None = None) -> dict:
-    """Run `cmd` (stdout and stderr to `log_path`); its wall time and its own peak RSS (wait4)."""
+    """Run `cmd` (stdout and stderr to `log_path`); its wall time and its own peak RSS (wait4 in a small parent)."""
+    report = log_path + ".rusage.json"
     t = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"seconds": round(time.perf_counter() - t, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
-            "returncode": proc.returncode, "log": log_path}
+        subprocess.run([sys.executable, "-c", _WRAP, report] + cmd, stdout=log, stderr=subprocess.STDOUT,
+                       env={**os.environ, **(env or {})})
+    seconds = round(time.perf_counter() - t, 1)
+    with open(report) as f:
+        r = json.load(f)
+    return {"seconds": seconds, "peak_rss_mib": round(r["maxrss_kib"] / 1024, 1), "returncode": r["rc"],
+            "log": log_path}
 
 
 def export_plain_llm(model, out_dir: str) -> dict:
