@@ -206,7 +206,7 @@ def cmd_export(args) -> int:
                                          "max_new_tokens": args.check_tokens}
     log = (lambda *a: print(*a, file=sys.stderr))
     out = export_model(model, args.out, fmt=args.format, int8=args.int8, opset=args.opset, overwrite=args.overwrite,
-                       nbits_accuracy_level=args.nbits_accuracy_level,
+                       nbits_accuracy_level=args.nbits_accuracy_level, llm_graph=args.llm_graph,
                        check=check, log=log, manifest_extra={"source": source_info(args.model, model),
                                                              "created_by": "salmonn-compress export"})
     print(f"{args.format} export written to {out}")
@@ -335,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nbits-accuracy-level", type=int, choices=range(5), default=0, metavar="{0..4}",
                    help="onnx, GPTQ / RTN models (exported as MatMulNBits): ONNX Runtime's compute mode; 0 (default) "
                         "float activations, 4 int8 activations (fastest on CPU, approximate)")
+    s.add_argument("--llm-graph", choices=("dynamo", "genai"), default="dynamo",
+                   help="onnx: who writes the LLM decoder graph: dynamo (torch.onnx, default) or genai "
+                        "(onnxruntime-genai's model builder: fused attention and norms, fewer nodes per token; "
+                        "unpadded batches only)")
     s.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing directory at --out")
     s.add_argument("--check", default=None, metavar="DATA",

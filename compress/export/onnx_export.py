@@ -32,6 +32,7 @@ from .layout import CONFIG, EMBED, FRONT, KIND, LLM  # noqa: F401  (re-exported)
 
 DEFAULT_OPSET = 18
 EXPORTER = "torch.onnx.export(dynamo=True)"
+LLM_GRAPHS = ("dynamo", "genai")  # who writes the LLM decoder graph (see export_onnx)
 INT8_OPS = ["MatMul"]
 # Ranges the graphs are traced for; ONNX Runtime itself accepts any size.
 MAX_BATCH, MAX_SAMPLES, MAX_SEQ = 256, 30 * 16000, 8192
@@ -205,7 +206,8 @@ def quantize_llm(path: str) -> dict:
 
 def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT_OPSET, overwrite: bool = False,
                 check: Optional[dict] = None, manifest_extra: Optional[dict] = None,
-                step_report: Optional[dict] = None, log=None, nbits_accuracy_level: int = 0) -> str:
+                step_report: Optional[dict] = None, log=None, nbits_accuracy_level: int = 0,
+                llm_graph: str = "dynamo") -> str:
     """Export `model` (a Salmonn) to `out_dir`; returns its absolute path.
 
     check: {"data": annotation file, "limit": clips per task, "max_new_tokens": n} runs the PyTorch / ONNX Runtime
@@ -220,6 +222,12 @@ def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT
     if int8 and has_gptq(model):
         raise UserError("export --int8 quantizes the float MatMuls of the LLM graph; this model's LLM is already "
                         "GPTQ / RTN quantized (exported as MatMulNBits): drop --int8")
+    if llm_graph not in LLM_GRAPHS:
+        raise UserError(f"unknown LLM graph {llm_graph!r}; valid: {', '.join(LLM_GRAPHS)}")
+    if llm_graph == "genai":
+        from .genai_graph import require_builder
+
+        require_builder()
     if not 7 <= opset <= 23:
         raise UserError(f"opset {opset} is out of range; valid: 7..23 (default {DEFAULT_OPSET})")
     say = log or (lambda *a: None)
@@ -229,7 +237,12 @@ def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT
         say("exporting the audio front ...")
         front = export_front(model, os.path.join(tmp, FRONT), opset)
         say("exporting the LLM decoder ...")
-        llm, emb = export_llm(model, os.path.join(tmp, LLM), opset, accuracy_level=nbits_accuracy_level)
+        if llm_graph == "genai":
+            from .genai_graph import export_llm_genai
+
+            llm, emb = export_llm_genai(model, os.path.join(tmp, LLM), accuracy_level=nbits_accuracy_level, log=say)
+        else:
+            llm, emb = export_llm(model, os.path.join(tmp, LLM), opset, accuracy_level=nbits_accuracy_level)
         quant = None
         if int8:
             say("quantizing the LLM graph to int8 ...")
@@ -248,7 +261,8 @@ def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT
 
             say("parity check: PyTorch vs ONNX Runtime greedy ...")
             result = parity_check(model, tmp, **check)
-        export = {"format": KIND, "exporter": EXPORTER, "opset": opset, "dtype": "float32",
+        export = {"format": KIND, "exporter": EXPORTER, "llm_graph": llm.get("builder") or EXPORTER,
+                  "opset": opset, "dtype": "float32",
                   "graphs": {"audio_front": front, "llm": llm}, "embedding_table": EMBED,
                   "quantization": quant or llm.get("matmul_nbits") or "none (float32 weights)",
                   "seconds": round(time.perf_counter() - t0, 3)}

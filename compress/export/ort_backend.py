@@ -72,13 +72,18 @@ class _Embedding:
 
 
 class OrtCausalLM:
-    """The llm.onnx session with the call signature compress.generation uses."""
+    """The llm.onnx session with the call signature compress.generation uses. Two graph layouts: the dynamo
+    exporter's (position_ids in, past_*/present_* names) and onnxruntime-genai's builder's (positions from the
+    attention mask, past_key_values.*/present.* names; see genai_graph.py)."""
 
     def __init__(self, session, embed: np.ndarray, spec: dict):
         self.session = session
         self.embed = _Embedding(embed)
         self.past_names = spec["past_inputs"]
+        self.outputs = ["logits"] + list(spec.get("present_outputs")
+                                         or [n.replace("past_", "present_") for n in self.past_names])
         self.kv_heads, self.head_dim = spec["kv_heads"], spec["head_dim"]
+        self.takes_positions = "position_ids" in {i.name for i in session.get_inputs()}
 
     def get_input_embeddings(self) -> _Embedding:
         return self.embed
@@ -90,11 +95,15 @@ class OrtCausalLM:
             past = [empty] * len(self.past_names)
         else:
             past = past_key_values.arrays
+        mask = attention_mask.detach().cpu().numpy().astype(np.int64)
         feeds = {"inputs_embeds": np.ascontiguousarray(inputs_embeds.detach().cpu().numpy(), dtype=np.float32),
-                 "attention_mask": attention_mask.detach().cpu().numpy().astype(np.int64),
-                 "position_ids": position_ids.detach().cpu().numpy().astype(np.int64),
-                 **dict(zip(self.past_names, past))}
-        logits, *present = self.session.run(None, feeds)
+                 "attention_mask": mask, **dict(zip(self.past_names, past))}
+        if self.takes_positions:
+            feeds["position_ids"] = position_ids.detach().cpu().numpy().astype(np.int64)
+        elif not mask.all():
+            raise UserError("this export's LLM graph (onnxruntime-genai builder) takes positions from the attention "
+                            "mask and cannot run padded batches: run one clip at a time (--batch-size 1)")
+        logits, *present = self.session.run(self.outputs, feeds)
         return _Out(torch.from_numpy(logits), OrtCache(present))
 
 
@@ -144,8 +153,9 @@ class OrtSalmonn(PromptMixin):
         self.has_beats = bool(conf["has_beats"])
         self.tokenizer = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"), local_files_only=True)
         self.front = _session(os.path.join(path, FRONT), providers)
-        self.lm = OrtCausalLM(_session(os.path.join(path, LLM), providers), np.load(os.path.join(path, EMBED)),
-                              conf["llm"])
+        # memory-mapped: a prompt reads a few rows of the table, not all of it
+        self.lm = OrtCausalLM(_session(os.path.join(path, LLM), providers),
+                              np.load(os.path.join(path, EMBED), mmap_mode="r"), conf["llm"])
         self.providers = self.front.get_providers()
         self.manifest = manifest or {}
         self._prompt_cache: dict = {}

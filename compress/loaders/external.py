@@ -46,29 +46,36 @@ def load_external(model, external: dict, log=None) -> set:
     from ..models.sources import source_state
 
     filled = set()
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = model.state_dict()  # tensors sharing the parameters' storage: copied into one at a time
     for part, entry in external.items():
-        src = source_state(entry)
-        chunk, missing = {}, []
-        for k in shapes:
+        src = source_state(entry)  # may be lazy (read per tensor): the whole source is never held twice
+        pairs, missing = {}, []
+        for k in state:
             sk = source_key(part, k)
             if sk is None:
                 continue
             if sk in src:
-                chunk[k] = src[sk]
+                pairs[k] = sk
             elif sk == "lm_head.weight" and "model.embed_tokens.weight" in src:  # tied output layer
-                chunk[k] = src["model.embed_tokens.weight"]
+                pairs[k] = "model.embed_tokens.weight"
             else:
                 missing.append(sk)
         if missing:
             raise CheckpointError(f"frozen part {part!r}: source {entry.get('source')!r} lacks {len(missing)} tensors "
                                   f"the model needs, e.g. {missing[:3]}")
-        for k, v in chunk.items():
-            if shapes[k] != tuple(v.shape):
+        done: dict = {}  # tied tensors (one storage under two names) are copied once
+        for k, sk in pairs.items():
+            dst = state[k]
+            if done.get(dst.data_ptr()) == sk:
+                continue
+            v = src[sk]
+            if tuple(dst.shape) != tuple(v.shape):
                 raise CheckpointError(f"frozen part {part!r}: {k} is {tuple(v.shape)} in source "
-                                      f"{entry.get('source')!r} but {shapes[k]} in the model")
-        model.load_state_dict(chunk, strict=False)
-        filled.update(chunk)
+                                      f"{entry.get('source')!r} but {tuple(dst.shape)} in the model")
+            dst.copy_(v)
+            done[dst.data_ptr()] = sk
+            del v
+        filled.update(pairs)
         if log:
-            log(f"{part}: {len(chunk)} tensors from {entry.get('package')} {entry.get('version')}")
+            log(f"{part}: {len(pairs)} tensors from {entry.get('package')} {entry.get('version')}")
     return filled

@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Optional
 
@@ -204,17 +205,35 @@ def _version(pkg: str) -> str:
         return "?"
 
 
-def load_llm_state(entry: dict) -> dict:
-    """State dict (float32) of a source LLM named by a manifest entry, after the hash check."""
-    from safetensors.torch import load_file
+class LazySafetensors(Mapping):
+    """Name -> tensor over the safetensors files of a folder, each tensor read from disk when asked for, so a
+    caller copying weights one at a time never holds a second copy of the whole model."""
 
+    def __init__(self, folder: str):
+        from safetensors import safe_open
+
+        self._files = {}
+        self._where = {}
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".safetensors"):
+                f = safe_open(os.path.join(folder, name), framework="pt")
+                self._files[name] = f
+                self._where.update({k: name for k in f.keys()})
+
+    def __getitem__(self, key: str):
+        return self._files[self._where[key]].get_tensor(key)
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+def load_llm_state(entry: dict) -> Mapping:
+    """Lazy state dict (float32) of a source LLM named by a manifest entry, after the hash check."""
     check(entry, "llm")
-    folder = smollm2_dir()
-    state = {}
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".safetensors"):
-            state.update(load_file(os.path.join(folder, name)))
-    return state
+    return LazySafetensors(smollm2_dir())
 
 
 def load_whisper_encoder_state(entry: dict) -> dict:

@@ -100,3 +100,24 @@ def dequantize(w: NBitsWeight) -> torch.Tensor:
     out = torch.empty_like(dense)
     out[:, w.perm] = dense
     return out
+
+
+def concat_outputs(ws: list) -> NBitsWeight:
+    """Several weights read by the same input (same K, column order, bits and block) as one: outputs stacked along
+    N in the given order, so one MatMulNBits computes what the separate ones would, side by side."""
+    first = ws[0]
+    for w in ws[1:]:
+        same_perm = (w.perm is None and first.perm is None) or (
+            w.perm is not None and first.perm is not None and torch.equal(w.perm, first.perm))
+        if (w.k, w.bits, w.block_size) != (first.k, first.bits, first.block_size) or not same_perm:
+            raise ValueError("weights stacked along N need the same K, bits, block size and column order")
+    if all(w.zero_points is None for w in ws):
+        zp = None
+    else:
+        k_blocks = first.scales.shape[1]
+        mid = torch.full((1, k_blocks), 2 ** (first.bits - 1), dtype=torch.int32)
+        zp = torch.cat([w.zero_points if w.zero_points is not None else pack_low_first(mid, first.bits).expand(w.n, -1)
+                        for w in ws])
+    return NBitsWeight(b=torch.cat([w.b for w in ws]), scales=torch.cat([w.scales for w in ws]), zero_points=zp,
+                       perm=first.perm, k=first.k, n=sum(w.n for w in ws), bits=first.bits,
+                       block_size=first.block_size)

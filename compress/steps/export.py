@@ -38,5 +38,5 @@ class Export(Step):
                   "output": out}
         export_model(model, out, fmt=c.format, int8=c.int8, opset=c.opset, overwrite=overwrite,
                      manifest_extra=manifest_extra, step_report=report, log=log,
-                     nbits_accuracy_level=c.nbits_accuracy_level)
+                     nbits_accuracy_level=c.nbits_accuracy_level, llm_graph=c.llm_graph)
         return report

@@ -360,6 +360,9 @@ class ExportConfig(StepConfig):
     # onnx, GPTQ / RTN models (MatMulNBits): ONNX Runtime's compute mode, 0 = unset (float activations; what the
     # model computes), 4 = activations quantized to int8 per block (ORT's fastest CPU path, approximate)
     nbits_accuracy_level: int = Field(0, ge=0, le=4)
+    # onnx: who writes the LLM decoder graph: torch.onnx's dynamo exporter, or onnxruntime-genai's model builder
+    # (ONNX Runtime's fused operators; positions from the attention mask, so unpadded batches only)
+    llm_graph: Literal["dynamo", "genai"] = "dynamo"
     opset: int = Field(18, ge=14, le=23)
 
     terminal: ClassVar[bool] = True  # the run's output is this export; nothing may follow it

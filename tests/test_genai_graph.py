@@ -1,0 +1,125 @@
+"""The LLM graph written by onnxruntime-genai's builder (export --llm-graph genai): same logits as PyTorch for a
+float model with LoRA merged and for a GPTQ model whose own codes are swapped in (LoRA beside them), ONNX Runtime's
+fused operators in the graph, and clear errors (padded batches, builder missing)."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from compress.errors import UserError
+from compress.loaders import load_model
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime_genai")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEV = os.path.join(ROOT, "benchmarks", "data", "dev.json")
+
+
+def _random_lora(model, seed: int = 0) -> int:
+    """Non-zero LoRA B matrices (a fresh LoRA's are zero, which would make its branch invisible)."""
+    g = torch.Generator().manual_seed(seed)
+    n = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+                n += 1
+    return n
+
+
+def _logits_side_by_side(model, ort_model, steps: int = 3) -> float:
+    """Max |logit difference| between the PyTorch LLM (whole sequence each time) and the ONNX Runtime graph
+    (prefill, then one position at a time through its KV cache), over a prompt of random embeddings."""
+    torch.manual_seed(0)
+    hidden = model.cfg.llm["hidden_size"]
+    seq = torch.randn(1, 5 + steps, hidden) * 0.5
+    worst, cache = 0.0, None
+    for t in range(5, 5 + steps + 1):
+        with torch.no_grad():
+            ref = model.llama_model(inputs_embeds=seq[:, :t], attention_mask=torch.ones(1, t, dtype=torch.long),
+                                    position_ids=torch.arange(t)[None]).logits[0, -1]
+        new = seq[:, :t] if cache is None else seq[:, t - 1:t]
+        out = ort_model.lm(inputs_embeds=new, attention_mask=torch.ones(1, t, dtype=torch.long),
+                           position_ids=torch.arange(t - new.shape[1], t)[None], past_key_values=cache)
+        cache = out.past_key_values
+        worst = max(worst, float((out.logits[0, -1] - ref).abs().max()))
+    return worst
+
+
+def _ops(path: str) -> list:
+    import onnx
+
+    return [n.op_type for n in onnx.load(os.path.join(path, "llm.onnx"), load_external_data=False).graph.node]
+
+
+def test_float_model_with_lora_matches_pytorch(tmp_path):
+    from compress.export import export_model
+    from compress.outputs import read_manifest
+
+    torch.set_num_threads(1)
+    model = load_model("tiny")
+    assert _random_lora(model) > 0
+    out = str(tmp_path / "genai")
+    export_model(model, out, fmt="onnx", llm_graph="genai", check={"data": DEV, "limit": 1, "max_new_tokens": 5})
+    ops = _ops(out)
+    layers = model.cfg.llm["num_hidden_layers"]
+    assert ops.count("GroupQueryAttention") == layers and "SkipSimplifiedLayerNormalization" in ops
+    assert "Pow" not in ops and "Softmax" not in ops  # the norms and attention are fused operators
+    ort_model = load_model(out)
+    assert _logits_side_by_side(model, ort_model) < 1e-3
+    m = read_manifest(out)
+    assert m["export"]["llm_graph"].startswith("onnxruntime-genai")
+    assert m["check"]["identical"] == m["check"]["clips"] == 2
+    assert m["export"]["graphs"]["llm"]["lora"] == "merged into the base weights"
+    with pytest.raises(UserError, match="padded batches"):  # positions come from the mask: no left padding
+        ort_model.lm(inputs_embeds=torch.zeros(2, 3, model.cfg.llm["hidden_size"]),
+                     attention_mask=torch.tensor([[1, 1, 1], [0, 1, 1]]), position_ids=torch.zeros(2, 3).long())
+
+
+def test_gptq_codes_are_swapped_in_with_lora_beside_them(tmp_path):
+    """GPTQ 4-bit act-order: q, k and v share their input, hence their column order, and become one MatMulNBits
+    node per layer beside o, gate, up and down; LoRA is added back as a branch; logits equal the PyTorch model's."""
+    import onnx
+
+    from compress.export import export_model
+    from compress.quant.nbits import from_gptq
+    from compress.recipe import recipe_from_dict
+    from compress.runner import run_recipe
+
+    torch.set_num_threads(1)
+    art = str(tmp_path / "gptq")
+    run_recipe(recipe_from_dict({"name": "q", "calibration": {"data": DEV, "samples": 2},
+                                 "steps": [{"type": "gptq", "bits": 4, "group_size": 32, "act_order": True,
+                                            "targets": {"parts": ["llm"], "ignore": ["lm_head"]}}]}),
+               "tiny", art, progress=False, bench=False, log=lambda *a: None)
+    model = load_model(art)
+    n_lora = _random_lora(model)
+    out = str(tmp_path / "genai")
+    export_model(model, out, fmt="onnx", llm_graph="genai")
+    ops = _ops(out)
+    layers = model.cfg.llm["num_hidden_layers"]
+    assert ops.count("MatMulNBits") == 5 * layers and ops.count("Gather") >= 5 * layers  # act order: permuted
+    assert ops.count("GroupQueryAttention") == layers
+    # the codes in the graph are the model's own: the stacked q/k/v blob starts with q_proj's
+    graph = onnx.load(os.path.join(out, "llm.onnx")).graph
+    blob = next(onnx.numpy_helper.to_array(t) for t in graph.initializer if t.name == "/model/layers.0/attn/qkv_proj.B")
+    q = dict(model.named_modules())["llama_model.base_model.model.model.layers.0.self_attn.q_proj.base_layer"]
+    want = from_gptq(q.qweight, q.qzeros, q.scales, q.g_idx, q.bits, q.in_features).b.numpy()
+    assert np.array_equal(blob[: want.shape[0]], want)
+    spec = load_model(out).conf["llm"]["matmul_nbits"]
+    assert spec["matmul_nbits_nodes"] == 5 * layers and spec["lora_branches"] == n_lora // 2 > 0
+    assert _logits_side_by_side(model, load_model(out)) < 2e-3
+
+
+def test_missing_builder_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    from compress.export import genai_graph
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime_genai" else real(n, *a))
+    with pytest.raises(UserError, match="pip install -c constraints.txt onnxruntime-genai"):
+        genai_graph.require_builder()
