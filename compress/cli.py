@@ -207,7 +207,7 @@ def cmd_export(args) -> int:
     log = (lambda *a: print(*a, file=sys.stderr))
     out = export_model(model, args.out, fmt=args.format, int8=args.int8, opset=args.opset, overwrite=args.overwrite,
                        nbits_accuracy_level=args.nbits_accuracy_level, llm_graph=args.llm_graph,
-                       check=check, log=log, manifest_extra={"source": source_info(args.model, model),
+                       lm_head_bits=args.lm_head_bits, check=check, log=log, manifest_extra={"source": source_info(args.model, model),
                                                              "created_by": "salmonn-compress export"})
     print(f"{args.format} export written to {out}")
     if check is not None:
@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnx: who writes the LLM decoder graph: dynamo (torch.onnx, default) or genai "
                         "(onnxruntime-genai's model builder: fused attention and norms, fewer nodes per token; "
                         "unpadded batches only)")
+    s.add_argument("--lm-head-bits", type=int, choices=(4, 8), default=None,
+                   help="onnx, --llm-graph genai: the output layer as MatMulNBits at 4 or 8 bits (ONNX Runtime's "
+                        "round-to-nearest quantizer, blocks of 32; default: float32)")
     s.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing directory at --out")
     s.add_argument("--check", default=None, metavar="DATA",

@@ -123,3 +123,23 @@ def test_missing_builder_names_the_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime_genai" else real(n, *a))
     with pytest.raises(UserError, match="pip install -c constraints.txt onnxruntime-genai"):
         genai_graph.require_builder()
+
+
+def test_output_layer_at_8_bits(tmp_path):
+    """--lm-head-bits 8: the output layer becomes a MatMulNBits node (ONNX Runtime's quantizer); logits stay close;
+    the option is refused without the genai graph, before anything loads."""
+    from compress.errors import ConfigError
+    from compress.export import export_model
+    from compress.recipe import recipe_from_dict
+
+    torch.set_num_threads(1)
+    model = load_model("tiny")
+    out = str(tmp_path / "genai8")
+    export_model(model, out, fmt="onnx", llm_graph="genai", lm_head_bits=8)
+    ops = _ops(out)
+    assert ops.count("MatMulNBits") == 1 and "MatMul" in ops  # the head only; the projections stay float
+    ort_model = load_model(out)
+    assert "8-bit" in ort_model.conf["llm"]["lm_head"]
+    assert 0 < _logits_side_by_side(model, ort_model) < 0.05
+    with pytest.raises(ConfigError, match="lm_head_bits needs llm_graph: genai"):
+        recipe_from_dict({"name": "x", "steps": [{"type": "export", "format": "onnx", "lm_head_bits": 8}]})

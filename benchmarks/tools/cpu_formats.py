@@ -16,7 +16,7 @@ not benched again):
   ort-genai-fp32    `export --llm-graph genai` of the model: the LLM graph written by onnxruntime-genai's builder
                     (fused attention and norms), LoRA merged
   ort-genai-nbits4  the same for the GPTQ artifact: its own codes swapped in as MatMulNBits, LoRA beside them
-  ort-genai-nbits4-acc4  the same with --nbits-accuracy-level 4
+  ort-genai-nbits4-h8  the same with --lm-head-bits 8 (the output layer through ONNX Runtime's quantizer)
   best-cpu          recipes/best-cpu.yaml (its output is an ONNX export)
 A format is "best" when it is the fastest per token among those that keep accuracy: WER at most torch-fp32's + 0.01
 and CIDEr-D at least 95% of torch-fp32's.
@@ -42,13 +42,13 @@ sys.path.insert(0, ROOT)
 SC = [sys.executable, "-m", "compress.cli"]  # this checkout's code (PYTHONPATH below), whatever is installed
 
 FORMATS = ("torch-fp32", "torch-int8-wo", "torch-gptq4", "ort-fp32", "ort-int8", "ort-nbits4", "ort-nbits4-acc4",
-           "ort-genai-fp32", "ort-genai-nbits4", "ort-genai-nbits4-acc4", "best-cpu")
+           "ort-genai-fp32", "ort-genai-nbits4", "ort-genai-nbits4-h8", "best-cpu")
 RECIPE_OF = {"torch-int8-wo": "torchao-int8-weight-only", "torch-gptq4": "gptq-4bit-g128", "best-cpu": "best-cpu"}
 GENAI = ["--llm-graph", "genai"]
 EXPORT_OF = {"ort-fp32": ("torch-fp32", []), "ort-int8": ("torch-fp32", ["--int8"]),
              "ort-nbits4": ("torch-gptq4", []), "ort-nbits4-acc4": ("torch-gptq4", ["--nbits-accuracy-level", "4"]),
              "ort-genai-fp32": ("torch-fp32", GENAI), "ort-genai-nbits4": ("torch-gptq4", GENAI),
-             "ort-genai-nbits4-acc4": ("torch-gptq4", GENAI + ["--nbits-accuracy-level", "4"])}
+             "ort-genai-nbits4-h8": ("torch-gptq4", GENAI + ["--lm-head-bits", "8"])}
 WER_SLACK, CIDER_SHARE = 0.01, 0.95  # the accuracy a fast format must keep to count as "best"
 
 

@@ -207,7 +207,7 @@ def quantize_llm(path: str) -> dict:
 def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT_OPSET, overwrite: bool = False,
                 check: Optional[dict] = None, manifest_extra: Optional[dict] = None,
                 step_report: Optional[dict] = None, log=None, nbits_accuracy_level: int = 0,
-                llm_graph: str = "dynamo") -> str:
+                llm_graph: str = "dynamo", lm_head_bits: Optional[int] = None) -> str:
     """Export `model` (a Salmonn) to `out_dir`; returns its absolute path.
 
     check: {"data": annotation file, "limit": clips per task, "max_new_tokens": n} runs the PyTorch / ONNX Runtime
@@ -224,6 +224,8 @@ def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT
                         "GPTQ / RTN quantized (exported as MatMulNBits): drop --int8")
     if llm_graph not in LLM_GRAPHS:
         raise UserError(f"unknown LLM graph {llm_graph!r}; valid: {', '.join(LLM_GRAPHS)}")
+    if lm_head_bits is not None and (llm_graph != "genai" or lm_head_bits not in (4, 8)):
+        raise UserError(f"--lm-head-bits {lm_head_bits}: 4 or 8, with --llm-graph genai only")
     if llm_graph == "genai":
         from .genai_graph import require_builder
 
@@ -240,7 +242,8 @@ def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT
         if llm_graph == "genai":
             from .genai_graph import export_llm_genai
 
-            llm, emb = export_llm_genai(model, os.path.join(tmp, LLM), accuracy_level=nbits_accuracy_level, log=say)
+            llm, emb = export_llm_genai(model, os.path.join(tmp, LLM), accuracy_level=nbits_accuracy_level,
+                                        head_bits=lm_head_bits, log=say)
         else:
             llm, emb = export_llm(model, os.path.join(tmp, LLM), opset, accuracy_level=nbits_accuracy_level)
         quant = None

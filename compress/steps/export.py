@@ -38,5 +38,6 @@ class Export(Step):
                   "output": out}
         export_model(model, out, fmt=c.format, int8=c.int8, opset=c.opset, overwrite=overwrite,
                      manifest_extra=manifest_extra, step_report=report, log=log,
-                     nbits_accuracy_level=c.nbits_accuracy_level, llm_graph=c.llm_graph)
+                     nbits_accuracy_level=c.nbits_accuracy_level, llm_graph=c.llm_graph,
+                     lm_head_bits=c.lm_head_bits)
         return report

@@ -363,6 +363,16 @@ class ExportConfig(StepConfig):
     # onnx: who writes the LLM decoder graph: torch.onnx's dynamo exporter, or onnxruntime-genai's model builder
     # (ONNX Runtime's fused operators; positions from the attention mask, so unpadded batches only)
     llm_graph: Literal["dynamo", "genai"] = "dynamo"
+    # onnx, llm_graph genai: the output layer as MatMulNBits (ONNX Runtime's round-to-nearest quantizer)
+    lm_head_bits: Optional[Literal[4, 8]] = None
     opset: int = Field(18, ge=14, le=23)
 
     terminal: ClassVar[bool] = True  # the run's output is this export; nothing may follow it
+
+    @model_validator(mode="after")
+    def _graph_options(self):
+        if self.format != "onnx" and (self.llm_graph != "dynamo" or self.lm_head_bits):
+            raise ValueError("llm_graph and lm_head_bits apply to format 'onnx' only")
+        if self.lm_head_bits and self.llm_graph != "genai":
+            raise ValueError("lm_head_bits needs llm_graph: genai")
+        return self
