@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from builders import gptq_tiny
 from compress.audio import load_audio
 from compress.cli import main
 from compress.data.annotations import read_annotations
@@ -235,15 +236,8 @@ def test_gptq_export_runs_the_models_own_codes_as_matmul_nbits(tmp_path):
     import onnx
 
     from compress.export import export_model
-    from compress.recipe import recipe_from_dict
-    from compress.runner import run_recipe
 
-    art = str(tmp_path / "gptq")
-    run_recipe(recipe_from_dict({"name": "q", "calibration": {"data": DEV, "samples": 2},
-                                 "steps": [{"type": "gptq", "bits": 4, "group_size": 32, "act_order": True,
-                                            "targets": {"parts": ["llm"], "ignore": ["lm_head"]}}]}),
-               "tiny", art, progress=False, bench=False, log=lambda *a: None)
-    model = load_model(art)
+    model = load_model(gptq_tiny(str(tmp_path / "gptq")))
     out = str(tmp_path / "onnx")
     export_model(model, out, fmt="onnx", check={"data": DEV, "limit": 2, "max_new_tokens": 6})
     graph = onnx.load(os.path.join(out, "llm.onnx"), load_external_data=False).graph

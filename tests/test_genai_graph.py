@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from builders import DEV, gptq_tiny
 from compress.errors import UserError
 from compress.loaders import load_model
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxruntime_genai")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEV = os.path.join(ROOT, "benchmarks", "data", "dev.json")
 
 
 def _random_lora(model, seed: int = 0) -> int:
@@ -86,16 +85,9 @@ def test_gptq_codes_are_swapped_in_with_lora_beside_them(tmp_path):
 
     from compress.export import export_model
     from compress.quant.nbits import from_gptq
-    from compress.recipe import recipe_from_dict
-    from compress.runner import run_recipe
 
     torch.set_num_threads(1)
-    art = str(tmp_path / "gptq")
-    run_recipe(recipe_from_dict({"name": "q", "calibration": {"data": DEV, "samples": 2},
-                                 "steps": [{"type": "gptq", "bits": 4, "group_size": 32, "act_order": True,
-                                            "targets": {"parts": ["llm"], "ignore": ["lm_head"]}}]}),
-               "tiny", art, progress=False, bench=False, log=lambda *a: None)
-    model = load_model(art)
+    model = load_model(gptq_tiny(str(tmp_path / "gptq")))
     n_lora = _random_lora(model)
     out = str(tmp_path / "genai")
     export_model(model, out, fmt="onnx", llm_graph="genai")

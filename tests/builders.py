@@ -1,0 +1,18 @@
+"""Small artifacts several test files build the same way."""
+
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEV = os.path.join(ROOT, "benchmarks", "data", "dev.json")
+
+
+def gptq_tiny(out: str, group_size: int = 32) -> str:
+    """The tiny preset with GPTQ 4-bit act-order on its LLM (lm_head kept), calibrated on 2 dev clips."""
+    from compress.recipe import recipe_from_dict
+    from compress.runner import run_recipe
+
+    run_recipe(recipe_from_dict({"name": "q", "calibration": {"data": DEV, "samples": 2},
+                                 "steps": [{"type": "gptq", "bits": 4, "group_size": group_size, "act_order": True,
+                                            "targets": {"parts": ["llm"], "ignore": ["lm_head"]}}]}),
+               "tiny", out, progress=False, bench=False, log=lambda *a: None)
+    return out
