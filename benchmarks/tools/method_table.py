@@ -31,13 +31,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 RECIPES = ("magnitude-50", "wanda-50", "sparsegpt-50", "wanda-2of4", "sparsegpt-2of4", "rtn-4bit-g128",
-           "gptq-4bit-g128", "gptq-4bit-g128-textcalib", "gptq-3bit-g128", "layer-drop-25", "layer-drop-25-distill")
+           "gptq-4bit-g128", "gptq-4bit-g64", "gptq-4bit-g128-textcalib", "gptq-3bit-g128", "layer-drop-25",
+           "layer-drop-25-distill")
 PEERS = {  # label -> (environment, arguments of its tool)
     "llmc-wanda-50": ("llmc", ["--method", "wanda", "--mask", "0:0"]),
     "llmc-sparsegpt-50": ("llmc", ["--method", "sparsegpt", "--mask", "0:0"]),
     "llmc-wanda-2of4": ("llmc", ["--method", "wanda", "--mask", "2:4"]),
     "llmc-sparsegpt-2of4": ("llmc", ["--method", "sparsegpt", "--mask", "2:4"]),
     "gptqmodel-4bit-g128": ("gptqmodel", ["--bits", "4", "--group-size", "128"]),
+    # SmolLM2's attention and MLP inputs are 576 wide: GPTQModel's CPU kernel needs K divisible by the group
+    "gptqmodel-4bit-g64": ("gptqmodel", ["--bits", "4", "--group-size", "64"]),
     "gptqmodel-3bit-g128": ("gptqmodel", ["--bits", "3", "--group-size", "128"]),
 }
 PEER_TOOL = {"llmc": "peer_llmc.py", "gptqmodel": "peer_gptqmodel.py"}
@@ -46,7 +49,8 @@ VERSUS = {  # ours -> the methods it is compared with, beside the baseline
     "wanda-50": ["llmc-wanda-50", "magnitude-50"], "sparsegpt-50": ["llmc-sparsegpt-50", "wanda-50"],
     "wanda-2of4": ["llmc-wanda-2of4"], "sparsegpt-2of4": ["llmc-sparsegpt-2of4", "wanda-2of4"],
     "gptq-4bit-g128": ["gptqmodel-4bit-g128", "rtn-4bit-g128", "gptq-4bit-g128-textcalib"],
-    "gptq-3bit-g128": ["gptqmodel-3bit-g128"], "layer-drop-25-distill": ["layer-drop-25"],
+    "gptq-4bit-g64": ["gptqmodel-4bit-g64", "gptq-4bit-g128"], "gptq-3bit-g128": ["gptqmodel-3bit-g128"],
+    "layer-drop-25-distill": ["layer-drop-25"],
 }
 
 
