@@ -62,13 +62,13 @@ _WRAP = ("import json, os, subprocess, sys\n"
          "json.dump({'rc': os.waitstatus_to_exitcode(status), 'maxrss_kib': usage.ru_maxrss}, open(sys.argv[1], 'w'))\n")
 
 
-def timed(cmd: list, log_path: str, env: dict | None = None) -> dict:
+def timed(cmd: list, log_path: str, env: dict | None = None, cwd: str | None = None) -> dict:
     """Run `cmd` (stdout and stderr to `log_path`); its wall time and its own peak RSS (wait4 in a small parent)."""
-    report = log_path + ".rusage.json"
+    report = os.path.abspath(log_path + ".rusage.json")
     t = time.perf_counter()
     with open(log_path, "w") as log:
         subprocess.run([sys.executable, "-c", _WRAP, report] + cmd, stdout=log, stderr=subprocess.STDOUT,
-                       env={**os.environ, **(env or {})})
+                       env={**os.environ, **(env or {})}, cwd=cwd)
     seconds = round(time.perf_counter() - t, 1)
     with open(report) as f:
         r = json.load(f)
@@ -133,7 +133,8 @@ def run_peer(label: str, a, plain: dict) -> dict:
     out = os.path.join(a.out, "peers", label)
     cost = timed([python, os.path.join(ROOT, "benchmarks", "tools", PEER_TOOL[env_name]), "--model", plain["dir"],
                   "--texts", plain["texts"], "--out", out, "--samples", str(a.samples)] + args,
-                 os.path.join(a.out, f"{label}.run.log"), env={"GPTQMODEL_CPU_WORKERS": "2"})
+                 os.path.join(a.out, f"{label}.run.log"), env={"GPTQMODEL_CPU_WORKERS": "2"},
+                 cwd=os.path.join(a.out, "peers"))  # GPTQModel writes a logs/ folder where it runs
     if cost["returncode"] != 0:
         return {"failed": f"exit {cost['returncode']}, see {cost['log']}", "cost": cost}
     weights = {}
@@ -222,6 +223,7 @@ def main(argv=None) -> int:
     p.add_argument("--latency-repeats", type=int, default=3)
     p.add_argument("--no-memory", action="store_true", help="skip the clean-process peak-memory run of each bench")
     a = p.parse_args(argv)
+    a.out = os.path.abspath(a.out)  # the peers run in their own folder
     known = list(RECIPES) + list(PEERS)
     wanted = known if a.methods is None else [m.strip() for m in a.methods.split(",") if m.strip()]
     bad = [m for m in wanted if m not in known]
