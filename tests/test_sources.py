@@ -23,8 +23,8 @@ def test_smollm2_is_converted_once_and_is_the_real_model():
 
 
 def test_llm_source_is_read_one_tensor_at_a_time():
-    """The frozen LLM is copied into the model tensor by tensor from a lazy view of the converted folder (the
-    whole 540 MB source is never held beside the model): same names and values as reading the files whole."""
+    """The frozen LLM is copied into the model tensor by tensor from a lazy view of the converted folder (no
+    anonymous copy of the 540 MB source beside the model): same names and values as reading the files whole."""
     from safetensors import safe_open
 
     lazy = sources.load_llm_state(sources.describe(sources.SMOLLM2))

@@ -48,7 +48,7 @@ def load_external(model, external: dict, log=None) -> set:
     filled = set()
     state = model.state_dict()  # tensors sharing the parameters' storage: copied into one at a time
     for part, entry in external.items():
-        src = source_state(entry)  # may be lazy (read per tensor): the whole source is never held twice
+        src = source_state(entry)  # may be lazy (read per tensor): no second anonymous copy of the source
         pairs, missing = {}, []
         for k in state:
             sk = source_key(part, k)

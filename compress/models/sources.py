@@ -206,8 +206,9 @@ def _version(pkg: str) -> str:
 
 
 class LazySafetensors(Mapping):
-    """Name -> tensor over the safetensors files of a folder, each tensor read from disk when asked for, so a
-    caller copying weights one at a time never holds a second copy of the whole model."""
+    """Name -> tensor over the safetensors files of a folder, each tensor read when asked for, so a caller copying
+    weights one at a time holds no second anonymous copy of the model. The files are memory-mapped (safetensors'
+    safe_open): their pages still count in the process's RSS while the mapping is open."""
 
     def __init__(self, folder: str):
         from safetensors import safe_open
