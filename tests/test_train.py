@@ -62,6 +62,38 @@ def test_cached_path_equals_encode_audio(tiny_data, tmp_path):
     assert msgs and "3 of 3 clips already cached" in msgs[0]
 
 
+def test_real_length_cache_equals_real_length_inference(tiny_data, tmp_path):
+    """With real_length, each clip's cached encoder output and its windows are what the model's real-length
+    inference of that clip gives; a batch of clips of different lengths keeps each clip's own windows."""
+    from compress.audio import load_audio
+    from demo_factory.train.featcache import build_cache
+    from demo_factory.train.loop import cached_batch, clip_windows, keep_frames, llm_inputs, speech_from_features
+    from demo_factory.train.loop import target_ids
+
+    ts, model, _ = _tiny_model()
+    model.eval()
+    model.real_length = True
+    samples = read_annotations(tiny_data)[:3]
+    kernel, stride = model.cfg.window_kernel, model.cfg.window_stride
+    cache = build_cache(model.speech_encoder, samples, str(tmp_path / "c"), real_length=(kernel, stride),
+                        log=lambda *a: None)
+    assert cache.real_length and "-real" in cache.folder
+    frames = keep_frames(model, cache, [0, 1, 2], np.random.default_rng(0), 1.0)
+    assert frames == max(cache.whisper_frames(i) for i in range(3)) < 1500
+    with torch.no_grad():
+        got = speech_from_features(model, *cached_batch(cache, [0, 1, 2], frames))
+        for i, s in enumerate(samples):
+            ref = model.encode_audio(**model.prepare_audio([load_audio(s.path)]))  # one clip, real length
+            assert ref.shape[1] == clip_windows(model, cache, i)
+            assert torch.allclose(got[i, : ref.shape[1]], ref[0], atol=2e-2, rtol=1e-2)
+    tok = model.tokenizer
+    targets = [target_ids(tok, "a b") for _ in range(3)]
+    own = [clip_windows(model, cache, i) for i in range(3)]
+    _, mask, _ = llm_inputs(model, got, ["asr"] * 3, targets, own)
+    full, _, _ = llm_inputs(model, got, ["asr"] * 3, targets)
+    assert mask.sum(1).tolist() == [full.shape[1] - (got.shape[1] - w) for w in own]
+
+
 def test_answer_logits_equal_the_full_forward_at_answer_positions(tiny_data):
     from demo_factory.train.loop import answer_logits, llm_inputs, target_ids
 
@@ -162,10 +194,23 @@ def test_pipeline_trains_resumes_and_writes_a_loadable_artifact(tiny_data, tmp_p
     lora = [n for n, p in model.named_parameters() if "lora_B" in n]
     assert any(model.get_parameter(n).abs().sum() > 0 for n in lora)  # LoRA was trained
     assert model.cfg.instructions["asr"] == "Recognize the speech and give me the transcription."
+    assert not model.real_length  # trained on 30 s features: no runtime change recorded
     # deterministic from the seed: another data folder gives the same losses
     again = train(ts, str(tmp_path / "again"), data_dir=str(tmp_path / "work2"), annotations=tiny_data,
                   progress=False, log=lambda *a: None)
     assert again["train"]["curve"] == t["curve"] and again["train"]["final_loss"] == t["final_loss"]
+
+
+def test_real_length_training_ships_a_real_length_model(tiny_data, tmp_path):
+    from compress.loaders import load_model
+
+    ts = S.preset("test").replace(real_length=True, steps=3, front_warmup_steps=2)
+    s = train(ts, str(tmp_path / "a"), data_dir=str(tmp_path / "w"), annotations=tiny_data, progress=False,
+              log=lambda *a: None)
+    assert s["train"]["steps"] == 3
+    assert any("-real" in d for d in os.listdir(tmp_path / "w" / "features"))
+    model = load_model(str(tmp_path / "a"))
+    assert model.real_length and model.cfg.extra["runtime"]["real_length"] is True
 
 
 def test_a_killed_run_resumes_to_the_same_weights(tiny_data, tmp_path):

@@ -1,7 +1,9 @@
 """The frozen inputs of training, computed once per clip: the Whisper encoder's output and BEATs' fbank.
 
-The Whisper encoder is frozen in SALMONN's training, so its (1500, d_model) output per clip (audio padded to
-30 s, as at inference) is computed once and kept as float16. BEATs is trained here, so only its input (the
+The Whisper encoder is frozen in SALMONN's training, so its output per clip is computed once and kept as
+float16: (1500, d_model) for audio padded to 30 s (SALMONN's inference), or, with `real_length`, the encoder
+run on the clip's own mel frames rounded up to whole Q-Former windows (the model's `real_length` inference,
+`compress.models.salmonn.real_mel_frames`, about a tenth of the cost for a 3-second clip). BEATs is trained here, so only its input (the
 Kaldi fbank, a fixed transform of the waveform) is kept, cut to whole 16-frame patches. One file per clip,
 named by the clip's content hash, in a folder named by the encoder's weights: each file is written atomically,
 so a killed run keeps every clip it finished and a rerun encodes only the rest.
@@ -48,9 +50,10 @@ def clip_fbank(wav: np.ndarray) -> np.ndarray:
 class FeatureCache:
     """Per-clip cached inputs of a list of samples (index i = samples[i])."""
 
-    def __init__(self, folder: str, digests: list):
-        self.folder, self.digests = folder, digests
+    def __init__(self, folder: str, digests: list, real_length: bool = False):
+        self.folder, self.digests, self.real_length = folder, digests, real_length
         self._frames: dict = {}
+        self._whisper_frames: dict = {}
 
     def __len__(self) -> int:
         return len(self.digests)
@@ -62,6 +65,12 @@ class FeatureCache:
         """(frames or 1500, d_model) float16 Whisper output of clip i (a memory-mapped slice)."""
         a = np.load(self._path(i, "whisper"), mmap_mode="r")
         return a if frames is None else a[:frames]
+
+    def whisper_frames(self, i: int) -> int:
+        """Encoder frames cached for clip i (1500, or its real-length count)."""
+        if i not in self._whisper_frames:
+            self._whisper_frames[i] = int(np.load(self._path(i, "whisper"), mmap_mode="r").shape[0])
+        return self._whisper_frames[i]
 
     def fbank(self, i: int) -> np.ndarray:
         return np.load(self._path(i, "fbank"))
@@ -80,14 +89,20 @@ def _save(path: str, arr: np.ndarray) -> None:
 
 @torch.inference_mode()
 def build_cache(speech_encoder: torch.nn.Module, samples: list, cache_dir: str, *, batch: int = 8,
-                progress: Optional[Callable] = None, log=print) -> FeatureCache:
-    """The cache of `samples` under `cache_dir`, encoding only the clips it lacks."""
+                real_length: Optional[tuple] = None, progress: Optional[Callable] = None,
+                log=print) -> FeatureCache:
+    """The cache of `samples` under `cache_dir`, encoding only the clips it lacks. `real_length` = the
+    Q-Former's (kernel, stride) in encoder frames: each clip encoded on its own real-length mel frames."""
     from compress.audio import load_audio, whisper_features
+    from compress.models.salmonn import real_mel_frames, whisper_encode
 
-    folder = os.path.join(cache_dir, f"whisper-{state_digest(speech_encoder)}")
+    name = f"whisper-{state_digest(speech_encoder)}"
+    if real_length is not None:
+        name += f"-real{real_length[0]}x{real_length[1]}"
+    folder = os.path.join(cache_dir, name)
     os.makedirs(folder, exist_ok=True)
     digests = [clip_digest(s.path) for s in samples]
-    cache = FeatureCache(folder, digests)
+    cache = FeatureCache(folder, digests, real_length=real_length is not None)
     todo = [i for i in range(len(samples))
             if not (os.path.isfile(cache._path(i, "whisper")) and os.path.isfile(cache._path(i, "fbank")))]
     seen: set = set()
@@ -100,11 +115,14 @@ def build_cache(speech_encoder: torch.nn.Module, samples: list, cache_dir: str, 
     dtype = next(speech_encoder.parameters()).dtype
     speech_encoder.eval()
     bar = progress(len(todo)) if progress else None
-    for k in range(0, len(todo), batch):
-        ids = todo[k:k + batch]
+    step = 1 if real_length is not None else batch  # real length: one clip a call, as inference of one clip
+    for k in range(0, len(todo), step):
+        ids = todo[k:k + step]
         waves = [load_audio(samples[i].path) for i in ids]
-        out = speech_encoder(whisper_features(waves, n_mels).to(dtype)).last_hidden_state
-        out = out.float().numpy().astype(np.float16)
+        spec = whisper_features(waves, n_mels).to(dtype)
+        if real_length is not None:
+            spec = spec[..., : real_mel_frames(len(waves[0]), real_length[0], real_length[1], spec.shape[-1])]
+        out = whisper_encode(speech_encoder, spec).float().numpy().astype(np.float16)
         for j, i in enumerate(ids):
             _save(cache._path(i, "fbank"), clip_fbank(waves[j]))
             _save(cache._path(i, "whisper"), out[j])

@@ -46,8 +46,12 @@ def target_ids(tokenizer, text: str) -> list:
 
 # ----------------------------------------------------------------------------------------------- forward
 def cached_batch(cache: FeatureCache, idx: list, frames: int) -> tuple:
-    """Whisper outputs (B, frames, Dw) float32, BEATs fbanks (B, F, 128) and their padding mask (True = pad)."""
-    wh = torch.from_numpy(np.stack([np.asarray(cache.whisper(i, frames), dtype=np.float32) for i in idx]))
+    """Whisper outputs (B, frames, Dw) float32, BEATs fbanks (B, F, 128) and their padding mask (True = pad).
+    Real-length outputs shorter than `frames` are zero-filled (their windows are dropped by `llm_inputs`)."""
+    whs = [np.asarray(cache.whisper(i, frames), dtype=np.float32) for i in idx]
+    wh = torch.zeros(len(idx), frames, whs[0].shape[1])
+    for j, a in enumerate(whs):
+        wh[j, : a.shape[0]] = torch.from_numpy(a)
     fbs = [cache.fbank(i) for i in idx]
     n = max(f.shape[0] for f in fbs)
     fb = torch.zeros(len(idx), n, fbs[0].shape[1])
@@ -81,13 +85,14 @@ def speech_from_features(model, wh: torch.Tensor, fbank: Optional[torch.Tensor],
     return window_tokens(model, speech, model.cfg.window_kernel, model.cfg.window_stride)
 
 
-def llm_inputs(model, speech: torch.Tensor, tasks: list, targets: list) -> tuple:
+def llm_inputs(model, speech: torch.Tensor, tasks: list, targets: list, windows: Optional[list] = None) -> tuple:
     """Prompt + answer embeddings right-padded (B, S, D), attention mask, and (rows, cols, labels) of the
-    positions whose next token is an answer token."""
+    positions whose next token is an answer token. `windows[i]`: the speech tokens clip i keeps (all if None)."""
     emb = model.llama_model.get_input_embeddings()
     rows, pos_r, pos_c, labels = [], [], [], []
     for i, (task, tgt) in enumerate(zip(tasks, targets)):
-        prompt, _ = model.build_inputs(speech[i:i + 1], model.instruction_for(task))  # (1, P, D)
+        own = speech[i:i + 1] if windows is None else speech[i:i + 1, : windows[i]]
+        prompt, _ = model.build_inputs(own, model.instruction_for(task))  # (1, P, D)
         p = prompt.shape[1]
         rows.append(torch.cat([prompt[0], emb(torch.tensor(tgt[:-1], dtype=torch.long))], dim=0))
         pos_r += [i] * len(tgt)
@@ -151,7 +156,8 @@ def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list
     `ctc_on`, default the ASR clips), and {name: (loss sum, count)}."""
     speech = speech_from_features(model, *cached_batch(cache, idx, frames), beats_mode=beats_mode,
                                   whisper_off=whisper_off)
-    embeds, mask, (r, c, labels) = llm_inputs(model, speech, tasks, targets)
+    own = [clip_windows(model, cache, i) for i in idx] if cache.real_length else None
+    embeds, mask, (r, c, labels) = llm_inputs(model, speech, tasks, targets, own)
     tok = F.cross_entropy(answer_logits(model, embeds, mask, r, c).float(), labels, reduction="none")
     per_task = {}
     for task in set(tasks):
@@ -171,7 +177,10 @@ def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list
 
 # ----------------------------------------------------------------------------------------------- plan
 def clip_windows(model, cache: FeatureCache, i: int) -> int:
-    """Q-Former windows (by stride) that clip i's audio covers."""
+    """Q-Former windows (by stride) that clip i's audio covers; with real-length features, the windows of its
+    cached encoder frames (what real-length inference of the clip gives)."""
+    if cache.real_length:
+        return window_count(cache.whisper_frames(i), model.cfg.window_kernel, model.cfg.window_stride)
     return -(-cache.clip_frames(i) // model.cfg.window_stride)
 
 
@@ -183,7 +192,9 @@ def window_frames_needed(model, windows: int) -> int:
 def keep_frames(model, cache: FeatureCache, idx: list, rng: np.random.Generator, full_share: float) -> int:
     """Whisper frames to keep for a batch: all 1500 (as at inference) for `full_share` of the batches, else
     the windows of the batch's longest clip plus 2-24 windows of its padding (the silence the model must learn
-    to ignore costs most of a step at full length)."""
+    to ignore costs most of a step at full length). Real-length features: the batch's longest clip."""
+    if cache.real_length:
+        return max(cache.whisper_frames(i) for i in idx)
     total = 1500
     if full_share >= 1.0 or rng.random() < full_share:
         return total
@@ -339,7 +350,7 @@ def init_projection(model, cache: FeatureCache, idx: list) -> dict:
     """Start the projection at the LLM's embedding scale: its output on training clips gets the mean norm of
     the LLM's token embeddings (the Q-Former ends in a LayerNorm, whose outputs a default Linear maps to vectors
     several times larger than any word embedding)."""
-    frames = 1500
+    frames = max(cache.whisper_frames(i) for i in idx)
     wh, fb, pad = cached_batch(cache, idx, frames)
     model.eval()
     speech = speech_from_features(model, wh, fb, pad)

@@ -154,8 +154,9 @@ def assemble(ts: S.DemoSettings, cfg, tok, llm_folder: Optional[str]):
 def stage_features(ts, model, samples, data_dir, progress, log):
     from .featcache import build_cache
 
+    real = (model.cfg.window_kernel, model.cfg.window_stride) if ts.real_length else None
     return build_cache(model.speech_encoder, samples, os.path.join(data_dir, "features"), batch=ts.cache_batch,
-                       progress=_bar_factory("whisper", progress), log=log)
+                       real_length=real, progress=_bar_factory("whisper", progress), log=log)
 
 
 def stage_train(ts, model, samples, cache, run_dir, progress, log):
@@ -226,6 +227,11 @@ def train(ts: S.DemoSettings, out: str, *, data_dir: str = DEFAULT_DATA, annotat
     model, external = assemble(ts, cfg, tok, llm_folder)
     cache = st.run("features", stage_features, ts, model, samples, data_dir, progress, log)
     report = st.run("train", stage_train, ts, model, samples, cache, run_dir, progress, log)
+    if ts.real_length:  # inference encodes as training did (re-applied by load_artifact)
+        from compress.runtime import record_runtime
+
+        record_runtime(model, "real_length", True)
+        model.real_length = True
     n_params = sum(p.numel() for p in model.parameters())
     summary = {
         "command": command or [],

@@ -74,6 +74,10 @@ class DemoSettings:
     # at 0.5: dev-40 WER 0.451 but CIDEr-D 0.557 against 0.476 / 0.684 at 0 (benchmarks/README.md), so 0 stays
     warmup_whisper_drop: float = 0.0
     full_share: float = 0.1  # share of batches with all 30 s of windows; the rest keep speech + 2-24 padding windows
+    # train (and ship) the model for real-length encoding: Whisper runs on the clip's own frames rounded to whole
+    # windows, not on 30 s of padding (features about 10x cheaper; no padding windows; full_share unused). The
+    # artifact records it as a runtime setting, so inference encodes the same way.
+    real_length: bool = False
     max_minutes: Optional[float] = 85.0  # safety stop of the training stage (wall time; the schedule is by steps)
     checkpoint_minutes: float = 4.0
     # ---- feature caching
