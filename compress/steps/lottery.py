@@ -21,21 +21,28 @@ class LotteryTicket(PruneStep):
     Config = LotteryConfig
 
     def run(self, model, ctx) -> dict:
+        lora_zeros_before = _lora_zeros(model)
+        rounds = list(self.rounds(model, ctx))
+        report = measure(model, self.targets(model, ctx))
+        report.update(rounds=rounds, lora_new_zeros=_lora_zeros(model) - lora_zeros_before,
+                      retrain_samples=rounds[-1]["retrain_samples"] if rounds else 0)
+        return report
+
+    def rounds(self, model, ctx):
+        """Prune, rewind, retrain, round by round; yields each round's report once its weights are final (a
+        caller may evaluate the model between rounds)."""
         c = self.config
         linears = self.targets(model, ctx)
         data = load_calibration(CalibrationConfig(data=c.retrain.data, samples=c.retrain.samples,
                                                   seed=c.retrain.seed), ctx.base_dir)
-        lora_zeros_before = _lora_zeros(model)
-        start = {n: m.weight.detach().clone() for n, m in linears.items()}
-        rewind_to = start
+        rewind_to = {n: m.weight.detach().clone() for n, m in linears.items()} if c.rewind != "none" else None
         masks = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in linears.items()}
 
         def reapply():
             for n, m in linears.items():
                 sp.apply_mask(m.weight, masks[n])
 
-        rounds = []
-        for r, target in enumerate(sp.round_sparsities(c.sparsity, c.rounds)):
+        for r, target in enumerate(c.targets_per_round()):
             # Magnitude among survivors; pruned weights score -inf so they stay pruned.
             scores = {n: sp.magnitude_scores(m.weight).masked_fill(~masks[n], float("-inf"))
                       for n, m in linears.items()}
@@ -44,12 +51,13 @@ class LotteryTicket(PruneStep):
                 masks = {n: s > thr for n, s in scores.items()}
             else:
                 masks = {n: sp.mask_layer(s, target) for n, s in scores.items()}
-            with torch.no_grad():  # rewind the survivors
+            with torch.no_grad():  # rewind the survivors (or keep them, rewind none)
                 for n, m in linears.items():
-                    m.weight.copy_(rewind_to[n] * masks[n].to(m.weight.dtype))
+                    src = rewind_to[n] if rewind_to is not None else m.weight.detach()
+                    m.weight.copy_(src * masks[n].to(m.weight.dtype))
             extra = [m.weight for m in linears.values()] if c.train_base else []
             losses = []
-            bar = ctx.bar(c.retrain.steps, f"lottery round {r + 1}/{c.rounds}")
+            bar = ctx.bar(c.retrain.steps, f"lottery round {r + 1}/{len(c.targets_per_round())}")
             if c.rewind == "early" and r == 0:
                 first = c.retrain.model_copy(update={"steps": c.rewind_steps})
                 losses += train_steps(model, data, first, after_step=reapply, extra_params=extra, progress=bar)
@@ -61,9 +69,5 @@ class LotteryTicket(PruneStep):
             bar.close()
             reapply()
             m = measure(model, linears)
-            rounds.append({"round": r + 1, "target_sparsity": target, "measured_sparsity": m["measured_sparsity"],
-                           "loss_first": losses[0], "loss_last": losses[-1]})
-        report = measure(model, linears)
-        report.update(rounds=rounds, lora_new_zeros=_lora_zeros(model) - lora_zeros_before,
-                      retrain_samples=len(data))
-        return report
+            yield {"round": r + 1, "target_sparsity": target, "measured_sparsity": m["measured_sparsity"],
+                   "loss_first": losses[0], "loss_last": losses[-1], "retrain_samples": len(data)}

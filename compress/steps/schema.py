@@ -184,8 +184,12 @@ class LotteryConfig(StepConfig):
     type: Literal["lottery_ticket"] = "lottery_ticket"
     sparsity: float = Field(0.5, gt=0.0, lt=1.0)  # final sparsity after the last round
     rounds: int = Field(3, ge=1, le=20)
+    # explicit sparsity after each round (increasing); replaces sparsity/rounds' geometric schedule
+    schedule: Optional[list[float]] = None
     scope: Literal["layer", "global"] = "global"
-    rewind: Literal["start", "early"] = "start"
+    # survivors go back to their values at the start ("start"), after rewind_steps of round 1 ("early"), or keep
+    # their retrained values ("none": iterative pruning with fine-tuning, the control of a lottery ticket)
+    rewind: Literal["start", "early", "none"] = "start"
     rewind_steps: int = Field(0, ge=0)  # with rewind=early: snapshot after this many steps of round 1
     train_base: bool = False  # also train the targeted base weights (then rewinding matters)
     retrain: TrainConfig
@@ -195,7 +199,19 @@ class LotteryConfig(StepConfig):
     def _rewind(self):
         if self.rewind == "early" and not (self.train_base and self.rewind_steps >= 1):
             raise ValueError("rewind: early needs train_base: true and rewind_steps >= 1")
+        if self.schedule is not None:
+            ok = bool(self.schedule) and all(0.0 < x < 1.0 for x in self.schedule) and all(
+                a < b for a, b in zip(self.schedule, self.schedule[1:]))
+            if not ok:
+                raise ValueError(f"schedule must be increasing sparsities in (0, 1), got {self.schedule}")
+            if len(self.schedule) > 20:
+                raise ValueError("schedule: at most 20 rounds")
         return self
+
+    def targets_per_round(self) -> list:
+        from ..sparsity import round_sparsities
+
+        return list(self.schedule) if self.schedule is not None else round_sparsities(self.sparsity, self.rounds)
 
 
 @step_config("layer_drop")
