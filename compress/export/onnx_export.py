@@ -7,7 +7,9 @@ Directory written (atomically, manifest last):
                      past_value_{i} (B, KV, P, hd) -> logits (B, 1, V) of the last position, present_key_{i} / ...
                      (LoRA merged into the base weights; P = 0 for prefill)
   embed_tokens.npy   the LLM's token embedding table (next-token embeddings are looked up on the host)
-  tokenizer/, config.json (model config + graph interface), manifest.json (kind "onnx", sha256 of every file)
+  mel_filters.npy    Whisper's mel filter bank (n_fft // 2 + 1, n_mels), for the torch-free runtime (lite.py)
+  tokenizer/ (with tokenizer.json), config.json (model config, graph interface, prompt ids per task, tokenizer
+  size), manifest.json (kind "onnx", sha256 of every file)
 Large graphs (> 2 GB) keep their weights in a `<graph>.onnx.data` file beside them (ONNX external data).
 """
 
@@ -29,6 +31,7 @@ from ..errors import UserError
 from ..outputs import atomic_directory, file_table, package_versions, write_manifest
 from .wrappers import DecoderWithCache, example_audio, float32_front, full_mel_frames, merged_llm, require_exportable
 from .layout import CONFIG, EMBED, FRONT, KIND, LLM  # noqa: F401  (re-exported)
+from .lite import MEL_FILTERS
 
 DEFAULT_OPSET = 18
 EXPORTER = "torch.onnx.export(dynamo=True)"
@@ -204,6 +207,34 @@ def quantize_llm(path: str) -> dict:
                     "host embedding table stay float32"}
 
 
+def mel_filters(n_mels: int) -> np.ndarray:
+    """Whisper's mel filter bank (n_fft // 2 + 1, n_mels) float32, as the feature extractor applies it: the torch-free
+    runtime (lite.py) computes the log-mel with it rather than rebuilding the Slaney filters."""
+    from ..audio import _feature_extractor
+
+    return np.asarray(_feature_extractor(int(n_mels)).mel_filters, dtype=np.float32)
+
+
+def task_prompts(model) -> dict:
+    """Task -> {"before": ids, "after": ids}: the prompt token ids around the speech tokens for every instruction of
+    the model, so that a runtime without the tokenizer's template logic splices the same prompt."""
+    from ..models.salmonn import prompt_ids
+
+    out = {}
+    for task, instruction in model.cfg.instructions.items():
+        before, after = prompt_ids(model.tokenizer, model.cfg, instruction)
+        out[task] = {"before": [int(i) for i in before], "after": [int(i) for i in after]}
+    return out
+
+
+def save_tokenizer(tokenizer, folder: str) -> None:
+    """save_pretrained, then check that tokenizer.json (what the torch-free runtime reads) was written."""
+    tokenizer.save_pretrained(folder)
+    if not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        raise UserError(f"the model's tokenizer ({type(tokenizer).__name__}) wrote no tokenizer.json: export needs "
+                        "a fast tokenizer (transformers' tokenizers backend)")
+
+
 def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT_OPSET, overwrite: bool = False,
                 check: Optional[dict] = None, manifest_extra: Optional[dict] = None,
                 step_report: Optional[dict] = None, log=None, nbits_accuracy_level: int = 0,
@@ -251,12 +282,14 @@ def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT
             say("quantizing the LLM graph to int8 ...")
             quant = quantize_llm(os.path.join(tmp, LLM))
         np.save(os.path.join(tmp, EMBED), emb)
-        model.tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
+        np.save(os.path.join(tmp, MEL_FILTERS), mel_filters(model.n_mels))
+        save_tokenizer(model.tokenizer, os.path.join(tmp, "tokenizer"))
         bos = model.tokenizer.bos_token_id
         with open(os.path.join(tmp, CONFIG), "w") as f:
             json.dump({"model": model.cfg.to_dict(), "real_length": bool(getattr(model, "real_length", False)),
                        "eos_ids": model.eos_ids(), "bos_id": bos, "n_mels": model.n_mels,
-                       "has_beats": model.beats is not None, "audio_front": front, "llm": llm}, f, indent=1,
+                       "has_beats": model.beats is not None, "audio_front": front, "llm": llm,
+                       "prompts": task_prompts(model), "tokenizer_size": len(model.tokenizer)}, f, indent=1,
                       default=str)
         result = None
         if check is not None:

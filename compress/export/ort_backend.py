@@ -20,23 +20,12 @@ from ..errors import CheckpointError, UserError
 from ..models.config import SalmonnConfig
 from ..models.salmonn import PromptMixin
 from .layout import CONFIG, EMBED, FRONT, KIND, LLM
+from .lite import LlmSession, default_providers, session  # noqa: F401  (default_providers re-exported)
 
 
 def _session(path: str, providers: Optional[list]):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = torch.get_num_threads()  # `bench --threads` / set_num_threads apply to ORT too
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(path, so, providers=providers or default_providers())
-
-
-def default_providers() -> list:
-    import onnxruntime as ort
-
-    avail = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
+    """lite.session with torch's thread count: `bench --threads` / set_num_threads apply to ORT too."""
+    return session(path, providers, torch.get_num_threads())
 
 
 class _Out:
@@ -72,38 +61,21 @@ class _Embedding:
 
 
 class OrtCausalLM:
-    """The llm.onnx session with the call signature compress.generation uses. Two graph layouts: the dynamo
-    exporter's (position_ids in, past_*/present_* names) and onnxruntime-genai's builder's (positions from the
-    attention mask, past_key_values.*/present.* names; see genai_graph.py)."""
+    """The llm.onnx session with the call signature compress.generation uses: torch tensors in and out around
+    lite.LlmSession, which builds the feeds for either graph layout (dynamo exporter's or onnxruntime-genai's)."""
 
     def __init__(self, session, embed: np.ndarray, spec: dict):
+        self.llm = LlmSession(session, spec)
         self.session = session
         self.embed = _Embedding(embed)
-        self.past_names = spec["past_inputs"]
-        self.outputs = ["logits"] + list(spec.get("present_outputs")
-                                         or [n.replace("past_", "present_") for n in self.past_names])
-        self.kv_heads, self.head_dim = spec["kv_heads"], spec["head_dim"]
-        self.takes_positions = "position_ids" in {i.name for i in session.get_inputs()}
 
     def get_input_embeddings(self) -> _Embedding:
         return self.embed
 
     def __call__(self, *, inputs_embeds, attention_mask, position_ids, past_key_values=None, use_cache=True):
-        b = inputs_embeds.shape[0]
-        if past_key_values is None:  # prefill: past length 0
-            empty = np.zeros((b, self.kv_heads, 0, self.head_dim), dtype=np.float32)
-            past = [empty] * len(self.past_names)
-        else:
-            past = past_key_values.arrays
-        mask = attention_mask.detach().cpu().numpy().astype(np.int64)
-        feeds = {"inputs_embeds": np.ascontiguousarray(inputs_embeds.detach().cpu().numpy(), dtype=np.float32),
-                 "attention_mask": mask, **dict(zip(self.past_names, past))}
-        if self.takes_positions:
-            feeds["position_ids"] = position_ids.detach().cpu().numpy().astype(np.int64)
-        elif not mask.all():
-            raise UserError("this export's LLM graph (onnxruntime-genai builder) takes positions from the attention "
-                            "mask and cannot run padded batches: run one clip at a time (--batch-size 1)")
-        logits, *present = self.session.run(self.outputs, feeds)
+        past = None if past_key_values is None else past_key_values.arrays
+        logits, present = self.llm.run(inputs_embeds.detach().cpu().numpy(), attention_mask.detach().cpu().numpy(),
+                                       position_ids.detach().cpu().numpy(), past)
         return _Out(torch.from_numpy(logits), OrtCache(present))
 
 

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 from ..errors import ConfigError, choices
 from .qformer import QFormerConfig
+from .windows import encoder_frames
 
 ASR_INSTRUCTION = "Recognize the speech and give me the transcription."
 CAPTION_INSTRUCTION = "Please describe the audio."
@@ -86,11 +87,11 @@ class SalmonnConfig:
 
     @property
     def window_kernel(self) -> int:
-        return round(1500 * self.second_per_window / 30.0)
+        return encoder_frames(self.second_per_window)
 
     @property
     def window_stride(self) -> int:
-        return round(1500 * self.second_stride / 30.0)
+        return encoder_frames(self.second_stride)
 
     def to_dict(self) -> dict:
         return asdict(self)

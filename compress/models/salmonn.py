@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import ConfigError
 from .config import SPEECH_PLACEHOLDER, SalmonnConfig, resolve_task
 from .qformer import SpeechQFormer, window_frames
+from .windows import real_mel_frames, window_count  # noqa: F401  (re-exported: callers import them from here)
 
 # Parameter-name prefixes of each part; the first match wins.
 PART_PREFIXES = {
@@ -239,19 +240,6 @@ def prompt_embeds(emb, bos: Optional[int], ids: tuple, speech: torch.Tensor) -> 
 
 def _full_mel_frames(encoder) -> int:
     return encoder.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
-
-
-def window_count(frames: int, kernel: int, stride: int) -> int:
-    """Q-Former windows over `frames` encoder frames (whole windows only, as the unfold takes them)."""
-    return (frames - kernel) // stride + 1
-
-
-def real_mel_frames(num_samples: int, kernel: int, stride: int, full: int = 3000) -> int:
-    """Mel frames to keep for a clip of num_samples at 16 kHz: its frames rounded up to whole
-    Q-Former windows (the encoder halves the frame rate), at least one window, at most `full`."""
-    enc = (num_samples // 160 + 1) // 2  # encoder frames covering the clip
-    windows = max(1, -(-max(enc - kernel, 0) // stride) + 1)
-    return min(full, 2 * ((windows - 1) * stride + kernel))
 
 
 def whisper_encode(encoder, features: torch.Tensor) -> torch.Tensor:
