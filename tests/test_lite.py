@@ -170,6 +170,7 @@ def test_command_prints_the_same_text_without_torch(exports):
     out = json.loads(r.stdout)
     assert out["token_ids"] == ref.generate(load_audio(clips[0]), "caption", max_new_tokens=4, ignore_eos=True)[1]
     assert out["tokens"] == 4 and out["ttft_ms"] > 0 and out["tpot_ms"] > 0 and out["audio"] == clips[0]
+    assert 50 < out["peak_rss_mib"] < 2000  # its own peak RSS, torch never imported
 
 
 def _one_line_error(r: subprocess.CompletedProcess, *words) -> None:

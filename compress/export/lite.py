@@ -341,6 +341,23 @@ def _positive(text: str) -> int:
     return n
 
 
+def peak_rss_mib():
+    """This process's peak resident memory so far (MiB; None where the platform reports none). Linux: VmHWM of
+    this process's own memory map (ru_maxrss would also count the parent's pages, carried over at exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
 def timed_generate(engine: LiteEngine, wav: np.ndarray, **kw) -> dict:
     """One clip with its latency, defined as compress.bench.latency does: ttft_ms from the waveform in memory to
     the first token id, tpot_ms the mean time of each later token ((end - first) / (tokens - 1))."""
@@ -361,6 +378,8 @@ def main(argv: Optional[list] = None) -> int:
         for path in args.audio:
             out = timed_generate(engine, load_wav(path), task=args.task, max_new_tokens=args.max_new_tokens,
                                  ignore_eos=args.ignore_eos)
+            if args.json:
+                out["peak_rss_mib"] = peak_rss_mib()
             print(json.dumps({"audio": path, **out}) if args.json else out["text"], flush=True)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -17,7 +17,7 @@ class DemoSettings:
     seed: int = 0
     # ---- data (train split of demo_factory.data.build)
     n_asr: int = 2000
-    n_chain: int = 1000  # extra ASR clips of word-bigram sentences (acoustics the LLM's prior cannot guess)
+    n_chain: int = 3000  # extra ASR clips of word-bigram sentences (acoustics the LLM's prior cannot guess)
     n_caption: int = 1000
     # ---- frozen parts: "smollm2-135m-instruct" / "tiny.en" = the real pretrained weights; a dict = a random
     # model of that config (tests)
@@ -49,7 +49,7 @@ class DemoSettings:
     lora_targets: list = field(default_factory=lambda: ["q_proj", "v_proj"])
     prompt_template: str = CHAT_TEMPLATE
     # ---- training (encoders and LLM frozen; BEATs, Q-Former, projection and LoRA learn)
-    steps: int = 700
+    steps: int = 1100
     batch: int = 8
     lr: float = 5e-4
     lora_lr: Optional[float] = None  # None: = lr
@@ -60,7 +60,7 @@ class DemoSettings:
     # SALMONN's answer loss alone moved ASR slowly here (answer loss 4.42 -> 4.24 per token over steps 100-200)
     ctc_weight: float = 0.5
     # CTC alone on the audio front before the joint stage (loop.front_warmup); 0 = none
-    front_warmup_steps: int = 1500
+    front_warmup_steps: int = 2000
     front_warmup_batch: int = 16
     front_warmup_lr: float = 1e-3
     # CTC also on the caption clips without speech (their caption's pieces, in order, over the clip's windows):
@@ -77,7 +77,7 @@ class DemoSettings:
     # train (and ship) the model for real-length encoding: Whisper runs on the clip's own frames rounded to whole
     # windows, not on 30 s of padding (features about 10x cheaper; no padding windows; full_share unused). The
     # artifact records it as a runtime setting, so inference encodes the same way.
-    real_length: bool = False
+    real_length: bool = True
     max_minutes: Optional[float] = 85.0  # safety stop of the training stage (wall time; the schedule is by steps)
     checkpoint_minutes: float = 4.0
     # ---- feature caching
@@ -131,7 +131,7 @@ PRESETS = {
         beats_ffn=64, beats_heads=2, beats_patch_embed=16, beats_conv_pos=8, beats_conv_pos_groups=4,
         beats_buckets=16, beats_max_distance=32, beats_dropout=0.0, qformer_hidden=32, qformer_heads=2,
         qformer_ffn=64, qformer_layers=2, lora_r=4, lora_alpha=16, lora_dropout=0.0, steps=12, batch=4, lr=3e-3,
-        ctc_weight=0.0, front_warmup_steps=3, front_warmup_batch=4,
+        ctc_weight=0.0, front_warmup_steps=3, front_warmup_batch=4, real_length=False,
         warmup=2, max_minutes=None, checkpoint_minutes=0.0, cache_batch=4, max_new_tokens=8),
 }
 
