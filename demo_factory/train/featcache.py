@@ -3,8 +3,9 @@
 The Whisper encoder is frozen in SALMONN's training, so its output per clip is computed once and kept as
 float16: (1500, d_model) for audio padded to 30 s (SALMONN's inference), or, with `real_length`, the encoder
 run on the clip's own mel frames rounded up to whole Q-Former windows (the model's `real_length` inference,
-`compress.models.salmonn.real_mel_frames`, about a tenth of the cost for a 3-second clip). BEATs is trained here, so only its input (the
-Kaldi fbank, a fixed transform of the waveform) is kept, cut to whole 16-frame patches. One file per clip,
+`compress.models.windows.real_mel_frames`, about a tenth of the cost for a 3-second clip). BEATs is trained
+here, so only its input (the Kaldi fbank, a fixed transform of the waveform) is kept, cut to whole 16-frame
+patches. One file per clip,
 named by the clip's content hash, in a folder named by the encoder's weights: each file is written atomically,
 so a killed run keeps every clip it finished and a rerun encodes only the rest.
 """
