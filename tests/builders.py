@@ -6,6 +6,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEV = os.path.join(ROOT, "benchmarks", "data", "dev.json")
 
 
+def rtn_offset_tiny(out: str) -> str:
+    """The tiny preset with RTN 4-bit on the float-offset grid (llama.cpp's Q4_1), groups of 32, on its LLM."""
+    from compress.recipe import recipe_from_dict
+    from compress.runner import run_recipe
+
+    run_recipe(recipe_from_dict({"name": "q41", "steps": [
+        {"type": "rtn", "bits": 4, "group_size": 32, "sym": False, "zero_point": "float",
+         "targets": {"parts": ["llm"], "ignore": ["lm_head"]}}]}),
+        "tiny", out, progress=False, bench=False, log=lambda *a: None)
+    return out
+
+
 def gptq_tiny(out: str, group_size: int = 32) -> str:
     """The tiny preset with GPTQ 4-bit act-order on its LLM (lm_head kept), calibrated on 2 dev clips."""
     from compress.recipe import recipe_from_dict

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from builders import gptq_tiny
+from builders import gptq_tiny, rtn_offset_tiny
 from compress.audio import load_audio
 from compress.cli import main
 from compress.data.annotations import read_annotations
@@ -249,6 +249,22 @@ def test_gptq_export_runs_the_models_own_codes_as_matmul_nbits(tmp_path):
     assert nb["layers"] == quantized and nb["bits"] == [4] and nb["block_sizes"] == [32]
     assert m["check"]["identical"] == m["check"]["clips"]  # greedy tokens equal PyTorch's on every clip
     assert m["export"]["graphs"]["llm"]["lora"].startswith("unmerged")
+
+
+def test_float_offset_grid_exports_through_the_dynamo_graph(tmp_path):
+    """RTN on the float-offset grid: MatMulNBits with zero points 0 plus the offsets' block-sum branch in plain ops;
+    ONNX Runtime decodes the tokens PyTorch decodes."""
+    import onnx
+
+    from compress.export import export_model
+
+    model = load_model(rtn_offset_tiny(str(tmp_path / "q41")))
+    out = str(tmp_path / "onnx")
+    export_model(model, out, fmt="onnx", check={"data": DEV, "limit": 2, "max_new_tokens": 6})
+    ops = [n.op_type for n in onnx.load(os.path.join(out, "llm.onnx"), load_external_data=False).graph.node]
+    assert ops.count("MatMulNBits") == len(model.module_overrides) > 0 and "ReduceSum" in ops
+    m = read_manifest(out)
+    assert m["check"]["identical"] == m["check"]["clips"]
 
 
 def test_export_after_layer_drop_matches_pytorch(tmp_path):

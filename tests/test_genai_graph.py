@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from builders import DEV, gptq_tiny
+from builders import DEV, gptq_tiny, rtn_offset_tiny
 from compress.errors import UserError
 from compress.loaders import load_model
 
@@ -102,7 +102,25 @@ def test_gptq_codes_are_swapped_in_with_lora_beside_them(tmp_path):
     want = from_gptq(q.qweight, q.qzeros, q.scales, q.g_idx, q.bits, q.in_features).b.numpy()
     assert np.array_equal(blob[: want.shape[0]], want)
     spec = load_model(out).conf["llm"]["matmul_nbits"]
-    assert spec["matmul_nbits_nodes"] == 5 * layers and spec["lora_branches"] == n_lora // 2 > 0
+    assert spec["matmul_nbits_nodes"] == 5 * layers and spec["side_branches"] == n_lora // 2 > 0
+    assert _logits_side_by_side(model, load_model(out)) < 2e-3
+
+
+def test_float_offset_grid_runs_as_matmulnbits_plus_a_side_branch(tmp_path):
+    """RTN on the float-offset grid (Q4_1's): zero points 0 in MatMulNBits (the packed kernels' layout) and the
+    offsets in each projection's side branch with its LoRA; logits equal the PyTorch model's."""
+    from compress.export import export_model
+
+    torch.set_num_threads(1)
+    model = load_model(rtn_offset_tiny(str(tmp_path / "q41")))
+    _random_lora(model)
+    out = str(tmp_path / "genai")
+    export_model(model, out, fmt="onnx", llm_graph="genai")
+    layers = model.cfg.llm["num_hidden_layers"]
+    ops = _ops(out)
+    assert ops.count("MatMulNBits") == 5 * layers
+    spec = load_model(out).conf["llm"]["matmul_nbits"]
+    assert spec["float_offsets"] is True and spec["side_branches"] == 5 * layers  # every projection has offsets
     assert _logits_side_by_side(model, load_model(out)) < 2e-3
 
 

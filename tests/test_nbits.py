@@ -85,3 +85,59 @@ def test_weights_sharing_an_input_stack_into_one():
     other = NBitsWeight(**{**ws[1].__dict__, "perm": None})
     with pytest.raises(ValueError, match="column order"):
         concat_outputs([ws[0], other])
+
+
+def _q41_weight(out_f, in_f, seed=0):
+    """A weight as llama.cpp's Q4_1 dequantizes it: per block of 32, d * q + m with float16 d and m, and codes that
+    reach 0 and 15 in every block (Q4_1 takes d = (max - min) / 15 and m = min)."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = in_f // 32
+    d = (torch.rand(out_f, blocks, 1, generator=g) * 0.01 + 1e-3).half().float()
+    m = (-torch.rand(out_f, blocks, 1, generator=g) * 0.08).half().float()
+    q = torch.randint(0, 16, (out_f, blocks, 32), generator=g).float()
+    q[..., 0], q[..., 1] = 0, 15
+    return (d * q + m).reshape(out_f, in_f)
+
+
+def test_float_offset_grid_recovers_q4_1_weights_exactly():
+    w = _q41_weight(16, 96)
+    qw = rtn_quantize(w, 4, 32, sym=False, zero_point="float")
+    assert torch.equal(qw.dequantize(), w) and bool((qw.zeros == 0).all())
+    # a weight that never was Q4_1 is only approximated, by at most half a step per block
+    r = torch.randn(16, 96, generator=torch.Generator().manual_seed(1))
+    qr = rtn_quantize(r, 4, 32, sym=False, zero_point="float")
+    err = (qr.dequantize() - r).abs().reshape(16, 3, 32).amax(-1)
+    assert 0 < float(err.max()) and bool((err <= qr.scales.T * 0.5 + 1e-3).all())
+    # the integer grid cannot place the offset: the same Q4_1 weight does not come back
+    assert not torch.equal(rtn_quantize(w, 4, 32, sym=False).dequantize(), w)
+
+
+def test_float_offsets_survive_gptq_linear_nbits_and_side_branch():
+    """GPTQLinear keeps the offsets (spec round trip), MatMulNBits' layout keeps them beside zero points of 0, and
+    MatMulNBits(x) + block sums @ offsets^T is x W^T; the side matrices hold them with a LoRA (x A B)."""
+    from compress.export.genai_graph import side_matrices
+    from compress.export.nbits_op import NBitsLinear
+    from compress.quant.nbits import block_sums, unpack_low_first
+
+    w = _q41_weight(24, 64, seed=2)
+    qw = rtn_quantize(w, 4, 32, sym=False, zero_point="float")
+    bias = torch.randn(24, generator=torch.Generator().manual_seed(3))
+    m = GPTQLinear.from_quantized(qw, bias, sym=False, method="rtn")
+    assert m.spec()["offsets"] is True and torch.equal(m.dequantize(), w)
+    again = GPTQLinear.from_spec(m.spec())
+    again.load_state_dict(m.state_dict())
+    assert torch.equal(again.dequantize(), w)
+    again.to(torch.bfloat16)
+    assert again.offsets.dtype == torch.float16  # like the scales, never cast
+    nw = from_gptq(m.qweight, m.qzeros, m.scales, m.g_idx, 4, 64, offsets=m.offsets)
+    assert nw.offsets.shape == (24, 2) and bool((unpack_low_first(nw.zero_points, 4, 2) == 0).all())
+    assert torch.equal(dequantize(nw), w)
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(4))
+    n = NBitsLinear.from_gptq(m)
+    assert torch.allclose(n(x), x @ w.T + bias, atol=1e-5)
+    assert torch.allclose(block_sums(x, nw), x.reshape(3, 2, 32).sum(-1))
+    a, b = torch.randn(4, 64), torch.randn(24, 4)
+    a_cat, b_cat = side_matrices([nw], [(a, b, 0.5)])
+    assert a_cat.shape == (64, 4 + 2) and b_cat.shape == (4 + 2, 24)
+    side = x @ torch.from_numpy(a_cat) @ torch.from_numpy(b_cat)
+    assert torch.allclose(side, 0.5 * (x @ a.T @ b.T) + block_sums(x, nw) @ nw.offsets.T, atol=1e-5)

@@ -163,6 +163,10 @@ def test_layer_drop_explicit_layers_and_renumbering(tmp_path):
     ({"name": "x", "calibration": {"data": "c.json", "inputs": "text"},
       "steps": [{"type": "wanda", "targets": {"parts": ["llm", "qformer"]}}]}, "feeds the LLM only, but steps target ['qformer']"),
     ({"name": "x", "calibration": {"data": "c.json", "inputs": "speech"}, "steps": [{"type": "wanda"}]}, "inputs"),
+    ({"name": "x", "steps": [{"type": "rtn", "zero_point": "float"}]}, "asymmetric grid"),
+    ({"name": "x", "steps": [{"type": "rtn", "zero_point": "half"}]}, "zero_point: Input should be 'integer' or 'float'"),
+    ({"name": "x", "calibration": {"data": "c.json"},
+      "steps": [{"type": "gptq", "sym": False, "zero_point": "float"}]}, "gptq takes zero_point: integer only"),
 ])
 def test_bad_recipes(doc, msg):
     with pytest.raises(ConfigError, match=msg if ".*" in msg else msg.replace("(", r"\(").replace("[", r"\[")):

@@ -9,6 +9,8 @@ not benched again):
   torch-fp32        the model as shipped, PyTorch eager
   torch-int8-wo     recipes/torchao-int8-weight-only.yaml (torchao int8 weight-only)
   torch-gptq4       recipes/gptq-4bit-g128.yaml (the project's GPTQLinear: dequantizes per call)
+  torch-q41         recipes/rtn-4bit-g32-offset.yaml (RTN on llama.cpp's Q4_1 grid, groups of 32, float offsets:
+                    bit-exact on the demo, whose LLM weights were dequantized from Q4_1)
   ort-fp32          `export --format onnx` of the model (ONNX Runtime, LoRA merged)
   ort-int8          the same with --int8 (onnxruntime quantize_dynamic on the LLM MatMuls)
   ort-nbits4        `export` of the GPTQ artifact: MatMulNBits with the same 4-bit codes, float activations
@@ -17,6 +19,9 @@ not benched again):
                     (fused attention and norms), LoRA merged
   ort-genai-nbits4  the same for the GPTQ artifact: its own codes swapped in as MatMulNBits, LoRA beside them
   ort-genai-nbits4-h8  the same with --lm-head-bits 8 (the output layer through ONNX Runtime's quantizer)
+  ort-genai-q41     `export --llm-graph genai` of torch-q41: MatMulNBits with zero points 0 and the float offsets
+                    in each projection's side branch (x's block sums times the offsets, beside the LoRA)
+  ort-genai-q41-h8  the same with --lm-head-bits 8
   best-cpu          recipes/best-cpu.yaml (its output is an ONNX export)
 A format is "best" when it is the fastest per token among those that keep accuracy: WER at most torch-fp32's + 0.01
 and CIDEr-D at least 95% of torch-fp32's.
@@ -44,14 +49,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 SC = [sys.executable, "-m", "compress.cli"]  # this checkout's code (PYTHONPATH below), whatever is installed
 
-FORMATS = ("torch-fp32", "torch-int8-wo", "torch-gptq4", "ort-fp32", "ort-int8", "ort-nbits4", "ort-nbits4-acc4",
-           "ort-genai-fp32", "ort-genai-nbits4", "ort-genai-nbits4-h8", "best-cpu")
-RECIPE_OF = {"torch-int8-wo": "torchao-int8-weight-only", "torch-gptq4": "gptq-4bit-g128", "best-cpu": "best-cpu"}
+FORMATS = ("torch-fp32", "torch-int8-wo", "torch-gptq4", "torch-q41", "ort-fp32", "ort-int8", "ort-nbits4",
+           "ort-nbits4-acc4", "ort-genai-fp32", "ort-genai-nbits4", "ort-genai-nbits4-h8", "ort-genai-q41",
+           "ort-genai-q41-h8", "best-cpu")
+RECIPE_OF = {"torch-int8-wo": "torchao-int8-weight-only", "torch-gptq4": "gptq-4bit-g128",
+             "torch-q41": "rtn-4bit-g32-offset", "best-cpu": "best-cpu"}
 GENAI = ["--llm-graph", "genai"]
 EXPORT_OF = {"ort-fp32": ("torch-fp32", []), "ort-int8": ("torch-fp32", ["--int8"]),
              "ort-nbits4": ("torch-gptq4", []), "ort-nbits4-acc4": ("torch-gptq4", ["--nbits-accuracy-level", "4"]),
              "ort-genai-fp32": ("torch-fp32", GENAI), "ort-genai-nbits4": ("torch-gptq4", GENAI),
-             "ort-genai-nbits4-h8": ("torch-gptq4", GENAI + ["--lm-head-bits", "8"])}
+             "ort-genai-nbits4-h8": ("torch-gptq4", GENAI + ["--lm-head-bits", "8"]),
+             "ort-genai-q41": ("torch-q41", GENAI), "ort-genai-q41-h8": ("torch-q41", GENAI + ["--lm-head-bits", "8"])}
 WER_SLACK, CIDER_SHARE = 0.01, 0.95  # the accuracy a fast format must keep to count as "best"
 
 

@@ -11,7 +11,8 @@ speech prefix is fed as embeddings), last-position logits out (prune_lm_head).
 GPTQ / RTN models: the builder would re-quantize float weights; instead its float projections are swapped for
 MatMulNBits nodes holding this model's own codes (compress.quant.nbits; q, k and v stacked along N when they share a
 column order, which act-order gives them since they read the same input), and LoRA, which cannot merge into codes,
-is added back beside each quantized projection as two small MatMuls (x A^T, then B^T * scaling). No installable
+is added back beside each quantized projection as two small MatMuls (x A^T, then B^T * scaling); a float-offset
+grid's offsets join the same two MatMuls (x's block sums times the offsets). No installable
 library swaps existing GPTQ codes into a builder graph, hence the code below.
 
 Limits: positions come from the attention mask's count of ones (GroupQueryAttention), so a batch must be
@@ -82,9 +83,7 @@ def split_llm(lm) -> tuple:
         else:
             continue
         if isinstance(base, NBitsLinear):
-            w = NBitsWeight(b=base.b, scales=base.scales, perm=base.perm if base.perm.numel() else None,
-                            zero_points=base.zero_points if base.zero_points.numel() else None,
-                            k=base.in_features, n=base.out_features, bits=base.bits, block_size=base.block_size)
+            w = base.nbits_weight()
             nbits[name] = (w, lora)
             state[name + ".weight"] = dequantize(w)
         else:
@@ -160,23 +159,37 @@ def _nbits_nodes(prefix: str, x: str, y: str, w: NBitsWeight, accuracy_level: in
     return nodes, inits
 
 
-def _lora_nodes(prefix: str, x: str, base: str, y: str, parts: list) -> tuple:
-    """y = base + (x A_cat^T) B_cat: every member's LoRA in one pair of MatMuls, zero where a member has none."""
-    from onnx import helper
+def side_matrices(ws: list, loras: list) -> tuple:
+    """(A (K, R), B (R, N)) with x A B = every member's LoRA (x A_i^T B_i^T s_i, zero where a member has none) plus,
+    for float-offset grids, block_sums(x) @ offsets^T (A holds the block indicator, B the offsets): one pair of
+    MatMuls beside the stacked MatMulNBits. `ws` are the members' NBitsWeights (stacked along N in this order)."""
+    from ..quant.nbits import block_indicator
 
-    rank = sum(p[1][0].shape[0] for p in parts if p[1] is not None)
-    k = next(p[1][0].shape[1] for p in parts if p[1] is not None)
-    a_cat = np.zeros((k, rank), np.float32)
-    b_cat = np.zeros((rank, sum(p[0] for p in parts)), np.float32)
-    r0 = n0 = 0
-    for n, lora in parts:
+    k, n_total = ws[0].k, sum(w.n for w in ws)
+    cols, rows = [], []
+    n0 = 0
+    for w, lora in zip(ws, loras):
         if lora is not None:
             a, b, s = lora
-            r = a.shape[0]
-            a_cat[:, r0:r0 + r] = a.T.numpy()
-            b_cat[r0:r0 + r, n0:n0 + n] = (b * s).T.numpy()
-            r0 += r
-        n0 += n
+            cols.append(a.T.numpy())
+            r = np.zeros((a.shape[0], n_total), np.float32)
+            r[:, n0:n0 + w.n] = (b * s).T.numpy()
+            rows.append(r)
+        if w.offsets is not None:
+            cols.append(block_indicator(w).numpy())
+            r = np.zeros((w.offsets.shape[1], n_total), np.float32)
+            r[:, n0:n0 + w.n] = w.offsets.T.numpy()
+            rows.append(r)
+        n0 += w.n
+    if not cols:
+        return None
+    return np.concatenate(cols, axis=1).astype(np.float32), np.concatenate(rows, axis=0).astype(np.float32)
+
+
+def _side_nodes(prefix: str, x: str, base: str, y: str, a_cat: np.ndarray, b_cat: np.ndarray) -> tuple:
+    """y = base + (x A) B."""
+    from onnx import helper
+
     t = f"{prefix}/lora/A/output_0"
     lo = f"{prefix}/lora/B/output_0"
     nodes = [helper.make_node("MatMul", [x, f"{prefix}.lora_A"], [t], name=f"{prefix}/lora/A"),
@@ -214,7 +227,8 @@ def swap_in_codes(path: str, nbits: dict, num_layers: int, accuracy_level: int =
             ws = [nbits[k][0] for k in keys]
             loras = [nbits[k][1] for k in keys]
             prefix = f"/model/layers.{i}/{proj}"
-            out = f"{prefix}/nbits/output_0" if any(lo is not None for lo in loras) else y
+            side = side_matrices(ws, loras)
+            out = f"{prefix}/nbits/output_0" if side is not None else y
             new = []
             try:
                 stacked = [concat_outputs(ws)]
@@ -235,8 +249,8 @@ def swap_in_codes(path: str, nbits: dict, num_layers: int, accuracy_level: int =
                     outs.append(f"{prefix}/{j}/output_0")
                 new.append(helper.make_node("Concat", outs, [out], name=f"{prefix}/Concat", axis=-1))
             nodes_n += len(stacked)
-            if out != y:
-                n, ini = _lora_nodes(prefix, x, out, y, [(w.n, lo) for w, lo in zip(ws, loras)])
+            if side is not None:
+                n, ini = _side_nodes(prefix, x, out, y, *side)
                 new += n
                 new_inits += ini
                 lora_n += 1
@@ -259,8 +273,9 @@ def swap_in_codes(path: str, nbits: dict, num_layers: int, accuracy_level: int =
     os.replace(tmp, path)
     any_w = next(iter(nbits.values()))[0]
     return {"method": "MatMulNBits nodes with the model's own GPTQ / RTN codes swapped into the builder's graph",
-            "matmul_nbits_nodes": nodes_n, "lora_branches": lora_n, "bits": any_w.bits,
-            "block_size": any_w.block_size, "accuracy_level": accuracy_level}
+            "matmul_nbits_nodes": nodes_n, "side_branches": lora_n, "bits": any_w.bits,
+            "block_size": any_w.block_size, "accuracy_level": accuracy_level,
+            "float_offsets": any(w.offsets is not None for w, _ in nbits.values())}
 
 
 def quantize_head(proto, bits: int, accuracy_level: int = 0):

@@ -5,7 +5,8 @@ to com.microsoft::MatMulNBits (with a Gather of the activations when act-order p
 its codes in MatMulNBits' layout (compress.quant.nbits); LoRA stays unmerged on those layers (merging would change
 the codes). Run in PyTorch, an NBitsLinear computes the dequantized product (the same numbers as the GPTQLinear it
 replaces); exported, it is one MatMulNBits node, which ONNX Runtime's CPU kernels run without ever materialising
-the float weight.
+the float weight. A float-offset grid (rtn zero_point: float) adds its offsets as x's per-block sums times the
+offsets: plain ops beside the node (see compress.quant.nbits).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..quant.nbits import NBitsWeight, dequantize, from_gptq
+from ..quant.nbits import NBitsWeight, block_sums, dequantize, from_gptq
 
 OP = "salmonn_compress::matmul_nbits"
 
@@ -94,12 +95,18 @@ class NBitsLinear(nn.Module):
         self.register_buffer("zero_points", w.zero_points if w.zero_points is not None
                              else torch.zeros(0, dtype=torch.uint8))
         self.register_buffer("perm", w.perm if w.perm is not None else torch.zeros(0, dtype=torch.int64))
+        self.register_buffer("offsets", w.offsets)  # None unless the float-offset grid
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
 
     @classmethod
     def from_gptq(cls, m, accuracy_level: int = 0) -> "NBitsLinear":
-        w = from_gptq(m.qweight, m.qzeros, m.scales, m.g_idx, m.bits, m.in_features)
+        w = from_gptq(m.qweight, m.qzeros, m.scales, m.g_idx, m.bits, m.in_features, offsets=m.offsets)
         return cls(w, m.bias, accuracy_level)
+
+    def nbits_weight(self) -> NBitsWeight:
+        return NBitsWeight(b=self.b, scales=self.scales, zero_points=self.zero_points if self.zero_points.numel() else None,
+                           perm=self.perm if self.perm.numel() else None, k=self.in_features, n=self.out_features,
+                           bits=self.bits, block_size=self.block_size, offsets=self.offsets)
 
     @property
     def weight(self):
@@ -112,6 +119,8 @@ class NBitsLinear(nn.Module):
         y = matmul_nbits(x, self.b, self.scales, self.zero_points, self.perm, self.in_features, self.out_features,
                          self.bits, self.block_size, self.accuracy_level, self.zero_points.numel() > 0,
                          self.perm.numel() > 0)
+        if self.offsets is not None:
+            y = y + block_sums(x, self.nbits_weight()) @ self.offsets.to(x.dtype).T
         return y + self.bias if self.bias is not None else y
 
 

@@ -55,6 +55,11 @@ def export_hf_gptq(model, out_dir: str, *, checkpoint_format: str = "gptq", dtyp
     mods = {_hf_name(n + ".")[:-1]: m for n, m in base.named_modules() if isinstance(m, GPTQLinear)}
     if not mods:
         raise UserError("export: the LLM has no GPTQ/RTN-quantized Linear (run a gptq or rtn step first)")
+    offset = [n for n, m in mods.items() if m.offsets is not None]
+    if offset:
+        raise UserError(f"export: {len(offset)} layers (e.g. {offset[0]}) use the float-offset grid (rtn zero_point: "
+                        "float), which the GPTQ checkpoint format cannot hold; export to onnx instead, or quantize "
+                        "with zero_point: integer")
     block_linears = [_hf_name(n + ".")[:-1] for n, m in base.named_modules()
                      if ".layers." in "." + n and (isinstance(m, torch.nn.Linear) or isinstance(m, GPTQLinear))
                      and not LORA.search(n + ".")]

@@ -4,7 +4,9 @@ MatMulNBits computes y = x dequant(B)^T with B block-quantized along K (the inpu
   B            (N, k_blocks, block_size * bits / 8) uint8, codes packed low bits first along K;
   scales       (N, k_blocks) float;  zero_points (N, ceil(k_blocks * bits / 8)) uint8, packed the same way
                (absent: 2^(bits - 1), the symmetric grid's zero);  w = (code - zero_point) * scale.
-Blocks are contiguous runs of K. GPTQ with act-order puts the columns of a group anywhere along K (g_idx); sorting
+Blocks are contiguous runs of K. The float-offset grid (rtn.py) has zero points 0 and a float offset per block,
+which MatMulNBits cannot hold (its float zero points turn off the packed kernels): `offsets` (N, k_blocks) rides
+beside the codes and the exporters add x's per-block sums times the offsets (a rank-k_blocks product). GPTQ with act-order puts the columns of a group anywhere along K (g_idx); sorting
 the columns by group makes every group a contiguous block, so the same product is x[..., perm] times the sorted
 weight. The conversion is exact: no code, scale or zero point changes. ONNX Runtime's own quantizer
 (matmul_nbits_quantizer) re-quantizes float weights; no installable library converts existing GPTQ codes, hence
@@ -33,6 +35,7 @@ class NBitsWeight:
     n: int
     bits: int
     block_size: int
+    offsets: Optional[torch.Tensor] = None  # (N, k_blocks) float32, blocks in sorted column order
 
 
 def pack_low_first(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -56,7 +59,7 @@ def unpack_low_first(packed: torch.Tensor, bits: int, length: int) -> torch.Tens
 
 
 def from_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor, bits: int,
-              in_features: int) -> NBitsWeight:
+              in_features: int, offsets: Optional[torch.Tensor] = None) -> NBitsWeight:
     """Packed GPTQ buffers (this project's layout, zeros without the v1 offset) -> MatMulNBits inputs.
 
     Needs bits in (2, 4, 8) and groups that become whole blocks once sorted: every group but the last of the
@@ -82,7 +85,8 @@ def from_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
     zp = None if bool((zt == 2 ** (bits - 1)).all()) else pack_low_first(zt, bits)
     identity = bool((perm == torch.arange(in_features)).all())
     return NBitsWeight(b=b, scales=scales.T.float().contiguous(), zero_points=zp, perm=None if identity else perm,
-                       k=in_features, n=out_features, bits=bits, block_size=block)
+                       k=in_features, n=out_features, bits=bits, block_size=block,
+                       offsets=None if offsets is None else offsets.T.float().contiguous())
 
 
 def dequantize(w: NBitsWeight) -> torch.Tensor:
@@ -95,6 +99,8 @@ def dequantize(w: NBitsWeight) -> torch.Tensor:
         zeros = unpack_low_first(w.zero_points, w.bits, k_blocks).float()
     col_block = torch.arange(w.k) // w.block_size
     dense = (codes - zeros[:, col_block]) * w.scales[:, col_block]
+    if w.offsets is not None:
+        dense = dense + w.offsets[:, col_block]
     if w.perm is None:
         return dense
     out = torch.empty_like(dense)
@@ -118,6 +124,30 @@ def concat_outputs(ws: list) -> NBitsWeight:
         mid = torch.full((1, k_blocks), 2 ** (first.bits - 1), dtype=torch.int32)
         zp = torch.cat([w.zero_points if w.zero_points is not None else pack_low_first(mid, first.bits).expand(w.n, -1)
                         for w in ws])
+    offsets = None
+    if any(w.offsets is not None for w in ws):
+        offsets = torch.cat([w.offsets if w.offsets is not None else torch.zeros_like(w.scales) for w in ws])
     return NBitsWeight(b=torch.cat([w.b for w in ws]), scales=torch.cat([w.scales for w in ws]), zero_points=zp,
                        perm=first.perm, k=first.k, n=sum(w.n for w in ws), bits=first.bits,
-                       block_size=first.block_size)
+                       block_size=first.block_size, offsets=offsets)
+
+
+def block_sums(x: torch.Tensor, w: NBitsWeight) -> torch.Tensor:
+    """(..., k_blocks): the sums of x over each block of w's columns (in w's sorted order); with w.offsets,
+    x W^T = MatMulNBits(x) + block_sums(x) @ offsets^T."""
+    if w.perm is not None:
+        x = x[..., w.perm]
+    k_blocks = w.scales.shape[1]
+    pad = k_blocks * w.block_size - w.k
+    if pad:
+        x = torch.nn.functional.pad(x, (0, pad))
+    return x.reshape(x.shape[:-1] + (k_blocks, w.block_size)).sum(-1)
+
+
+def block_indicator(w: NBitsWeight) -> torch.Tensor:
+    """(K, k_blocks) float32 E with x @ E = block_sums(x, w): 1 where column perm[j] lies in sorted block j // size."""
+    k_blocks = w.scales.shape[1]
+    cols = w.perm if w.perm is not None else torch.arange(w.k)
+    e = torch.zeros(w.k, k_blocks)
+    e[cols, torch.arange(w.k) // w.block_size] = 1.0
+    return e

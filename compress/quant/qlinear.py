@@ -24,11 +24,13 @@ class GPTQLinear(nn.Module):
     """y = x W^T + b with W rebuilt from qweight/qzeros/scales/g_idx on every call (nothing dense is kept).
 
     Buffers follow the GPTQ format (qzeros without the v1 offset, see packing.py), so the state dict is what
-    a GPTQ checkpoint holds and `hf_gptq.export_hf_gptq` only renames and re-offsets it.
+    a GPTQ checkpoint holds and `hf_gptq.export_hf_gptq` only renames and re-offsets it. The float-offset grid
+    (rtn.py) adds one buffer, `offsets` (groups, out) float16, which the GPTQ format has no place for.
     """
 
     def __init__(self, in_features: int, out_features: int, bits: int, group_size: int, bias: bool = True,
-                 dtype=torch.float32, sym: bool = True, act_order: bool = False, method: str = "gptq"):
+                 dtype=torch.float32, sym: bool = True, act_order: bool = False, method: str = "gptq",
+                 offsets: bool = False):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.bits, self.group_size = bits, group_size
@@ -39,6 +41,7 @@ class GPTQLinear(nn.Module):
         self.register_buffer("qzeros", torch.zeros(groups, -(-out_features * bits // 32), dtype=torch.int32))
         self.register_buffer("scales", torch.zeros(groups, out_features, dtype=torch.float16))
         self.register_buffer("g_idx", torch.arange(in_features, dtype=torch.int32) // gs)
+        self.register_buffer("offsets", torch.zeros(groups, out_features, dtype=torch.float16) if offsets else None)
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
         # follows model.to(dtype / device) like a weight would; not stored
         self.register_buffer("dtype_probe", torch.empty(0, dtype=dtype), persistent=False)
@@ -54,7 +57,10 @@ class GPTQLinear(nn.Module):
         out_f, in_f = qw.codes.shape
         dtype = bias.dtype if bias is not None else torch.float32
         dtype = weight_dtype or dtype
-        m = cls(in_f, out_f, qw.bits, qw.group_size, bias is not None, dtype, sym, act_order, method)
+        m = cls(in_f, out_f, qw.bits, qw.group_size, bias is not None, dtype, sym, act_order, method,
+                offsets=qw.offsets is not None)
+        if qw.offsets is not None:
+            m.offsets.copy_(qw.offsets.half())
         m.qweight.copy_(pack_qweight(qw.codes, qw.bits))
         m.qzeros.copy_(pack_qzeros(qw.zeros, qw.bits, v1_offset=False))
         m.scales.copy_(qw.scales.half())
@@ -64,15 +70,18 @@ class GPTQLinear(nn.Module):
         return m
 
     def _apply(self, fn, recurse=True):
-        """Device moves apply to everything, dtype casts (model.to(bfloat16)) not to the float16 scales."""
-        scales = self.scales
+        """Device moves apply to everything, dtype casts (model.to(bfloat16)) not to the float16 scales / offsets."""
+        scales, offsets = self.scales, self.offsets
         super()._apply(fn, recurse)
         if self.scales.dtype != scales.dtype:
             self.scales = scales.to(self.scales.device)
+        if offsets is not None and self.offsets.dtype != offsets.dtype:
+            self.offsets = offsets.to(self.offsets.device)
         return self
 
     def dequantize(self) -> torch.Tensor:
-        return dequantize_packed(self.qweight, self.qzeros, self.scales, self.g_idx, self.bits)
+        w = dequantize_packed(self.qweight, self.qzeros, self.scales, self.g_idx, self.bits)
+        return w + self.offsets.float()[self.g_idx.long()].T if self.offsets is not None else w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.dequantize().to(x.dtype)
@@ -83,14 +92,17 @@ class GPTQLinear(nn.Module):
         return {"in_features": self.in_features, "out_features": self.out_features, "bits": self.bits,
                 "group_size": self.group_size, "bias": self.bias is not None,
                 "dtype": str(self.dtype_probe.dtype).replace("torch.", ""),
-                "sym": self.sym, "act_order": self.act_order, "method": self.method, "qzeros_format": 2}
+                "sym": self.sym, "act_order": self.act_order, "method": self.method, "qzeros_format": 2,
+                **({"offsets": True} if self.offsets is not None else {})}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "GPTQLinear":
         dtype = getattr(torch, spec.get("dtype", "float32"))
         return cls(spec["in_features"], spec["out_features"], spec["bits"], spec["group_size"], spec["bias"], dtype,
-                   spec.get("sym", True), spec.get("act_order", False), spec.get("method", "gptq"))
+                   spec.get("sym", True), spec.get("act_order", False), spec.get("method", "gptq"),
+                   offsets=bool(spec.get("offsets", False)))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-                f"group_size={self.group_size}, sym={self.sym}, method={self.method}")
+                f"group_size={self.group_size}, sym={self.sym}, method={self.method}"
+                + (", float offsets" if self.offsets is not None else ""))

@@ -4,11 +4,15 @@ Conventions (those of the GPTQ reference and the GPTQ checkpoint format):
   W (out, in); codes q in [0, 2^bits - 1]; dequantized w = scale * (q - zero);
   per group of `group_size` input columns one (scale, zero) per output row; `g_idx[i]` is the group of column i;
   symmetric grids put zero at 2^(bits-1); scales are rounded to float16 because the format stores them so.
+The float-offset grid (`zero_point="float"`) is llama.cpp's Q4_1 / Q5_1 scheme: per group the minimum is kept as a
+float16 offset and scale = (max - min) / (2^bits - 1), so w = scale * q + offset with zero = 0. Weights that were
+dequantized from such a file (the SmolLM2 GGUF the demo LLM comes from is Q4_1, groups of 32) come back exactly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -25,11 +29,13 @@ class QuantizedWeight:
     g_idx: torch.Tensor  # (in,) int32, group of each input column
     bits: int
     group_size: int  # -1 = one group per row
+    offsets: Optional[torch.Tensor] = None  # (groups, out) float32 holding float16 values: the float-offset grid
 
     def dequantize(self) -> torch.Tensor:
-        """(out, in) float32: scale[g_idx[i], o] * (codes[o, i] - zeros[g_idx[i], o])."""
+        """(out, in) float32: scale[g_idx[i], o] * (codes[o, i] - zeros[g_idx[i], o]) (+ offsets[g_idx[i], o])."""
         g = self.g_idx.long()
-        return dequantize_codes(self.codes, self.scales[g].T, self.zeros[g].T)
+        w = dequantize_codes(self.codes, self.scales[g].T, self.zeros[g].T)
+        return w + self.offsets[g].T if self.offsets is not None else w
 
 
 def maxq_of(bits: int) -> int:
@@ -80,8 +86,44 @@ def group_index(in_features: int, group_size: int) -> torch.Tensor:
     return torch.arange(in_features, dtype=torch.int32) // gs
 
 
-def rtn_quantize(w: torch.Tensor, bits: int, group_size: int = -1, sym: bool = True) -> QuantizedWeight:
-    """Round-to-nearest on the same grid GPTQ uses: the baseline GPTQ is compared against."""
+def offset_grid_params(w: torch.Tensor, bits: int) -> tuple:
+    """Per-row (scale, offset) of the float-offset grid for w (rows, cols): offset = min(w), scale = (max - min) /
+    maxq, both rounded to float16 (as Q4_1 stores them); a constant row gets the smallest scale and its value."""
+    maxq = maxq_of(bits)
+    w = w.float()
+    lo, hi = w.min(1).values, w.max(1).values
+    offset = lo.half().float()
+    scale = ((hi - offset) / maxq).half().float()
+    scale = torch.where(scale > 0, scale, torch.full_like(scale, float(torch.finfo(torch.float16).tiny)))
+    return scale, offset
+
+
+def rtn_offset_quantize(w: torch.Tensor, bits: int, group_size: int = -1) -> QuantizedWeight:
+    """Round-to-nearest on the float-offset grid (zero points 0, offsets per group)."""
+    maxq = maxq_of(bits)
+    w = w.detach().float()
+    out_f, in_f = w.shape
+    gs = in_f if group_size == -1 else group_size
+    groups = -(-in_f // gs)
+    codes = torch.empty(out_f, in_f, device=w.device)
+    scales, offsets = torch.empty(groups, out_f, device=w.device), torch.empty(groups, out_f, device=w.device)
+    for g in range(groups):
+        cols = slice(g * gs, min((g + 1) * gs, in_f))
+        scales[g], offsets[g] = offset_grid_params(w[:, cols], bits)
+        codes[:, cols] = torch.clamp(torch.round((w[:, cols] - offsets[g][:, None]) / scales[g][:, None]), 0, maxq)
+    zeros = torch.zeros(groups, out_f, dtype=torch.int32, device=w.device)
+    return QuantizedWeight(codes.to(torch.int32), scales, zeros, group_index(in_f, group_size).to(w.device), bits,
+                           group_size, offsets=offsets)
+
+
+def rtn_quantize(w: torch.Tensor, bits: int, group_size: int = -1, sym: bool = True,
+                 zero_point: str = "integer") -> QuantizedWeight:
+    """Round-to-nearest on the same grid GPTQ uses: the baseline GPTQ is compared against (zero_point "float": the
+    float-offset grid instead, see the module's first lines; sym does not apply to it)."""
+    if zero_point == "float":
+        return rtn_offset_quantize(w, bits, group_size)
+    if zero_point != "integer":
+        raise ValueError(f"zero_point must be 'integer' or 'float', got {zero_point!r}")
     maxq = maxq_of(bits)
     w = w.detach().float()
     out_f, in_f = w.shape

@@ -255,7 +255,16 @@ class RtnConfig(QuantConfig):
     bits: Literal[2, 3, 4, 8] = 4
     group_size: Literal[-1, 16, 32, 64, 128, 256, 512, 1024] = 128  # what GPTQ kernels (GPTQModel, Marlin) take
     sym: bool = True
+    # "float": per group the minimum as a float16 offset and codes from it (llama.cpp's Q4_1 / Q5_1 grid; exact on
+    # weights dequantized from such a file); asymmetric, so it needs sym: false. rtn only.
+    zero_point: Literal["integer", "float"] = "integer"
     targets: Targets = Targets()
+
+    @model_validator(mode="after")
+    def _zero_point(self):
+        if self.zero_point == "float" and self.sym:
+            raise ValueError("zero_point: float is an asymmetric grid (offset = the group's minimum): set sym: false")
+        return self
 
     def exportable_to(self, fmt: str, int8: bool = False) -> bool:
         """ONNX writes these codes as ONNX Runtime MatMulNBits (2/4/8 bits, power-of-two blocks); nothing else can."""
@@ -270,6 +279,12 @@ class GptqConfig(RtnConfig):
     block_size: int = Field(128, ge=1, le=4096)  # columns whose error updates are applied together
     sequential: bool = True  # block by block: later blocks calibrate on the quantized earlier ones
     keep_zeros: bool = True  # exactly-zero (pruned) weights stay zero, so pruning + GPTQ keeps its pattern
+
+    @model_validator(mode="after")
+    def _integer_zero(self):
+        if self.zero_point != "integer":
+            raise ValueError("gptq takes zero_point: integer only (the float-offset grid is an rtn option)")
+        return self
 
     def calibrates(self) -> bool:
         return True  # Hessians from real audio through the model

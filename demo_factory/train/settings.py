@@ -42,14 +42,16 @@ class DemoSettings:
     qformer_heads: int = 6
     qformer_ffn: int = 1536
     qformer_layers: int = 2
-    # ---- LoRA (SALMONN's defaults)
+    # ---- LoRA (SALMONN's r, alpha and dropout). SALMONN adapts q_proj and v_proj; on this 135M LLM all seven
+    # projections measured better (test WER 0.319 -> 0.290, CIDEr-D 0.770 -> 1.429; benchmarks/README.md)
     lora_r: int = 8
     lora_alpha: int = 32
     lora_dropout: float = 0.1
-    lora_targets: list = field(default_factory=lambda: ["q_proj", "v_proj"])
+    lora_targets: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                        "down_proj"])
     prompt_template: str = CHAT_TEMPLATE
     # ---- training (encoders and LLM frozen; BEATs, Q-Former, projection and LoRA learn)
-    steps: int = 1100
+    steps: int = 1400
     batch: int = 8
     lr: float = 5e-4
     lora_lr: Optional[float] = None  # None: = lr
@@ -78,7 +80,7 @@ class DemoSettings:
     # windows, not on 30 s of padding (features about 10x cheaper; no padding windows; full_share unused). The
     # artifact records it as a runtime setting, so inference encodes the same way.
     real_length: bool = True
-    max_minutes: Optional[float] = 85.0  # safety stop of the training stage (wall time; the schedule is by steps)
+    max_minutes: Optional[float] = 80.0  # safety stop of the joint stage (wall time; the schedule is by steps)
     checkpoint_minutes: float = 4.0
     # ---- feature caching
     cache_batch: int = 8
