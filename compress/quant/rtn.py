@@ -98,22 +98,33 @@ def offset_grid_params(w: torch.Tensor, bits: int) -> tuple:
     return scale, offset
 
 
-def rtn_offset_quantize(w: torch.Tensor, bits: int, group_size: int = -1) -> QuantizedWeight:
-    """Round-to-nearest on the float-offset grid (zero points 0, offsets per group)."""
-    maxq = maxq_of(bits)
-    w = w.detach().float()
+def _per_group(w: torch.Tensor, group_size: int, grid) -> tuple:
+    """Apply grid(block) -> (scale, zero-or-offset, codes) to each group of columns; returns (codes (out, in),
+    scales (groups, out), second (groups, out), groups)."""
     out_f, in_f = w.shape
     gs = in_f if group_size == -1 else group_size
     groups = -(-in_f // gs)
     codes = torch.empty(out_f, in_f, device=w.device)
-    scales, offsets = torch.empty(groups, out_f, device=w.device), torch.empty(groups, out_f, device=w.device)
+    scales, second = torch.empty(groups, out_f, device=w.device), torch.empty(groups, out_f, device=w.device)
     for g in range(groups):
         cols = slice(g * gs, min((g + 1) * gs, in_f))
-        scales[g], offsets[g] = offset_grid_params(w[:, cols], bits)
-        codes[:, cols] = torch.clamp(torch.round((w[:, cols] - offsets[g][:, None]) / scales[g][:, None]), 0, maxq)
-    zeros = torch.zeros(groups, out_f, dtype=torch.int32, device=w.device)
-    return QuantizedWeight(codes.to(torch.int32), scales, zeros, group_index(in_f, group_size).to(w.device), bits,
-                           group_size, offsets=offsets)
+        scales[g], second[g], codes[:, cols] = grid(w[:, cols])
+    return codes, scales, second, groups
+
+
+def rtn_offset_quantize(w: torch.Tensor, bits: int, group_size: int = -1) -> QuantizedWeight:
+    """Round-to-nearest on the float-offset grid (zero points 0, offsets per group)."""
+    maxq = maxq_of(bits)
+    w = w.detach().float()
+
+    def grid(block):
+        scale, offset = offset_grid_params(block, bits)
+        return scale, offset, torch.clamp(torch.round((block - offset[:, None]) / scale[:, None]), 0, maxq)
+
+    codes, scales, offsets, groups = _per_group(w, group_size, grid)
+    zeros = torch.zeros(groups, w.shape[0], dtype=torch.int32, device=w.device)
+    return QuantizedWeight(codes.to(torch.int32), scales, zeros, group_index(w.shape[1], group_size).to(w.device),
+                           bits, group_size, offsets=offsets)
 
 
 def rtn_quantize(w: torch.Tensor, bits: int, group_size: int = -1, sym: bool = True,
@@ -126,17 +137,14 @@ def rtn_quantize(w: torch.Tensor, bits: int, group_size: int = -1, sym: bool = T
         raise ValueError(f"zero_point must be 'integer' or 'float', got {zero_point!r}")
     maxq = maxq_of(bits)
     w = w.detach().float()
-    out_f, in_f = w.shape
-    g_idx = group_index(in_f, group_size).to(w.device)
-    gs = in_f if group_size == -1 else group_size
-    groups = -(-in_f // gs)
-    codes = torch.empty(out_f, in_f, device=w.device)
-    scales, zeros = torch.empty(groups, out_f, device=w.device), torch.empty(groups, out_f, device=w.device)
-    for g in range(groups):
-        cols = slice(g * gs, min((g + 1) * gs, in_f))
-        scales[g], zeros[g] = grid_params(w[:, cols], bits, sym)
-        codes[:, cols] = quantize_codes(w[:, cols], scales[g][:, None], zeros[g][:, None], maxq)
-    return QuantizedWeight(codes.to(torch.int32), scales, zeros.to(torch.int32), g_idx, bits, group_size)
+
+    def grid(block):
+        scale, zero = grid_params(block, bits, sym)
+        return scale, zero, quantize_codes(block, scale[:, None], zero[:, None], maxq)
+
+    codes, scales, zeros, _ = _per_group(w, group_size, grid)
+    return QuantizedWeight(codes.to(torch.int32), scales, zeros.to(torch.int32),
+                           group_index(w.shape[1], group_size).to(w.device), bits, group_size)
 
 
 def relative_error(w: torch.Tensor, q: torch.Tensor) -> float:
