@@ -165,7 +165,7 @@ def side_matrices(ws: list, loras: list) -> tuple:
     MatMuls beside the stacked MatMulNBits. `ws` are the members' NBitsWeights (stacked along N in this order)."""
     from ..quant.nbits import block_indicator
 
-    k, n_total = ws[0].k, sum(w.n for w in ws)
+    n_total = sum(w.n for w in ws)
     cols, rows = [], []
     n0 = 0
     for w, lora in zip(ws, loras):
@@ -183,7 +183,7 @@ def side_matrices(ws: list, loras: list) -> tuple:
         n0 += w.n
     if not cols:
         return None
-    return np.concatenate(cols, axis=1).astype(np.float32), np.concatenate(rows, axis=0).astype(np.float32)
+    return np.concatenate(cols, axis=1), np.concatenate(rows, axis=0)
 
 
 def _side_nodes(prefix: str, x: str, base: str, y: str, a_cat: np.ndarray, b_cat: np.ndarray) -> tuple:
@@ -208,7 +208,7 @@ def swap_in_codes(path: str, nbits: dict, num_layers: int, accuracy_level: int =
     by_name = {n.name: i for i, n in enumerate(graph.node)}
     replace: dict = {}  # node index -> the nodes standing in for it
     drop, new_inits = set(), []
-    nodes_n = lora_n = 0
+    nodes_n = side_n = 0
     for i in range(num_layers):
         for proj, members in PROJECTIONS:
             keys = [f"model.layers.{i}.{m}" for m in members]
@@ -253,7 +253,7 @@ def swap_in_codes(path: str, nbits: dict, num_layers: int, accuracy_level: int =
                 n, ini = _side_nodes(prefix, x, out, y, *side)
                 new += n
                 new_inits += ini
-                lora_n += 1
+                side_n += 1
             replace[by_name[name]] = new
             drop.add(w_name)
     if not replace:
@@ -273,7 +273,7 @@ def swap_in_codes(path: str, nbits: dict, num_layers: int, accuracy_level: int =
     os.replace(tmp, path)
     any_w = next(iter(nbits.values()))[0]
     return {"method": "MatMulNBits nodes with the model's own GPTQ / RTN codes swapped into the builder's graph",
-            "matmul_nbits_nodes": nodes_n, "side_branches": lora_n, "bits": any_w.bits,
+            "matmul_nbits_nodes": nodes_n, "side_branches": side_n, "bits": any_w.bits,
             "block_size": any_w.block_size, "accuracy_level": accuracy_level,
             "float_offsets": any(w.offsets is not None for w, _ in nbits.values())}
 

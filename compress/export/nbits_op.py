@@ -104,7 +104,9 @@ class NBitsLinear(nn.Module):
         return cls(w, m.bias, accuracy_level)
 
     def nbits_weight(self) -> NBitsWeight:
-        return NBitsWeight(b=self.b, scales=self.scales, zero_points=self.zero_points if self.zero_points.numel() else None,
+        """The buffers as an NBitsWeight (empty zero_points / perm buffers stand for None)."""
+        return NBitsWeight(b=self.b, scales=self.scales,
+                           zero_points=self.zero_points if self.zero_points.numel() else None,
                            perm=self.perm if self.perm.numel() else None, k=self.in_features, n=self.out_features,
                            bits=self.bits, block_size=self.block_size, offsets=self.offsets)
 

@@ -6,11 +6,11 @@ MatMulNBits computes y = x dequant(B)^T with B block-quantized along K (the inpu
                (absent: 2^(bits - 1), the symmetric grid's zero);  w = (code - zero_point) * scale.
 Blocks are contiguous runs of K. The float-offset grid (rtn.py) has zero points 0 and a float offset per block,
 which MatMulNBits cannot hold (its float zero points turn off the packed kernels): `offsets` (N, k_blocks) rides
-beside the codes and the exporters add x's per-block sums times the offsets (a rank-k_blocks product). GPTQ with act-order puts the columns of a group anywhere along K (g_idx); sorting
-the columns by group makes every group a contiguous block, so the same product is x[..., perm] times the sorted
-weight. The conversion is exact: no code, scale or zero point changes. ONNX Runtime's own quantizer
-(matmul_nbits_quantizer) re-quantizes float weights; no installable library converts existing GPTQ codes, hence
-this module.
+beside the codes and the exporters add x's per-block sums times the offsets (a rank-k_blocks product).
+GPTQ with act-order puts the columns of a group anywhere along K (g_idx); sorting the columns by group makes every
+group a contiguous block, so the same product is x[..., perm] times the sorted weight. The conversion is exact: no
+code, scale or zero point changes. ONNX Runtime's own quantizer (matmul_nbits_quantizer) re-quantizes float
+weights; no installable library converts existing GPTQ codes, hence this module.
 """
 
 from __future__ import annotations

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
-
 from ..inspect_model import part_stats
 from ..loaders.overrides import record_override, set_module
 from ..models.salmonn import part_of
@@ -110,16 +108,17 @@ class Rtn(QuantStep):
             qw = rtn_quantize(w, c.bits, c.group_size, c.sym, zero_point=c.zero_point)
             new = GPTQLinear.from_quantized(qw, m.bias, sym=c.sym, method="rtn", weight_dtype=m.weight.dtype)
             new = new.to(m.weight.device)
-            deq = new.dequantize()
-            per_layer[n] = {"weight_rel_error": relative_error(w, deq),
-                            "weight_max_abs_error": float((w.to(deq.device) - deq).abs().max()),
-                            "exact": bool(torch.equal(w.to(deq.device), deq))}
+            deq = new.dequantize()  # what the stored module computes (scales / offsets as float16)
+            worst = float((w - deq).abs().max())
+            per_layer[n] = {"weight_rel_error": relative_error(w, deq), "weight_max_abs_error": worst,
+                            "exact": worst == 0.0}
             self.replace(model, n, m, new, "gptq", new.spec())
         notes = group_notes(linears, c.group_size)
         exact = sum(r["exact"] for r in per_layer.values())
         if c.zero_point == "float":
-            notes.append(f"float-offset grid: {exact} of {len(per_layer)} layers come back bit-exact (weights that were "
-                         "dequantized from a Q4_1 / Q5_1 file with these groups do; a natively 16-bit model does not)")
+            notes.append(f"float-offset grid: {exact} of {len(per_layer)} layers come back bit-exact (weights that "
+                         "were dequantized from a Q4_1 / Q5_1 file with these groups do; a natively 16-bit model does "
+                         "not)")
         return {"bits": c.bits, "group_size": c.group_size, "zero_point": c.zero_point, "exact_layers": exact,
                 **self.measure(model, per_layer, notes)}
 
