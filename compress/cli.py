@@ -56,7 +56,13 @@ def _load(args):
     from .loaders import load_model
 
     return load_model(args.model, allow_unsafe_pickle=args.allow_unsafe_pickle, dtype=args.dtype,
-                      qformer_config=args.qformer_config, seed=args.seed)
+                      qformer_config=args.qformer_config, seed=args.seed, device=getattr(args, "device", None))
+
+
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None,
+                   help="run a PyTorch model on cpu (default), cuda or cuda:N; timings then use CUDA events and "
+                        "peak memory adds torch.cuda.max_memory_allocated")
 
 
 def cmd_inspect(args) -> int:
@@ -78,6 +84,9 @@ def cmd_generate(args) -> int:
     from .audio import load_audio
     from .errors import AudioError
 
+    from .loaders.spec import parse_device
+
+    parse_device(args.device)  # a bad or absent device is reported before any work
     torch.set_num_threads(args.threads) if args.threads else None
     waves, names, failed = [], [], 0
     for path in args.audio:  # a bad file is reported and skipped; the rest still run
@@ -106,6 +115,9 @@ def cmd_bench(args) -> int:
     from .bench.harness import BenchSettings, run_benchmark
     from .bench.results import markdown_table, summary_row, write_json
 
+    from .loaders.spec import parse_device
+
+    parse_device(args.device)  # a bad or absent device is reported before any work
     if os.path.isdir(args.out):  # checked before the work, not after it
         raise UserError(f"--out {args.out!r} is a directory; bench writes one result JSON file: name a file")
     parent = os.path.dirname(os.path.abspath(args.out))
@@ -120,7 +132,7 @@ def cmd_bench(args) -> int:
     result = run_benchmark(
         args.model, args.data, settings,
         model_kwargs={"allow_unsafe_pickle": args.allow_unsafe_pickle, "qformer_config": args.qformer_config,
-                      "seed": args.seed},
+                      "seed": args.seed, "device": args.device},
         progress_factory=lambda n: tqdm(total=n, desc="accuracy", unit="clip", file=sys.stderr))
     write_json(result, args.out)
     result["_path"] = args.out
@@ -279,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("generate", help="transcribe or caption audio files")
     _add_model_args(s)
+    _add_device_arg(s)
     s.add_argument("--audio", nargs="+", required=True, help="audio file(s) (wav, flac, ...)")
     s.add_argument("--task", choices=["asr", "caption"], default="asr")
     s.add_argument("--prompt", default=None, help="override the task's instruction text")
@@ -292,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="accuracy, latency, peak memory and the decode bound on an annotation file")
     _add_model_args(s)
+    _add_device_arg(s)
     s.add_argument("--data", required=True, help="annotation JSON (SALMONN or hackathon format)")
     s.add_argument("--tasks", default="asr,caption", help="comma-separated: asr, caption")
     s.add_argument("--out", required=True, help="result JSON to write")

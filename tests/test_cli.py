@@ -1,11 +1,13 @@
 """The command line: inspect and generate on presets, per-file audio errors, bad arguments exit 2."""
 
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from compress.cli import main
 from compress.inspect_model import part_stats
@@ -75,6 +77,44 @@ def test_bad_arguments_exit_2_without_traceback():
         r = run_cli(*args)
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr and "error" in r.stderr
+
+
+def test_device_errors_name_the_problem_and_the_choices(tmp_path):
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(16000, dtype=np.float32), 16000)
+    r = run_cli("generate", "--model", "tiny", "--audio", str(wav), "--device", "tpu")
+    assert r.returncode == 2 and "unknown device 'tpu'" in r.stderr and "cpu, cuda, cuda:N" in r.stderr
+    assert "Traceback" not in r.stderr
+    if not torch.cuda.is_available():
+        r = run_cli("bench", "--model", "tiny", "--data", "benchmarks/data/dev.json", "--out",
+                    str(tmp_path / "r.json"), "--device", "cuda")
+        assert r.returncode == 2 and "CUDA is not available here" in r.stderr and "valid here: cpu" in r.stderr
+        assert not (tmp_path / "r.json").exists()
+
+
+def test_generate_on_cpu_device_matches_default(tmp_path, capsys):
+    wav = tmp_path / "a.wav"
+    sf.write(wav, 0.1 * np.sin(np.linspace(0, 2000, 16000)).astype(np.float32), 16000)
+    args = ["generate", "--model", "tiny", "--audio", str(wav), "--beams", "1", "--max-new-tokens", "3"]
+    assert main(args) == 0
+    plain = capsys.readouterr().out
+    assert main(args + ["--device", "cpu"]) == 0
+    assert capsys.readouterr().out == plain
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bench_on_cuda_uses_events_and_cuda_memory(tmp_path):
+    from compress.bench.harness import BenchSettings, run_benchmark
+
+    data = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "data",
+                        "dev.json")
+    res = run_benchmark("tiny", data, BenchSettings(limit=1, latency_tokens=4, latency_repeats=2),
+                        model_kwargs={"device": "cuda"})
+    eff = res["efficiency"]
+    assert res["environment"]["cuda_device"] and eff["latency"]["config"]["device"].startswith("cuda")
+    assert "e2e_ms_cuda_events" in eff["latency"]
+    assert eff["bandwidth"]["device"].startswith("cuda") and eff["bandwidth"]["method"].endswith("CUDA events")
+    assert eff["memory"]["phases"]["decode"]["cuda_max_allocated_mib"] > 0
 
 
 def test_set_decoding_changes_the_default_and_logs_it(tmp_path, capsys):

@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile-parts", default="speech_encoder,qformer")
+    p.add_argument("--device", default=None, help="cpu (default), cuda or cuda:N")
+    p.add_argument("--dtype", default=None, help="cast the model: float32 / float16 / bfloat16")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
 
@@ -45,7 +47,13 @@ def main(argv=None) -> int:
 
     set_threads(a.threads)
     t0 = time.perf_counter()
-    model = load_model(a.model)
+    from compress.errors import UserError
+
+    try:
+        model = load_model(a.model, dtype=a.dtype, device=a.device)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     load_s = time.perf_counter() - t0
     clip = next(s for s in read_annotations(a.data) if s.task == a.task)
     audio = load_audio(clip.path)
@@ -91,9 +99,11 @@ def main(argv=None) -> int:
            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "model": a.model, "clip": clip.id, "clip_seconds": round(len(audio) / 16000, 3), "task": a.task,
            "n_tokens": a.tokens, "warmup": a.warmup, "repeats": a.repeats, "compile_parts": parts,
+           "dtype": a.dtype,
            "load_seconds": round(load_s, 1), "environment": environment(str(model.device)),
-           "ratios": ratios, "extra": extra, "runs": runs,
-           "not_run_here": "CUDA (compile with CUDA graphs, Liger kernels): no GPU on this machine"}
+           "ratios": ratios, "extra": extra, "runs": runs}
+    if str(model.device) == "cpu":
+        doc["not_run_here"] = "CUDA (compile with CUDA graphs, Liger kernels): run with --device cuda on a GPU"
     write_json(doc, a.out)  # atomic: never half a result file
     return 0
 

@@ -47,9 +47,16 @@ class _Phases:
         self.t = time.perf_counter()
 
     def end(self, name: str) -> None:
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        if cuda:
+            torch.cuda.synchronize()  # the phase's kernels have run before its clock stops
         now, mem = time.perf_counter(), _proc_mib()
         self.out[name] = {"seconds": round(now - self.t, 4), "peak_rss_mib": mem.get("VmHWM"),
                           "rss_mib_at_end": mem.get("VmRSS")}
+        if cuda:
+            self.out[name]["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            self.out[name]["cuda_allocated_mib_at_end"] = torch.cuda.memory_allocated() / 2**20
+            torch.cuda.reset_peak_memory_stats()
         _reset_peak()
         self.t = time.perf_counter()
 
@@ -57,7 +64,8 @@ class _Phases:
 def memory_workload(spec: str, audio_path: str, task: str, n_tokens: int, threads=None, **model_kwargs) -> dict:
     """Load the model and generate once; the child's peak RSS is the model's peak memory. Also each phase's own
     time and peak RSS (`phases`: load, audio_read, speech_front, prefill, decode; the peak is reset between
-    phases, so each is that phase's high-water mark, not a running one)."""
+    phases, so each is that phase's high-water mark, not a running one); on CUDA also each phase's
+    torch.cuda.max_memory_allocated, reset the same way (`device` in model_kwargs: see loaders.load_model)."""
     if threads:
         torch.set_num_threads(threads)
     ph = _Phases()

@@ -26,8 +26,42 @@ def parse_dtype(name: Optional[str]):
     return getattr(torch, DTYPES[name])
 
 
+def parse_device(name: Optional[str]):
+    """'cpu', 'cuda' or 'cuda:N' -> torch.device, checked against what this machine has (None -> None)."""
+    import torch
+
+    if name is None:
+        return None
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {name!r}; valid: cpu, cuda, cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r}: CUDA is not available here (torch.cuda.is_available() is False, "
+                            f"torch {torch.__version__}); valid here: cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise UserError(f"device {name!r}: this machine has {n} CUDA device(s); valid: "
+                            + ", ".join(["cuda"] + [f"cuda:{i}" for i in range(n)]))
+    return dev
+
+
 def load_model(spec: str, *, allow_unsafe_pickle: bool = False, dtype: Optional[str] = None,
-               qformer_config: Optional[str] = None, seed: int = 0):
+               qformer_config: Optional[str] = None, seed: int = 0, device: Optional[str] = None):
+    """Load SPEC (see SPEC_HELP); `device` ('cpu', 'cuda', 'cuda:N') moves a PyTorch model there after loading."""
+    dev = parse_device(device)  # checked before the (possibly long) load
+    model = _load_spec(spec, allow_unsafe_pickle=allow_unsafe_pickle, dtype=dtype, qformer_config=qformer_config,
+                       seed=seed, device=dev)
+    if dev is not None and dev.type != "cpu":
+        model.to(dev)
+    return model
+
+
+def _load_spec(spec: str, *, allow_unsafe_pickle: bool, dtype: Optional[str], qformer_config: Optional[str],
+               seed: int, device):
     from ..models.presets import PRESETS, build_preset
     from ..outputs import MANIFEST, read_manifest
     from .artifact import load_artifact
@@ -56,6 +90,10 @@ def load_model(spec: str, *, allow_unsafe_pickle: bool = False, dtype: Optional[
         kind = read_manifest(spec).get("kind", "pytorch")
         if kind != "pytorch":  # an `export` directory (ONNX: run by ONNX Runtime)
             from ..export import load_exported
+
+            if device is not None and device.type != "cpu":
+                raise UserError(f"model {spec!r} is an ONNX export, run by ONNX Runtime's CPU provider here; "
+                                f"device {str(device)!r} applies to PyTorch models only; valid: cpu")
 
             return load_exported(spec, kind, dtype=dt)
         return load_artifact(spec, dtype=dt)
