@@ -59,8 +59,19 @@ def _load(args):
                       qformer_config=args.qformer_config, seed=args.seed, device=getattr(args, "device", None))
 
 
+def _device(text: str) -> str:
+    """argparse type: a device this machine has (loaders.spec.parse_device), checked before any work."""
+    from .loaders.spec import parse_device
+
+    try:
+        parse_device(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _add_device_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None,
+    p.add_argument("--device", type=_device, default=None,
                    help="run a PyTorch model on cpu (default), cuda or cuda:N; timings then use CUDA events and "
                         "peak memory adds torch.cuda.max_memory_allocated")
 
@@ -84,9 +95,6 @@ def cmd_generate(args) -> int:
     from .audio import load_audio
     from .errors import AudioError
 
-    from .loaders.spec import parse_device
-
-    parse_device(args.device)  # a bad or absent device is reported before any work
     torch.set_num_threads(args.threads) if args.threads else None
     waves, names, failed = [], [], 0
     for path in args.audio:  # a bad file is reported and skipped; the rest still run
@@ -115,9 +123,6 @@ def cmd_bench(args) -> int:
     from .bench.harness import BenchSettings, run_benchmark
     from .bench.results import markdown_table, summary_row, write_json
 
-    from .loaders.spec import parse_device
-
-    parse_device(args.device)  # a bad or absent device is reported before any work
     if os.path.isdir(args.out):  # checked before the work, not after it
         raise UserError(f"--out {args.out!r} is a directory; bench writes one result JSON file: name a file")
     parent = os.path.dirname(os.path.abspath(args.out))

@@ -23,16 +23,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 
-def _first_clip(data: str, task: str) -> str:
-    with open(data) as f:
-        items = json.load(f)
-    items = items.get("annotation", items) if isinstance(items, dict) else items
-    hit = next((x for x in items if x.get("task") == task), None)
-    if hit is None:
-        raise SystemExit(f"error: {data} has no clip of task {task!r}")
-    return hit["path"] if os.path.isabs(hit["path"]) else os.path.join(os.path.dirname(data), hit["path"])
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+", help="model specs (demo, a preset, an artifact folder); the first is the "
@@ -53,20 +43,23 @@ def main(argv=None) -> int:
 
     from compress.audio import load_audio
     from compress.bench.latency import measure_latency, set_threads
+    from compress.data.annotations import read_annotations
     from compress.errors import UserError
     from compress.loaders import load_model
 
     set_threads(a.threads)
-    clip = _first_clip(a.data, a.task)
-    audio = load_audio(clip)
-    models = []
-    for spec in a.models:
-        try:
+    try:
+        clip = next((s.path for s in read_annotations(a.data) if s.task == a.task), None)
+        if clip is None:
+            raise UserError(f"{a.data} has no clip of task {a.task!r}")
+        audio = load_audio(clip)
+        models = []
+        for spec in a.models:
             models.append(load_model(spec).eval())
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        measure_latency(models[-1], audio, a.task, n_tokens=a.tokens, warmup=1, repeats=1)  # warm-up
+            measure_latency(models[-1], audio, a.task, n_tokens=a.tokens, warmup=1, repeats=1)  # warm-up
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     rounds = []
     n = len(models)

@@ -42,13 +42,12 @@ def main(argv=None) -> int:
     from compress.bench.latency import measure_latency, set_threads
     from compress.bench.results import write_json
     from compress.data.annotations import read_annotations
+    from compress.errors import UserError
     from compress.loaders import load_model
     from compress.runtime import SDPA_PARTS, compile_parts, set_attention
 
     set_threads(a.threads)
     t0 = time.perf_counter()
-    from compress.errors import UserError
-
     try:
         model = load_model(a.model, dtype=a.dtype, device=a.device)
     except UserError as e:

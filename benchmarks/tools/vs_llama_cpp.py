@@ -46,11 +46,12 @@ def main(argv=None) -> int:
     if a.rounds < 1 or a.tokens < 2:
         print("error: --rounds must be >= 1 and --tokens >= 2", file=sys.stderr)
         return 2
-    with open(a.data) as f:
-        items = json.load(f)
-    items = items.get("annotation", items) if isinstance(items, dict) else items
-    first = next(x for x in items if x.get("task") == "asr")
-    clip = first["path"] if os.path.isabs(first["path"]) else os.path.join(os.path.dirname(a.data), first["path"])
+    from compress.data.annotations import read_annotations
+
+    clip = next((s.path for s in read_annotations(a.data) if s.task == "asr"), None)
+    if clip is None:
+        print(f"error: {a.data} has no ASR clip", file=sys.stderr)
+        return 2
     lite_args = argparse.Namespace(threads=a.threads, latency_tokens=a.tokens)
 
     probe = llama_cpp_peer(a.tokens, a.threads, 1)
