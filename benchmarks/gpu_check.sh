@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# What only a GPU shows, as one command of about 8 minutes on a machine with CUDA (issue 22).
+# What only a GPU shows, as one command on a machine with CUDA (issue 22);
+# its steps' timeouts bound it at 9.5 minutes (150 + 240 + 180 s). Not yet run on a GPU.
 #
 #   here, with network:     bash benchmarks/gpu_check.sh --wheels
 #       downloads into .whl/ (git-ignored; 4.5 MB) the CPython 3.12 wheels a CUDA image with torch / transformers /
