@@ -156,6 +156,43 @@ def test_batches_are_a_function_of_the_step():
     assert a[:2] != [batch_at(s, 10, 4, seed=1) for s in range(2)]
 
 
+def test_length_buckets_keep_epochs_whole_and_batch_similar_lengths():
+    from demo_factory.train.loop import batch_at
+
+    rng = np.random.default_rng(0)
+    lengths = [int(v) for v in rng.integers(5, 60, size=203)]
+    pool = list(range(203))
+    plain = [batch_at(s, pool, 8, seed=0) for s in range(25)]
+    bucketed = [batch_at(s, pool, 8, seed=0, lengths=lengths, bucket=8) for s in range(25)]
+    seen = [i for b in bucketed for i in b]
+    assert len(seen) == len(set(seen)) == 200  # one epoch: 25 batches of 8, no clip twice
+    assert bucketed == [batch_at(s, pool, 8, seed=0, lengths=lengths, bucket=8) for s in range(25)]
+
+    def padding(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    assert padding(bucketed) < 0.25 * padding(plain)
+    assert batch_at(25, pool, 8, seed=0, lengths=lengths, bucket=8) != bucketed[0]  # next epoch reshuffled
+
+
+def test_two_queries_per_window_give_two_speech_tokens_per_window(tiny_data, tmp_path):
+    from compress.loaders import load_model
+
+    ts = S.preset("test").replace(queries=2, real_length=True, steps=3, front_warmup_steps=2, ctc_weight=0.5)
+    s = train(ts, str(tmp_path / "a"), data_dir=str(tmp_path / "w"), annotations=tiny_data, progress=False,
+              log=lambda *a: None)
+    assert s["train"]["steps"] == 3 and np.isfinite(s["train"]["final_ctc_loss"])
+    model = load_model(str(tmp_path / "a"))
+    assert model.cfg.num_speech_query_token == 2
+    from types import SimpleNamespace
+
+    from demo_factory.train.loop import clip_tokens, clip_windows
+
+    cache = SimpleNamespace(real_length=True, whisper_frames=lambda i: 95)
+    assert clip_tokens(model, cache, 0) == 2 * clip_windows(model, cache, 0) > 0
+    assert model.generate([np.zeros(16000, dtype=np.float32)], "asr", max_new_tokens=2)  # runs end to end
+
+
 def test_caption_clips_repeat_per_epoch_and_speechless_captions_get_ctc():
     from compress.data.annotations import Sample
     from demo_factory.train.loop import batch_at, ctc_clips, epoch_pool

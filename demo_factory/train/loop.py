@@ -13,6 +13,7 @@ so a resumed run takes the same steps an uninterrupted one would.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Optional
 
@@ -156,7 +157,7 @@ def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list
     `ctc_on`, default the ASR clips), and {name: (loss sum, count)}."""
     speech = speech_from_features(model, *cached_batch(cache, idx, frames), beats_mode=beats_mode,
                                   whisper_off=whisper_off)
-    own = [clip_windows(model, cache, i) for i in idx] if cache.real_length else None
+    own = [clip_tokens(model, cache, i) for i in idx] if cache.real_length else None
     embeds, mask, (r, c, labels) = llm_inputs(model, speech, tasks, targets, own)
     tok = F.cross_entropy(answer_logits(model, embeds, mask, r, c).float(), labels, reduction="none")
     per_task = {}
@@ -167,7 +168,7 @@ def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list
     ctc_on = ctc_on if ctc_on is not None else [t == "asr" for t in tasks]
     rows = [j for j in range(len(idx)) if ctc_on[j] and len(targets[j]) > 1]
     if ctc_head is not None and ctc_weight > 0 and rows:
-        windows = [min(speech.shape[1], clip_windows(model, cache, idx[j])) for j in rows]
+        windows = [min(speech.shape[1], clip_tokens(model, cache, idx[j])) for j in rows]
         table = model.llama_model.get_input_embeddings().weight
         ctc = ctc_loss(ctc_head, table, speech[rows, : max(windows)], windows, [targets[j] for j in rows])
         per_task["ctc"] = (ctc.item() * len(rows), len(rows))
@@ -182,6 +183,11 @@ def clip_windows(model, cache: FeatureCache, i: int) -> int:
     if cache.real_length:
         return window_count(cache.whisper_frames(i), model.cfg.window_kernel, model.cfg.window_stride)
     return -(-cache.clip_frames(i) // model.cfg.window_stride)
+
+
+def clip_tokens(model, cache: FeatureCache, i: int) -> int:
+    """Speech tokens of clip i: its windows times the Q-Former's queries per window."""
+    return clip_windows(model, cache, i) * model.cfg.num_speech_query_token
 
 
 def window_frames_needed(model, windows: int) -> int:
@@ -204,14 +210,32 @@ def keep_frames(model, cache: FeatureCache, idx: list, rng: np.random.Generator,
     return window_frames_needed(model, windows)
 
 
-def batch_at(step: int, n, batch: int, seed: int) -> list:
+def batch_at(step: int, n, batch: int, seed: int, lengths: Optional[list] = None, bucket: int = 0) -> list:
     """Clip indices of `step`: epochs of a seeded permutation, so any step's batch is known without history.
-    `n` is the clip count, or the list of clip indices of one epoch (a clip listed twice is seen twice)."""
+    `n` is the clip count, or the list of clip indices of one epoch (a clip listed twice is seen twice).
+    With `lengths` (per clip index) and `bucket` > 1, each run of `bucket` batches of the permutation is sorted by
+    length before it is cut into batches, and the epoch's batches are then shuffled: batches hold clips of similar
+    length, so little of a step is spent on padding, and each epoch still sees every clip once."""
     pool = np.arange(n) if isinstance(n, int) else np.asarray(n)
     per_epoch = max(1, len(pool) // batch)
     epoch, k = divmod(step, per_epoch)
     order = pool[np.random.default_rng([seed, 7, epoch]).permutation(len(pool))]
-    return [int(i) for i in order[k * batch:(k + 1) * batch]]
+    if lengths is None or bucket <= 1:
+        return [int(i) for i in order[k * batch:(k + 1) * batch]]
+    return [int(i) for i in _bucketed_epoch(tuple(int(i) for i in order), batch, bucket, tuple(lengths),
+                                            (seed, epoch))[k]]
+
+
+@functools.lru_cache(maxsize=2)
+def _bucketed_epoch(order: tuple, batch: int, bucket: int, lengths: tuple, key: tuple) -> list:
+    chunk = batch * bucket
+    batches = []
+    for start in range(0, len(order) - len(order) % batch, chunk):
+        part = sorted(order[start:start + chunk], key=lambda i: lengths[i])
+        part = part[: len(part) - len(part) % batch]
+        batches += [part[j:j + batch] for j in range(0, len(part), batch)]
+    shuffle = np.random.default_rng([key[0], 17, key[1]]).permutation(len(batches))
+    return [batches[j] for j in shuffle]
 
 
 def epoch_pool(samples: list, caption_repeat: int) -> list:
@@ -258,7 +282,7 @@ def front_warmup(model, samples: list, cache: FeatureCache, ts, state_dir: str, 
         windows = [clip_windows(model, cache, i) for i in idx]
         speech = speech_from_features(model, *cached_batch(cache, idx, window_frames_needed(model, max(windows))),
                                       whisper_off=off)
-        windows = [min(w, speech.shape[1]) for w in windows]
+        windows = [min(w * model.cfg.num_speech_query_token, speech.shape[1]) for w in windows]
         tg = [[index[t] for t in targets[i][:-1]] + [-1] for i in idx]  # ctc_loss drops the last id
         return ctc_loss(head, table, speech, windows, tg), {}
 
@@ -290,6 +314,7 @@ def train(model, samples: list, cache: FeatureCache, ts, state_dir: str, *,
     tasks = ["asr" if s.task == "asr" else "caption" for s in samples]
     ctc_on = ctc_clips(samples, ts)
     pool = epoch_pool(samples, ts.caption_repeat)
+    lengths = [clip_tokens(model, cache, i) + len(targets[i]) for i in range(len(samples))]
 
     head = CtcHead(model.llama_model.get_input_embeddings().weight) if ts.ctc_weight > 0 else None
     warm = os.path.join(state_dir, WARMUP)
@@ -305,7 +330,7 @@ def train(model, samples: list, cache: FeatureCache, ts, state_dir: str, *,
         return ts.lora_lr if ("lora_" in name and ts.lora_lr is not None) else ts.lr
 
     def step_loss(step: int):
-        idx = batch_at(step, pool, ts.batch, ts.seed)
+        idx = batch_at(step, pool, ts.batch, ts.seed, lengths, ts.length_buckets)
         rng = np.random.default_rng([ts.seed, 11, step])
         torch.manual_seed(ts.seed * 1_000_003 + step)
         frames = keep_frames(model, cache, idx, rng, ts.full_share)

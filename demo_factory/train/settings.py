@@ -53,6 +53,9 @@ class DemoSettings:
     # ---- training (encoders and LLM frozen; BEATs, Q-Former, projection and LoRA learn)
     steps: int = 1400
     batch: int = 8
+    # batches of clips of similar length (runs of this many batches sorted by length, then shuffled): the joint
+    # stage's cost is the LLM over the batch's longest row; 0 or 1 = plain random batches
+    length_buckets: int = 0
     lr: float = 5e-4
     lora_lr: Optional[float] = None  # None: = lr
     warmup: int = 100
