@@ -6,6 +6,7 @@ import functools
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -18,6 +19,8 @@ MAX_SECONDS = 30.0
 
 MIN_SAMPLES = int(MIN_SECONDS * SAMPLE_RATE)  # 16000
 MAX_SAMPLES = int(MAX_SECONDS * SAMPLE_RATE)  # 480000, what Whisper pads to
+HOP = 160  # Whisper's mel hop: 100 frames a second
+FULL_MEL_FRAMES = MAX_SAMPLES // HOP  # 3000
 
 CHANNEL_MODES = ("downmix", "first")
 TOO_LONG_MODES = ("error", "cut")
@@ -326,12 +329,17 @@ def _check_batch(waveforms, what: str) -> list[np.ndarray]:
     return out
 
 
-def whisper_features(waveforms, n_mels: int) -> torch.Tensor:
+def whisper_features(waveforms, n_mels: int, frames: Optional[int] = None) -> torch.Tensor:
     """Whisper log-mel features ``(B, n_mels, 3000)`` float32 for 16 kHz mono waveforms.
 
     Each clip is zero-padded to 30 s, as Whisper and the SALMONN reference do; the result
     equals transformers' ``WhisperFeatureExtractor(feature_size=n_mels)`` applied per clip.
     Whisper large-v2 uses 80 mel bins, large-v3 / v3-turbo 128.
+
+    ``frames``: only the first ``frames`` mel frames, ``(B, n_mels, frames)``, equal to the 30 s features
+    cut there. The STFT runs over the clips plus enough zeros that every kept frame and every frame touching
+    a sample is the 30 s one (its frames past that are all silence, at the floor): a few-second clip costs a
+    few seconds of STFT, not thirty.
     """
     if isinstance(n_mels, bool) or not isinstance(n_mels, (int, np.integer)) or n_mels <= 0:
         raise ConfigError(
@@ -339,8 +347,15 @@ def whisper_features(waveforms, n_mels: int) -> torch.Tensor:
         )
     waves = _check_batch(waveforms, "whisper_features")
     extractor = _feature_extractor(int(n_mels))
-    feats = extractor(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt")["input_features"]
-    return torch.as_tensor(feats, dtype=torch.float32).contiguous()
+    if frames is None or frames >= FULL_MEL_FRAMES:
+        feats = extractor(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt")["input_features"]
+        return torch.as_tensor(feats, dtype=torch.float32)[..., :frames].contiguous()
+    # frame j spans samples [160 j - 200, 160 j + 200): 480 zeros past the last kept frame and the last sample
+    # reach every frame that is not pure padding
+    target = min(MAX_SAMPLES, max(int(frames) * HOP, max(w.shape[0] for w in waves)) + 480)
+    padded = [np.pad(w, (0, target - w.shape[0])) for w in waves]
+    feats = extractor(padded, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="longest")["input_features"]
+    return torch.as_tensor(feats, dtype=torch.float32)[..., :frames].contiguous()
 
 
 def batch_waveforms(waveforms) -> tuple[torch.Tensor, torch.Tensor]:

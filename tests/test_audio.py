@@ -295,6 +295,18 @@ def test_whisper_features_shape_determinism_and_reference(n_mels):
         torch.testing.assert_close(feats[i : i + 1], direct, atol=1e-5, rtol=1e-5)
 
 
+def test_whisper_features_of_the_first_frames_equal_the_30s_features_cut():
+    rng = np.random.default_rng(3)
+    for lengths, frames in (([16000], 110), ([40000, 39960], 260), ([16000 * 3 + 17, 20000], 250),
+                            ([80100], 300), ([16000 * 29], 2990), ([16000], 3000)):
+        clips = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in lengths]
+        short = whisper_features(clips, 80, frames)
+        assert short.shape == (len(clips), 80, frames)
+        assert torch.equal(short, whisper_features(clips, 80)[..., :frames])
+    silent = [np.zeros(20000, np.float32)]
+    assert torch.equal(whisper_features(silent, 80, 200), whisper_features(silent, 80)[..., :200])
+
+
 def test_whisper_extractor_is_cached_per_n_mels():
     assert audio._feature_extractor(80) is audio._feature_extractor(80)
     assert audio._feature_extractor(80) is not audio._feature_extractor(128)

@@ -97,6 +97,8 @@ def test_log_mel_equals_whisper_features(exports):
         got = lite.log_mel(wav, filters)
         assert got.shape == (80, 3000) and got.dtype == np.float32
         np.testing.assert_allclose(got, whisper_features([wav], 80)[0].numpy(), atol=1e-4, rtol=0)
+        for frames in (100, n // lite.HOP + 1, 2999):  # the first frames only: the 30 s result cut
+            np.testing.assert_array_equal(lite.log_mel(wav, filters, frames), got[:, :frames])
 
 
 def test_next_token_chooses_as_the_greedy_loop():

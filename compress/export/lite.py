@@ -91,20 +91,27 @@ def hann_window(n: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
 
 
-def log_mel(wav: np.ndarray, mel_filters: np.ndarray) -> np.ndarray:
+def log_mel(wav: np.ndarray, mel_filters: np.ndarray, frames: Optional[int] = None) -> np.ndarray:
     """1-D 16 kHz waveform -> Whisper log-mel (n_mels, 3000) float32, as WhisperFeatureExtractor computes it.
 
     The clip is zero-padded (or cut) to 30 s; STFT with n_fft 400, hop 160, a periodic Hann window and centred
     frames (reflect padding); power spectrum of all frames but the last; mel filters (n_fft // 2 + 1, n_mels);
-    log10 clamped at 1e-10; floored at the maximum - 8; then (x + 4) / 4."""
-    x = np.zeros(CHUNK_SAMPLES, dtype=np.float64)
+    log10 clamped at 1e-10; floored at the maximum - 8; then (x + 4) / 4.
+
+    `frames`: the first `frames` frames only, equal to the 30 s result cut there: the STFT covers those frames and
+    every frame that touches a sample of the clip (the rest of the 30 s are silence at the clamp, below the floor
+    unless the clip is silent, where both give the clamp)."""
+    full = CHUNK_SAMPLES // HOP
+    frames = full if frames is None else min(int(frames), full)
     n = min(len(wav), CHUNK_SAMPLES)
+    count = min(full, max(frames, n // HOP + 3))  # frames computed: frame j spans [HOP j - N_FFT/2, HOP j + N_FFT/2)
+    x = np.zeros(CHUNK_SAMPLES, dtype=np.float64)
     x[:n] = wav[:n]
-    x = np.pad(x, N_FFT // 2, mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP][:-1]  # (3000, n_fft)
-    power = np.abs(np.fft.rfft(frames * hann_window(N_FFT), axis=-1)) ** 2  # (3000, n_fft // 2 + 1)
-    mel = np.log10(np.maximum(power @ mel_filters.astype(np.float64), 1e-10)).T  # (n_mels, 3000)
-    mel = np.maximum(mel, mel.max() - 8.0)
+    x = np.pad(x, N_FFT // 2, mode="reflect")[: (count - 1) * HOP + N_FFT]
+    frames_view = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP][:count]  # (count, n_fft)
+    power = np.abs(np.fft.rfft(frames_view * hann_window(N_FFT), axis=-1)) ** 2  # (count, n_fft // 2 + 1)
+    mel = np.log10(np.maximum(power @ mel_filters.astype(np.float64), 1e-10)).T  # (n_mels, count)
+    mel = np.maximum(mel, mel.max() - 8.0)[:, :frames]
     return ((mel + 4.0) / 4.0).astype(np.float32)
 
 
@@ -267,10 +274,8 @@ class LiteEngine:
     # ------------------------------------------------------------------ audio -> speech tokens
     def features(self, wav: np.ndarray) -> np.ndarray:
         """(1, n_mels, F) log-mel: F = 3000, or the clip's frames rounded to whole windows with real_length."""
-        spec = log_mel(wav, self.mel_filters)
-        if self.real_length:
-            spec = spec[:, : real_mel_frames(len(wav), self.kernel, self.stride, spec.shape[-1])]
-        return np.ascontiguousarray(spec[None])
+        frames = real_mel_frames(len(wav), self.kernel, self.stride) if self.real_length else None
+        return np.ascontiguousarray(log_mel(wav, self.mel_filters, frames)[None])
 
     def speech_tokens(self, wav: np.ndarray) -> np.ndarray:
         """1-D 16 kHz waveform -> (1, L, D) speech tokens from the audio front graph."""

@@ -52,10 +52,10 @@ class PromptMixin:
         """Host arrays -> model inputs (features on the model's device)."""
         from ..audio import batch_waveforms, whisper_features
 
-        spec = whisper_features(waveforms, self.n_mels)
-        if self.real_length:  # keep only the mel frames the longest clip's windows need
-            spec = spec[..., : real_mel_frames(max(len(w) for w in waveforms), self.cfg.window_kernel,
-                                               self.cfg.window_stride, spec.shape[-1])]
+        frames = None
+        if self.real_length:  # only the mel frames the longest clip's windows need
+            frames = real_mel_frames(max(len(w) for w in waveforms), self.cfg.window_kernel, self.cfg.window_stride)
+        spec = whisper_features(waveforms, self.n_mels, frames)
         wav, pad = batch_waveforms(waveforms) if self.has_beats else (None, None)
         return {"spectrogram": spec, "wav": wav, "padding_mask": pad}
 
