@@ -192,6 +192,26 @@ def test_two_queries_per_window_give_two_speech_tokens_per_window(tiny_data, tmp
     assert clip_tokens(model, cache, 0) == 2 * clip_windows(model, cache, 0) > 0
     assert model.generate([np.zeros(16000, dtype=np.float32)], "asr", max_new_tokens=2)  # runs end to end
 
+    # the front's CTC read-out from the run's state, on held-out and training clips
+    from demo_factory.train.pipeline import run_key
+    from demo_factory.train.readout import main as readout
+
+    state = tmp_path / "w" / f"run-{run_key(ts)}" / "train-state.pt"
+    out = tmp_path / "readout.json"
+    assert readout(["--model", str(tmp_path / "a"), "--state", str(state), "--data", tiny_data, "--train-data",
+                    tiny_data, "--limit", "2", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["held_out"]["clips"] == r["train"]["clips"] == 2
+    assert r["held_out"]["front_readout_wer"] >= 0 and r["held_out"]["llm_wer"] >= 0
+    assert readout(["--model", str(tmp_path / "a"), "--state", str(state.parent / "front-warmup.pt"), "--load-front",
+                    "--no-llm", "--data", tiny_data, "--limit", "1", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["held_out"]["clips"] == 1 and "llm_wer" not in json.loads(out.read_text())[
+        "held_out"]
+    torch.save({"params": {}}, tmp_path / "empty.pt")
+    assert readout(["--model", str(tmp_path / "a"), "--state", str(tmp_path / "empty.pt"), "--data", tiny_data,
+                    "--out", str(tmp_path / "x.json")]) == 2  # no CTC head: a clear error
+    assert not (tmp_path / "x.json").exists()
+
 
 def test_caption_clips_repeat_per_epoch_and_speechless_captions_get_ctc():
     from compress.data.annotations import Sample

@@ -7,7 +7,8 @@ This machine's speed drifts by 20% and more within minutes (a shared host), so l
 (the method table's TPOT column: one benchmark process per row) do not make reliable ratios. Here all models are
 loaded once, warmed up, and every round times each of them once (compress.bench.latency.measure_latency: greedy,
 EOS ignored, --tokens tokens, the first --task clip of --data) in an order rotated by one each round; the result is,
-per model, the median over rounds of its TTFT and TPOT divided by the first model's in the same round, with the range.
+per model, the median over rounds of its TTFT and TPOT divided by the first model's in the same round, with the range,
+and the medians of its TTFT's two phases (speech front, prefill).
 """
 
 from __future__ import annotations
@@ -68,9 +69,10 @@ def main(argv=None) -> int:
         got = {}
         for i in order:
             lat = measure_latency(models[i], audio, a.task, n_tokens=a.tokens, warmup=0, repeats=1)
-            got[i] = (lat.ttft_ms[0], lat.tpot_ms[0])
+            got[i] = (lat.ttft_ms[0], lat.tpot_ms[0], lat.front_ms[0] if lat.front_ms else None)
         rounds.append({"round": r, "order": [a.models[i] for i in order],
-                       "ttft_ms": [got[i][0] for i in range(n)], "tpot_ms": [got[i][1] for i in range(n)]})
+                       "ttft_ms": [got[i][0] for i in range(n)], "tpot_ms": [got[i][1] for i in range(n)],
+                       "front_ms": [got[i][2] for i in range(n)]})
         print(f"round {r}: " + ", ".join(f"{a.models[i]} TPOT {got[i][1]:.1f} ms" for i in range(n)), flush=True)
 
     per_model = []
@@ -82,6 +84,10 @@ def main(argv=None) -> int:
             row[key + "_median"] = statistics.median(vals)
             row[key.replace("_ms", "") + "_ratio"] = {"median": statistics.median(ratios), "min": min(ratios),
                                                      "max": max(ratios)}
+        fronts = [x["front_ms"][i] for x in rounds]
+        if all(f is not None for f in fronts):  # TTFT = speech front + prefill
+            row["front_ms_median"] = statistics.median(fronts)
+            row["prefill_ms_median"] = statistics.median(x["ttft_ms"][i] - x["front_ms"][i] for x in rounds)
         per_model.append(row)
     out = {"reference": a.models[0], "clip": clip, "task": a.task, "tokens": a.tokens, "threads": a.threads,
            "rounds": rounds, "models": per_model, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -92,11 +98,13 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
-    print("| model | TTFT ms | TTFT / ref (range) | TPOT ms | TPOT / ref (range) |")
+    print("| model | TTFT ms (front + prefill) | TTFT / ref (range) | TPOT ms | TPOT / ref (range) |")
     for row in per_model:
         t, d = row["ttft_ratio"], row["tpot_ratio"]
-        print(f"| {row['model']} | {row['ttft_ms_median']:.1f} | {t['median']:.2f} ({t['min']:.2f}..{t['max']:.2f})"
-              f" | {row['tpot_ms_median']:.1f} | {d['median']:.2f} ({d['min']:.2f}..{d['max']:.2f}) |")
+        parts = (f" ({row['front_ms_median']:.1f} + {row['prefill_ms_median']:.1f})" if "front_ms_median" in row
+                 else "")
+        print(f"| {row['model']} | {row['ttft_ms_median']:.1f}{parts} | {t['median']:.2f} ({t['min']:.2f}.."
+              f"{t['max']:.2f}) | {row['tpot_ms_median']:.1f} | {d['median']:.2f} ({d['min']:.2f}..{d['max']:.2f}) |")
     return 0
 
 

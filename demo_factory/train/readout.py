@@ -1,0 +1,134 @@
+"""Where the demo's WER goes: the audio front's own transcript (greedy CTC read-out of its speech tokens) beside the
+LLM's, on held-out clips and on training clips.
+
+    python -m demo_factory.train.readout --model ARTIFACT --state RUN_DIR/train-state.pt \
+        --data benchmarks/data/test.json [--train-data DATA_DIR/train.json] [--limit 100] --out F.json
+
+The training's CTC head (loop.CtcHead: a blank vector and a temperature, kept in the run's state file, not in the
+artifact) scores each speech token against the LLM's input embedding table; the greedy read-out takes each token's
+best class, merges repeats and drops blanks. `--state` may also be the front warm-up's state (front-warmup.pt): its
+front weights are then loaded over the artifact's, which shows what the warm-up alone reached.
+A front read-out near the LLM's WER says the LLM mostly copies the pieces the front spells; a read-out much better
+on training clips than on held-out ones says the front remembers its training utterances.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import sys
+
+import torch
+
+from compress.errors import UserError
+
+
+def load_head(model, state_path: str, load_front: bool):
+    """The CtcHead of a run state (and, with `load_front`, that state's front weights copied into `model`)."""
+    from .loop import CtcHead
+
+    try:
+        params = torch.load(state_path, map_location="cpu", weights_only=True)["params"]
+    except (OSError, KeyError, RuntimeError) as e:
+        raise UserError(f"cannot read a training state from {state_path}: {e}") from None
+    head = CtcHead(model.llama_model.get_input_embeddings().weight)
+    mine = {k[len("ctc_head."):]: v for k, v in params.items() if k.startswith("ctc_head.")}
+    if set(mine) != set(head.state_dict()):
+        raise UserError(f"{state_path} holds no CTC head (trained with ctc_weight 0 and no front warm-up?)")
+    head.load_state_dict(mine)
+    if load_front:
+        own = dict(model.named_parameters())
+        with torch.no_grad():
+            for k, v in params.items():
+                if k in own and "lora_" not in k:
+                    own[k].copy_(v)
+    return head
+
+
+@torch.inference_mode()
+def read_out(model, head, waveforms: list) -> list:
+    """Greedy CTC transcript of each clip's speech tokens."""
+    table = model.llama_model.get_input_embeddings().weight
+    texts = []
+    for wav in waveforms:
+        speech = model.encode_audio(**model.prepare_audio([wav]))[0]
+        ids, prev, pieces = head(speech, table).argmax(-1).tolist(), None, []
+        for i in ids:
+            if i != prev and i != 0:  # class 0 = blank, class v + 1 = token v
+                pieces.append(i - 1)
+            prev = i
+        texts.append(model.tokenizer.decode(pieces).strip())
+    return texts
+
+
+def evaluate(model, head, samples: list, llm: bool, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from compress.audio import load_audio
+    from compress.metrics.asr import wer
+
+    refs, front, answers = [], [], []
+    for s in tqdm(samples, desc="read-out", unit="clip", disable=not progress, file=sys.stderr):
+        wav = load_audio(s.path)
+        refs.append(s.text)
+        front += read_out(model, head, [wav])
+        if llm:
+            answers.append(model.generate([wav], "asr")[0].text)
+    out = {"clips": len(refs), "front_readout_wer": round(wer(refs, front), 4),
+           "examples": [{"reference": r, "front": f, **({"llm": a} if llm else {})}
+                        for r, f, a in zip(refs, front, answers or [None] * len(refs))][:10]}
+    if llm:
+        out["llm_wer"] = round(wer(refs, answers), 4)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="demo artifact folder (or 'demo')")
+    p.add_argument("--state", required=True, help="train-state.pt or front-warmup.pt of the run that made it")
+    p.add_argument("--load-front", action="store_true", help="copy the state's front weights into the model "
+                                                              "(for front-warmup.pt)")
+    p.add_argument("--data", required=True, help="held-out annotation file (its ASR clips)")
+    p.add_argument("--train-data", default=None, help="the run's train.json: the same read-out on training clips")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--no-llm", action="store_true", help="front read-out only (skip the LLM's transcripts)")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    if a.limit < 1:
+        print("error: --limit must be >= 1", file=sys.stderr)
+        return 2
+    from compress.data.annotations import read_annotations
+    from compress.loaders import load_model
+
+    try:
+        model = load_model(a.model).eval()
+        head = load_head(model, a.state, a.load_front)
+        splits = {"held_out": a.data, **({"train": a.train_data} if a.train_data else {})}
+        result = {}
+        for name, path in splits.items():
+            samples = [s for s in read_annotations(path) if s.task == "asr"][: a.limit]
+            if not samples:
+                raise UserError(f"{path} has no ASR clips")
+            result[name] = evaluate(model, head, samples, llm=not a.no_llm)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = {"model": a.model, "state": a.state, "load_front": a.load_front, "data": splits, "limit": a.limit,
+           "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+           "command": ["python", "-m", "demo_factory.train.readout"] + list(argv if argv is not None
+                                                                              else sys.argv[1:]),
+           **result}
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(out, f, indent=1)
+    for name in result:
+        r = result[name]
+        llm = f", LLM {r['llm_wer']:.3f}" if "llm_wer" in r else ""
+        print(f"{name}: {r['clips']} clips, front read-out WER {r['front_readout_wer']:.3f}{llm}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
