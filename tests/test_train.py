@@ -213,6 +213,27 @@ def test_two_queries_per_window_give_two_speech_tokens_per_window(tiny_data, tmp
     assert not (tmp_path / "x.json").exists()
 
 
+def test_time_mask_hides_about_its_share_in_short_spans(tiny_data, tmp_path):
+    from demo_factory.train.loop import time_mask
+
+    assert time_mask(4, 100, 0.0, 6) is None
+    torch.manual_seed(0)
+    m = time_mask(64, 200, 0.1, 6)
+    assert m.shape == (64, 200) and m.dtype == torch.bool
+    assert 0.06 < m.float().mean().item() < 0.12  # overlapping spans hide a little less than the share
+    torch.manual_seed(0)
+    assert torch.equal(m, time_mask(64, 200, 0.1, 6))
+    longest = max(len(r) for r in "".join(map(str, m[0].int().tolist())).split("0"))
+    assert 1 <= longest <= 12  # spans of at most 6 frames (two may touch)
+    ts = S.preset("test").replace(steps=3, front_warmup_steps=2, ctc_weight=0.5)
+    losses = []
+    for share in (0.0, 0.3):
+        s = train(ts.replace(time_mask=share), str(tmp_path / f"a{share}"), data_dir=str(tmp_path / "w"),
+                  annotations=tiny_data, progress=False, log=lambda *a: None)
+        losses.append(s["train"]["final_loss"])
+    assert np.isfinite(losses).all() and losses[0] != losses[1]
+
+
 def test_caption_clips_repeat_per_epoch_and_speechless_captions_get_ctc():
     from compress.data.annotations import Sample
     from demo_factory.train.loop import batch_at, ctc_clips, epoch_pool
@@ -302,6 +323,8 @@ def test_training_options_are_validated():
         S.preset("test").replace(steps=0)
     with pytest.raises(ConfigError, match="valid"):
         S.preset("nope")
+    with pytest.raises(ConfigError, match="time_mask"):
+        S.preset("test").replace(time_mask=1.0)
 
 
 def test_beats_ablation_variants_change_only_the_beats_branch():

@@ -63,15 +63,32 @@ def cached_batch(cache: FeatureCache, idx: list, frames: int) -> tuple:
     return wh, fb, pad
 
 
+def time_mask(batch: int, frames: int, share: float, span: int) -> Optional[torch.Tensor]:
+    """(batch, frames) bool, True on frames to hide: spans of 1..`span` frames at random starts, about `share` of
+    the frames in all (SpecAugment's time masking, here on the frozen encoder's outputs). None when share is 0.
+    Draws from torch's generator (seeded per step by the loops)."""
+    if share <= 0 or frames < 1:
+        return None
+    n = max(1, round(share * frames * 2 / (span + 1)))  # spans of mean length (span + 1) / 2
+    starts = torch.randint(0, frames, (batch, n, 1))
+    ends = starts + torch.randint(1, span + 1, (batch, n, 1))
+    t = torch.arange(frames)[None, None, :]
+    return ((t >= starts) & (t < ends)).any(1)
+
+
 def speech_from_features(model, wh: torch.Tensor, fbank: Optional[torch.Tensor], fbank_pad: Optional[torch.Tensor],
-                         *, beats_mode: str = "on", whisper_off: Optional[list] = None) -> torch.Tensor:
+                         *, beats_mode: str = "on", whisper_off: Optional[list] = None,
+                         hide: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Salmonn.encode_audio from cached Whisper outputs (B, T, Dw) and BEATs fbanks -> (B, L, D) speech tokens.
 
     Padded BEATs tokens are zeroed (what a batch of one clip gives at inference). `beats_mode='zero'` replaces
-    BEATs' features by zeros; `whisper_off` zeroes the Whisper features of the flagged clips (BEATs alone)."""
+    BEATs' features by zeros; `whisper_off` zeroes the Whisper features of the flagged clips (BEATs alone); `hide`
+    (B, T) zeroes those Whisper frames (training's time masking)."""
     speech = model.ln_speech(wh)
     if whisper_off is not None and any(whisper_off):
         speech = speech.masked_fill(torch.tensor(whisper_off)[:, None, None], 0.0)
+    if hide is not None:
+        speech = speech.masked_fill(hide[:, : speech.shape[1], None], 0.0)
     t = speech.shape[1]
     if model.beats is not None and beats_mode == "zero":
         speech = torch.cat([speech, speech.new_zeros(speech.shape[:2] + (model.ln_audio.normalized_shape[0],))], -1)
@@ -152,11 +169,12 @@ def ctc_clips(samples: list, ts) -> list:
 
 def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list, *, frames: int,
                beats_mode: str = "on", whisper_off: Optional[list] = None, ctc_head: Optional[CtcHead] = None,
-               ctc_weight: float = 0.0, ctc_on: Optional[list] = None) -> tuple:
+               ctc_weight: float = 0.0, ctc_on: Optional[list] = None, mask: tuple = (0.0, 1)) -> tuple:
     """Mean answer-token cross-entropy of a batch (+ ctc_weight x CTC of the speech tokens of the clips flagged in
-    `ctc_on`, default the ASR clips), and {name: (loss sum, count)}."""
-    speech = speech_from_features(model, *cached_batch(cache, idx, frames), beats_mode=beats_mode,
-                                  whisper_off=whisper_off)
+    `ctc_on`, default the ASR clips), and {name: (loss sum, count)}. `mask`: (share, span) of time_mask."""
+    feats = cached_batch(cache, idx, frames)
+    speech = speech_from_features(model, *feats, beats_mode=beats_mode, whisper_off=whisper_off,
+                                  hide=time_mask(len(idx), feats[0].shape[1], *mask))
     own = [clip_tokens(model, cache, i) for i in idx] if cache.real_length else None
     embeds, mask, (r, c, labels) = llm_inputs(model, speech, tasks, targets, own)
     tok = F.cross_entropy(answer_logits(model, embeds, mask, r, c).float(), labels, reduction="none")
@@ -280,8 +298,9 @@ def front_warmup(model, samples: list, cache: FeatureCache, ts, state_dir: str, 
         off = [samples[i].task != "asr" and rng.random() < ts.warmup_whisper_drop for i in idx]
         torch.manual_seed(ts.seed * 1_000_003 + 500_000 + step)
         windows = [clip_windows(model, cache, i) for i in idx]
-        speech = speech_from_features(model, *cached_batch(cache, idx, window_frames_needed(model, max(windows))),
-                                      whisper_off=off)
+        feats = cached_batch(cache, idx, window_frames_needed(model, max(windows)))
+        speech = speech_from_features(model, *feats, whisper_off=off,
+                                      hide=time_mask(len(idx), feats[0].shape[1], ts.time_mask, ts.time_mask_span))
         windows = [min(w * model.cfg.num_speech_query_token, speech.shape[1]) for w in windows]
         tg = [[index[t] for t in targets[i][:-1]] + [-1] for i in idx]  # ctc_loss drops the last id
         return ctc_loss(head, table, speech, windows, tg), {}
@@ -337,7 +356,7 @@ def train(model, samples: list, cache: FeatureCache, ts, state_dir: str, *,
         off = [tasks[i] == "caption" and rng.random() < ts.whisper_drop for i in idx]
         loss, per_task = batch_loss(model, cache, idx, [tasks[i] for i in idx], [targets[i] for i in idx],
                                     frames=frames, whisper_off=off, ctc_head=head, ctc_weight=ts.ctc_weight,
-                                    ctc_on=[ctc_on[i] for i in idx])
+                                    ctc_on=[ctc_on[i] for i in idx], mask=(ts.time_mask, ts.time_mask_span))
         return loss, {t: s / max(c, 1) for t, (s, c) in per_task.items()}
 
     n_params = sum(p.numel() for n, p in named.items() if not n.startswith("ctc_head."))

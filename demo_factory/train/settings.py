@@ -80,6 +80,11 @@ class DemoSettings:
     # WER is unchanged (0.287 against 0.290; benchmarks/README.md)
     whisper_drop: float = 0.5
     warmup_whisper_drop: float = 0.5
+    # SpecAugment-style time masking of the frozen Whisper features while training (front warm-up and joint stage):
+    # about this share of the frames hidden, in spans of 1..time_mask_span encoder frames (20 ms each). Aimed at the
+    # front remembering its training utterances (greedy CTC read-out WER 0.073 on training clips, 0.316 on test)
+    time_mask: float = 0.0
+    time_mask_span: int = 6
     full_share: float = 0.1  # share of batches with all 30 s of windows; the rest keep speech + 2-24 padding windows
     # train (and ship) the model for real-length encoding: Whisper runs on the clip's own frames rounded to whole
     # windows, not on 30 s of padding (features about 10x cheaper; no padding windows; full_share unused). The
@@ -105,6 +110,9 @@ class DemoSettings:
             raise ConfigError(f"caption_repeat must be >= 1, got {self.caption_repeat}")
         if not 0 <= self.whisper_drop < 1 or not 0 <= self.warmup_whisper_drop < 1 or not 0 <= self.full_share <= 1:
             raise ConfigError("whisper_drop and warmup_whisper_drop must be in [0, 1), full_share in [0, 1]")
+        if not 0 <= self.time_mask < 1 or self.time_mask_span < 1:
+            raise ConfigError(f"time_mask must be in [0, 1) and time_mask_span >= 1, got {self.time_mask} and "
+                              f"{self.time_mask_span}")
 
     def replace(self, **kw) -> "DemoSettings":
         known = {f.name for f in fields(self)}
