@@ -10,7 +10,7 @@
 #
 # Steps (each under its own timeout; a failed step is logged and the next one still runs):
 #   1. the suite's CUDA tests: CUDA events in the latency harness, max_memory_allocated after a reset, the CUDA
-#      bandwidth probe, `bench --device cuda` end to end on the tiny preset
+#      bandwidth probe, `bench --device cuda` end to end on the tiny preset, a Wanda + GPTQ recipe run on CUDA
 #   2. `bench` of the sized-3b preset (Llama-3.2-3B + whisper-large-v3-turbo shapes, seeded random weights) in
 #      float16 on CUDA: TTFT / TPOT with CUDA events, per-phase torch.cuda.max_memory_allocated in a clean process,
 #      the measured HBM read bandwidth and TPOT against the decode bound (LLM bytes / bandwidth)

@@ -197,7 +197,7 @@ def cmd_run(args) -> int:
     from .runner import run_recipe
 
     run_recipe(recipe, args.model, args.out, overwrite=args.overwrite, bench=not args.no_bench, storage=args.storage,
-               weights_dtype=args.save_dtype,
+               weights_dtype=args.save_dtype, device=args.device,
                model_kwargs={"allow_unsafe_pickle": args.allow_unsafe_pickle, "dtype": args.dtype,
                              "qformer_config": args.qformer_config, "seed": args.seed})
     return 0
@@ -332,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="apply a recipe to a model and write the compressed artifact")
     s.add_argument("recipe", help="recipe YAML (see `salmonn-compress recipes`)")
     _add_model_args(s)
+    _add_device_arg(s)
     s.add_argument("--out", required=True, help="artifact directory to write (atomically)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --out")
     s.add_argument("--no-bench", action="store_true", help="skip the recipe's benchmark section")

@@ -81,7 +81,10 @@ def source_info(spec: str, model) -> dict:
 
 def run_recipe(recipe, spec: str, out: str, *, overwrite: bool = False, model_kwargs: Optional[dict] = None,
                progress: bool = True, bench: bool = True, storage: str = "sparse",
-               weights_dtype: Optional[str] = "auto", log=print) -> dict:
+               weights_dtype: Optional[str] = "auto", device: Optional[str] = None, log=print) -> dict:
+    """Apply `recipe` to the model of `spec` and write the artifact (or the terminal step's export) to `out`; then
+    benchmark baseline and result side by side when the recipe has a benchmark section. `device` (cpu, cuda, cuda:N;
+    None = the loader's default) holds the model while the steps run and both models while they are benchmarked."""
     from .loaders import load_model
     from .loaders.artifact import model_notes, save_artifact
     from .outputs import check_output
@@ -94,7 +97,7 @@ def run_recipe(recipe, spec: str, out: str, *, overwrite: bool = False, model_kw
     steps = recipe.build_steps()
     for step in steps:
         step.preflight()
-    model = load_model(spec, **(model_kwargs or {}))
+    model = load_model(spec, **(model_kwargs or {}), **({"device": device} if device else {}))
     ctx = RunContext(model, recipe, progress=progress)
     if any(getattr(s, "needs_teacher", False) for s in steps):
         ctx._teacher = copy.deepcopy(model).eval()  # the teacher is the model before any step changed it
@@ -130,7 +133,7 @@ def run_recipe(recipe, spec: str, out: str, *, overwrite: bool = False, model_kw
             f"{st['stored_tensor_bytes']:,} tensor bytes, dense would be {st['dense_tensor_bytes']:,})")
     result = {"artifact": out, "steps": reports}
     if bench and recipe.benchmark is not None:
-        result["bench"] = bench_pair(recipe, spec, out, model_kwargs or {}, log=log)
+        result["bench"] = bench_pair(recipe, spec, out, model_kwargs or {}, device=device, log=log)
     return result
 
 
@@ -139,8 +142,10 @@ def _summary(rep: dict) -> str:
     return ", ".join(f"{k}={rep[k]:.4f}" if isinstance(rep[k], float) else f"{k}={rep[k]}" for k in keys if k in rep)
 
 
-def bench_pair(recipe, spec: str, artifact: str, model_kwargs: dict, log=print) -> dict:
-    """Benchmark the baseline and the written artifact with the same settings; write results and the diff."""
+def bench_pair(recipe, spec: str, artifact: str, model_kwargs: dict, device: Optional[str] = None,
+               log=print) -> dict:
+    """Benchmark the baseline and the written artifact with the same settings (and on the same `device`); write
+    results and the diff."""
     from tqdm import tqdm
 
     from .bench.harness import BenchSettings, run_benchmark
@@ -158,7 +163,9 @@ def bench_pair(recipe, spec: str, artifact: str, model_kwargs: dict, log=print) 
         settings = BenchSettings(tasks=tuple(b.tasks), num_beams=b.num_beams, max_new_tokens=b.max_new_tokens,
                                  limit=b.limit, latency_tokens=b.latency_tokens, latency_warmup=b.warmup,
                                  latency_repeats=b.repeats, memory=b.memory)
-        kw = model_kwargs if label == "baseline" else {}
+        kw = dict(model_kwargs) if label == "baseline" else {}
+        if device:
+            kw["device"] = device
         r = run_benchmark(s, data, settings, model_kwargs=kw,
                           progress_factory=lambda n, label=label: tqdm(total=n, desc=f"bench {label}",
                                                                         file=sys.stderr, leave=False))

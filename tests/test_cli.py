@@ -90,6 +90,10 @@ def test_device_errors_name_the_problem_and_the_choices(tmp_path):
                     str(tmp_path / "r.json"), "--device", "cuda")
         assert r.returncode == 2 and "CUDA is not available here" in r.stderr and "valid here: cpu" in r.stderr
         assert not (tmp_path / "r.json").exists()
+        r = run_cli("run", "recipes/gptq-4bit-g128.yaml", "--model", "tiny", "--out", str(tmp_path / "a"),
+                    "--device", "cuda")
+        assert r.returncode == 2 and "CUDA is not available here" in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / "a").exists()
 
 
 def test_generate_on_cpu_device_matches_default(tmp_path, capsys):
@@ -147,3 +151,23 @@ def test_set_decoding_changes_the_default_and_logs_it(tmp_path, capsys):
         assert msg in capsys.readouterr().err, bad
         assert open(os.path.join(art, "manifest.json")).read() == before  # nothing changed
     assert json.loads(before)["decoding_changes"][-1]["after"]["num_beams"] == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_run_on_cuda_calibrates_and_benches_there(tmp_path):
+    """A recipe's calibrated steps (Wanda, then GPTQ) and its benchmark on the GPU, end to end."""
+    import json
+
+    from compress.recipe import recipe_from_dict
+    from compress.runner import run_recipe
+
+    dev = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "data", "dev.json")
+    r = recipe_from_dict({"name": "cuda", "calibration": {"data": dev, "samples": 2},
+                          "steps": [{"type": "wanda", "sparsity": 0.5}, {"type": "gptq", "bits": 4, "group_size": 32}],
+                          "benchmark": {"data": dev, "tasks": ["asr"], "limit": 1, "max_new_tokens": 2,
+                                        "latency_tokens": 4, "warmup": 0, "repeats": 1, "memory": False}})
+    res = run_recipe(r, "tiny", str(tmp_path / "a"), progress=False, device="cuda", log=lambda *a: None)
+    assert all(rep.get("seconds", 0) >= 0 for rep in res["steps"])
+    with open(res["bench"]["result"]) as f:
+        bench = json.load(f)
+    assert bench["efficiency"]["latency"]["config"]["device"].startswith("cuda")
