@@ -88,3 +88,25 @@ def test_bad_config():
         QFormerConfig(hidden_size=30, num_attention_heads=4)
     with pytest.raises(ConfigError, match="hidden_act"):
         QFormerConfig(hidden_act="swish")
+
+
+@pytest.mark.parametrize("sdpa", [False, True])
+def test_dropout_acts_in_train_mode_only(sdpa):
+    torch.manual_seed(0)
+    kw = dict(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=2, encoder_width=24)
+    plain = SpeechQFormer(QFormerConfig(**kw))
+    drop = SpeechQFormer(QFormerConfig(**kw, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3))
+    drop.load_state_dict(plain.state_dict())
+    for m in (plain, drop):
+        for mod in m.modules():
+            if hasattr(mod, "use_sdpa"):
+                mod.use_sdpa = sdpa
+    q, frames = torch.randn(3, 1, 32), torch.randn(3, 10, 24)
+    drop.train()
+    a, b = drop(q, frames), drop(q, frames)
+    assert not torch.allclose(a, b)  # a different mask each call
+    drop.eval()
+    plain.eval()
+    torch.testing.assert_close(drop(q, frames), plain(q, frames))  # no dropout at inference
+    with pytest.raises(ConfigError, match="hidden_dropout_prob"):
+        QFormerConfig(**kw, hidden_dropout_prob=1.0)

@@ -213,7 +213,7 @@ def test_two_queries_per_window_give_two_speech_tokens_per_window(tiny_data, tmp
     assert not (tmp_path / "x.json").exists()
 
 
-def test_time_mask_hides_about_its_share_in_short_spans(tiny_data, tmp_path):
+def test_time_mask_and_qformer_dropout(tiny_data, tmp_path):
     from demo_factory.train.loop import time_mask
 
     assert time_mask(4, 100, 0.0, 6) is None
@@ -227,11 +227,14 @@ def test_time_mask_hides_about_its_share_in_short_spans(tiny_data, tmp_path):
     assert 1 <= longest <= 12  # spans of at most 6 frames (two may touch)
     ts = S.preset("test").replace(steps=3, front_warmup_steps=2, ctc_weight=0.5)
     losses = []
-    for share in (0.0, 0.3):
-        s = train(ts.replace(time_mask=share), str(tmp_path / f"a{share}"), data_dir=str(tmp_path / "w"),
+    for i, kw in enumerate(({}, {"time_mask": 0.3}, {"qformer_dropout": 0.3})):
+        s = train(ts.replace(**kw), str(tmp_path / f"a{i}"), data_dir=str(tmp_path / "w"),
                   annotations=tiny_data, progress=False, log=lambda *a: None)
         losses.append(s["train"]["final_loss"])
-    assert np.isfinite(losses).all() and losses[0] != losses[1]
+    assert np.isfinite(losses).all() and losses[0] != losses[1] and losses[0] != losses[2]
+    from compress.loaders import load_model
+
+    assert load_model(str(tmp_path / "a2")).cfg.qformer.hidden_dropout_prob == 0.3  # recorded; inert at inference
 
 
 def test_caption_clips_repeat_per_epoch_and_speechless_captions_get_ctc():

@@ -124,9 +124,11 @@ def default_providers() -> list:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
 
 
-def session(path: str, providers: Optional[list] = None, threads: Optional[int] = None):
+def session(path: str, providers: Optional[list] = None, threads: Optional[int] = None, spin: Optional[bool] = None):
     """An InferenceSession: `threads` intra-op threads (None: ONNX Runtime's default), one inter-op thread,
-    warnings off (the exporter's graphs trigger harmless ones)."""
+    warnings off (the exporter's graphs trigger harmless ones). `spin` False: its idle worker threads sleep at once
+    instead of busy-waiting for the next call (ONNX Runtime's session.intra_op.allow_spinning; None: its default,
+    spinning)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -137,6 +139,8 @@ def session(path: str, providers: Optional[list] = None, threads: Optional[int] 
         so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    if spin is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return ort.InferenceSession(path, so, providers=providers or default_providers())
 
 

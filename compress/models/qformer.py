@@ -27,6 +27,9 @@ class QFormerConfig:
     layer_norm_eps: float = 1e-12
     hidden_act: str = "gelu"
     max_position_embeddings: int = 512
+    # BERT's dropouts (BLIP-2's Q-Former trains with 0.1 each); active only in train mode
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
@@ -40,6 +43,9 @@ class QFormerConfig:
                 raise ConfigError(f"qformer.{name} must be >= 1, got {getattr(self, name)}")
         if self.hidden_act not in _ACTS:
             raise ConfigError(f"qformer.hidden_act {self.hidden_act!r} is not one of {sorted(_ACTS)}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= float(getattr(self, name)) < 1.0:
+                raise ConfigError(f"qformer.{name} must be in [0, 1), got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +69,7 @@ class _SelfAttention(nn.Module):
         self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.key = nn.Linear(kv_width, cfg.hidden_size)
         self.value = nn.Linear(kv_width, cfg.hidden_size)
+        self.attn_dropout = float(cfg.attention_probs_dropout_prob)
         self.use_sdpa = False  # set by the `sdpa` step; eager is the reference
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,13 +79,15 @@ class _SelfAttention(nn.Module):
     def forward(self, hidden, kv=None, bias=None):
         kv = hidden if kv is None else kv
         q, k, v = self._heads(self.query(hidden)), self._heads(self.key(kv)), self._heads(self.value(kv))
+        p = self.attn_dropout if self.training else 0.0
         if self.use_sdpa:
-            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
         else:
             scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, nh, Tq, Tk)
             if bias is not None:
                 scores = scores + bias
-            ctx = scores.softmax(dim=-1) @ v  # (B, nh, Tq, hs)
+            probs = scores.softmax(dim=-1)
+            ctx = (F.dropout(probs, p) if p else probs) @ v  # (B, nh, Tq, hs)
         b, _, t, _ = ctx.shape
         return ctx.transpose(1, 2).reshape(b, t, -1)  # (B, Tq, C)
 
@@ -90,9 +99,10 @@ class _AddNorm(nn.Module):
         super().__init__()
         self.dense = nn.Linear(in_dim, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, x, residual):
-        return self.LayerNorm(self.dense(x) + residual)
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
 
 
 class _Attention(nn.Module):
@@ -138,11 +148,12 @@ class _Embeddings(nn.Module):
     def __init__(self, cfg: QFormerConfig):
         super().__init__()
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
         # Kept for key compatibility with released checkpoints; unused without text tokens.
         self.register_buffer("position_ids", torch.arange(cfg.max_position_embeddings)[None], persistent=False)
 
     def forward(self, query_embeds):
-        return self.LayerNorm(query_embeds)
+        return self.dropout(self.LayerNorm(query_embeds))
 
 
 class _Encoder(nn.Module):

@@ -42,6 +42,7 @@ class DemoSettings:
     qformer_heads: int = 6
     qformer_ffn: int = 1536
     qformer_layers: int = 2
+    qformer_dropout: float = 0.0  # BERT's hidden and attention dropout in the Q-Former while training (BLIP-2: 0.1)
     # ---- LoRA (SALMONN's r, alpha and dropout). SALMONN adapts q_proj and v_proj; on this 135M LLM all seven
     # projections measured better (test WER 0.319 -> 0.290, CIDEr-D 0.770 -> 1.429; benchmarks/README.md)
     lora_r: int = 8
@@ -205,7 +206,8 @@ def salmonn_config(ts: DemoSettings, extra: Optional[dict] = None):
         llm=llm_config(ts),
         qformer=QFormerConfig(hidden_size=ts.qformer_hidden, num_attention_heads=ts.qformer_heads,
                               intermediate_size=ts.qformer_ffn, num_hidden_layers=ts.qformer_layers,
-                              encoder_width=whisper["d_model"] + ts.beats_dim),
+                              encoder_width=whisper["d_model"] + ts.beats_dim,
+                              hidden_dropout_prob=ts.qformer_dropout, attention_probs_dropout_prob=ts.qformer_dropout),
         lora=LoraSettings(r=ts.lora_r, alpha=ts.lora_alpha, dropout=ts.lora_dropout,
                           target_modules=list(ts.lora_targets)),
         num_speech_query_token=ts.queries,
