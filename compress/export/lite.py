@@ -272,7 +272,9 @@ class LiteEngine:
         self.tokenizer = TextDecoder(self.path, conf["tokenizer_size"])
         self.mel_filters = np.load(os.path.join(self.path, MEL_FILTERS))
         self.embed = np.load(os.path.join(self.path, EMBED), mmap_mode="r")  # a prompt reads a few rows
-        self.front = session(os.path.join(self.path, FRONT), providers, threads)
+        # the front runs once per request: its idle threads would spin through the LLM's prefill (best-cpu, 2 threads:
+        # TTFT 81.5 -> 70.5 ms with the front not spinning, TPOT 7.8 / 8.0 ms; benchmarks/tools/ort_spin.py)
+        self.front = session(os.path.join(self.path, FRONT), providers, threads, spin=False)
         self.llm = LlmSession(session(os.path.join(self.path, LLM), providers, threads), conf["llm"])
 
     # ------------------------------------------------------------------ audio -> speech tokens

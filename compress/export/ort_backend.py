@@ -23,9 +23,9 @@ from .layout import CONFIG, EMBED, FRONT, KIND, LLM
 from .lite import LlmSession, default_providers, session  # noqa: F401  (default_providers re-exported)
 
 
-def _session(path: str, providers: Optional[list]):
+def _session(path: str, providers: Optional[list], spin: Optional[bool] = None):
     """lite.session with torch's thread count: `bench --threads` / set_num_threads apply to ORT too."""
-    return session(path, providers, torch.get_num_threads())
+    return session(path, providers, torch.get_num_threads(), spin=spin)
 
 
 class _Out:
@@ -124,7 +124,7 @@ class OrtSalmonn(PromptMixin):
         self.n_mels = int(conf["n_mels"])
         self.has_beats = bool(conf["has_beats"])
         self.tokenizer = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"), local_files_only=True)
-        self.front = _session(os.path.join(path, FRONT), providers)
+        self.front = _session(os.path.join(path, FRONT), providers, spin=False)  # as lite.LiteRuntime
         # memory-mapped: a prompt reads a few rows of the table, not all of it
         self.lm = OrtCausalLM(_session(os.path.join(path, LLM), providers),
                               np.load(os.path.join(path, EMBED), mmap_mode="r"), conf["llm"])
