@@ -213,6 +213,8 @@ def cmd_export(args) -> int:
         require_tensorrt()
     if args.check and not os.path.isfile(args.check):
         raise UserError(f"--check {args.check!r}: no such annotation file")
+    if args.int8_float and not args.int8:
+        raise UserError("--int8-float leaves parts of an int8 LLM graph float: add --int8")
     from .outputs import check_output
     from .runner import source_info
 
@@ -224,8 +226,9 @@ def cmd_export(args) -> int:
     log = (lambda *a: print(*a, file=sys.stderr))
     out = export_model(model, args.out, fmt=args.format, int8=args.int8, opset=args.opset, overwrite=args.overwrite,
                        nbits_accuracy_level=args.nbits_accuracy_level, llm_graph=args.llm_graph,
-                       lm_head_bits=args.lm_head_bits, check=check, log=log, manifest_extra={"source": source_info(args.model, model),
-                                                             "created_by": "salmonn-compress export"})
+                       lm_head_bits=args.lm_head_bits, int8_float=tuple(args.int8_float), check=check, log=log,
+                       manifest_extra={"source": source_info(args.model, model),
+                                       "created_by": "salmonn-compress export"})
     print(f"{args.format} export written to {out}")
     if check is not None:
         with open(os.path.join(out, "manifest.json")) as f:
@@ -352,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="directory to write (atomically, manifest last)")
     s.add_argument("--int8", action="store_true",
                    help="onnx: dynamic int8 quantization of the LLM graph (onnxruntime quantize_dynamic)")
+    s.add_argument("--int8-float", action="append", choices=["down_proj"], default=[], metavar="PART",
+                   help="with --int8: leave these LLM parts float (down_proj: the MLP down projections, whose "
+                        "inputs hold the activation outliers per-tensor int8 loses); repeatable")
     s.add_argument("--nbits-accuracy-level", type=int, choices=range(5), default=0, metavar="{0..4}",
                    help="onnx, GPTQ / RTN models (exported as MatMulNBits): ONNX Runtime's compute mode; 0 (default) "
                         "float activations, 4 int8 activations (fastest on CPU, approximate)")

@@ -164,6 +164,28 @@ def test_cli_int8_real_length_export_with_check(tmp_path, capsys):
     assert main(["export", "--model", "tiny", "--format", "onnx", "--out", str(out)]) == 2  # exists
 
 
+def test_int8_with_down_projections_float(tmp_path, capsys):
+    """--int8-float down_proj: every layer's down projection stays a float MatMul, the rest is int8."""
+    import onnx
+
+    out = tmp_path / "fd"
+    assert main(["export", "--model", "tiny", "--format", "onnx", "--int8", "--int8-float", "down_proj",
+                 "--out", str(out)]) == 0
+    q = read_manifest(str(out))["export"]["quantization"]
+    layers = load_model("tiny").llm_base().config.num_hidden_layers
+    assert q["kept_float"] == ["down_proj"] and q["nodes_kept_float"] == layers
+    graph = onnx.load(str(out / "llm.onnx"), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("MatMul") >= layers and ("MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops)
+    model = load_model(str(out))
+    wav = load_audio(_clips(1)[0].path)
+    assert len(model.generate([wav], "asr", max_new_tokens=3, ignore_eos=True)[0].token_ids) == 3
+    capsys.readouterr()
+    assert main(["export", "--model", "tiny", "--format", "onnx", "--int8-float", "down_proj", "--out",
+                 str(tmp_path / "x")]) == 2  # needs --int8
+    assert "add --int8" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 def test_bad_format_lists_choices(capsys, tmp_path):
     from compress.export import export_model
 

@@ -151,6 +151,8 @@ def test_layer_drop_explicit_layers_and_renumbering(tmp_path):
     ({"name": "x", "steps": [{"type": "magnitude", "spars": 0.3}]}, "spars: unknown field; valid fields: pattern"),
     ({"name": "x", "steps": [{"type": "wanda"}]}, "calibrate on real audio"),
     ({"name": "x", "steps": []}, "non-empty list"),
+    ({"name": "x", "steps": [{"type": "export", "int8_float": ["down_proj"]}]}, "int8_float applies with int8"),
+    ({"name": "x", "steps": [{"type": "export", "int8": True, "int8_float": ["up_proj"]}]}, "down_proj"),
     ({"name": "x", "steps": [{"type": "magnitude", "targets": {"parts": ["lm"]}}]}, "valid: speech_encoder"),
     ({"name": "x", "steps": [{"type": "magnitude", "targets": {"include": "(["}}]}, "invalid regular expression"),
     ({"name": "x", "steps": [{"type": "layer_drop", "part": "beats", "count": 1}]}, "part: Input should be"),

@@ -21,7 +21,7 @@ def check_format(fmt: str) -> None:
 def export_model(model, out_dir: str, *, fmt: str = "onnx", int8: bool = False, opset: Optional[int] = None,
                  overwrite: bool = False, check: Optional[dict] = None, manifest_extra: Optional[dict] = None,
                  step_report: Optional[dict] = None, log=None, nbits_accuracy_level: int = 0,
-                 llm_graph: str = "dynamo", lm_head_bits: Optional[int] = None) -> str:
+                 llm_graph: str = "dynamo", lm_head_bits: Optional[int] = None, int8_float=()) -> str:
     """Write `model` (a Salmonn) as an `fmt` export in `out_dir`; returns the directory's absolute path.
     `nbits_accuracy_level`: ONNX Runtime's MatMulNBits compute mode for GPTQ / RTN layers (0-4, see ExportConfig).
     `llm_graph`: onnx, who writes the LLM decoder graph: "dynamo" (torch.onnx) or "genai" (onnxruntime-genai's
@@ -32,8 +32,9 @@ def export_model(model, out_dir: str, *, fmt: str = "onnx", int8: bool = False, 
         from .tensorrt import export_tensorrt, require_tensorrt
 
         require_tensorrt()
-        if int8 or check is not None or llm_graph != "dynamo" or lm_head_bits:
-            raise UserError("--int8, --check, --llm-graph and --lm-head-bits apply to --format onnx only")
+        if int8 or int8_float or check is not None or llm_graph != "dynamo" or lm_head_bits:
+            raise UserError("--int8, --int8-float, --check, --llm-graph and --lm-head-bits apply to --format onnx "
+                            "only")
         return export_tensorrt(model, out_dir, overwrite=overwrite, manifest_extra=manifest_extra,
                                step_report=step_report, log=log)
     from .onnx_export import DEFAULT_OPSET, export_onnx
@@ -41,7 +42,7 @@ def export_model(model, out_dir: str, *, fmt: str = "onnx", int8: bool = False, 
     return export_onnx(model, out_dir, int8=int8, opset=opset or DEFAULT_OPSET, overwrite=overwrite, check=check,
                        manifest_extra=manifest_extra, step_report=step_report, log=log,
                        nbits_accuracy_level=nbits_accuracy_level, llm_graph=llm_graph,
-                       lm_head_bits=lm_head_bits)
+                       lm_head_bits=lm_head_bits, int8_float=tuple(int8_float))
 
 
 def load_exported(path: str, kind: str, *, dtype=None):

@@ -175,11 +175,37 @@ def _nbits_summary(lm) -> dict:
             "accuracy_level": mods[0].accuracy_level if mods else None}
 
 
-def quantize_llm(path: str) -> dict:
+INT8_FLOAT_PARTS = ("down_proj",)
+
+
+def _float_nodes(path: str, keep_float, llm_cfg) -> list:
+    """Names of the LLM graph's MatMul nodes of the `keep_float` parts, found by their weight's shape: down_proj is
+    the only (intermediate, hidden) MatMul weight of a Llama decoder; one per layer, or an error."""
+    if not keep_float:
+        return []
+    import onnx
+
+    bad = sorted(set(keep_float) - set(INT8_FLOAT_PARTS))
+    if bad:
+        raise UserError(f"int8 float parts {bad}: valid: {', '.join(INT8_FLOAT_PARTS)}")
+    graph = onnx.load(path, load_external_data=False).graph
+    shapes = {i.name: tuple(i.dims) for i in graph.initializer}
+    want = (int(llm_cfg.intermediate_size), int(llm_cfg.hidden_size))
+    nodes = [n.name for n in graph.node if n.op_type == "MatMul" and len(n.input) > 1 and shapes.get(n.input[1]) == want]
+    if len(nodes) != int(llm_cfg.num_hidden_layers):
+        raise UserError(f"found {len(nodes)} down_proj MatMuls of shape {want} in the LLM graph, expected "
+                        f"{llm_cfg.num_hidden_layers} (one per layer): cannot keep them float")
+    return nodes
+
+
+def quantize_llm(path: str, keep_float=(), llm_cfg=None) -> dict:
+    """Dynamic int8 of the LLM graph's MatMuls (ONNX Runtime's quantize_dynamic), except the `keep_float` parts
+    (INT8_FLOAT_PARTS; `llm_cfg` gives their shapes)."""
     import shutil
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    exclude = _float_nodes(path, keep_float, llm_cfg)
     folder, name = os.path.split(path)
     external = os.path.exists(path + ".data")
     before = os.path.getsize(path) + (os.path.getsize(path + ".data") if external else 0)
@@ -190,7 +216,8 @@ def quantize_llm(path: str) -> dict:
     root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint on the root logger
     try:
         quantize_dynamic(path, os.path.join(qdir, name), op_types_to_quantize=INT8_OPS,
-                         weight_type=QuantType.QInt8, per_channel=False, use_external_data_format=external)
+                         weight_type=QuantType.QInt8, per_channel=False, use_external_data_format=external,
+                         nodes_to_exclude=exclude)
     finally:
         root.setLevel(level)
     for f in (path, path + ".data"):
@@ -202,7 +229,8 @@ def quantize_llm(path: str) -> dict:
         after += os.path.getsize(os.path.join(folder, f))
     shutil.rmtree(qdir)
     return {"method": "onnxruntime.quantization.quantize_dynamic", "graph": LLM, "op_types": INT8_OPS,
-            "weight_type": "QInt8", "per_channel": False, "bytes_before": before, "bytes_after": after,
+            "weight_type": "QInt8", "per_channel": False, "kept_float": list(keep_float),
+            "nodes_kept_float": len(exclude), "bytes_before": before, "bytes_after": after,
             "note": "LLM MatMul weights int8, activations quantized per call at run time; the audio front and the "
                     "host embedding table stay float32"}
 
@@ -238,8 +266,11 @@ def save_tokenizer(tokenizer, folder: str) -> None:
 def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT_OPSET, overwrite: bool = False,
                 check: Optional[dict] = None, manifest_extra: Optional[dict] = None,
                 step_report: Optional[dict] = None, log=None, nbits_accuracy_level: int = 0,
-                llm_graph: str = "dynamo", lm_head_bits: Optional[int] = None) -> str:
+                llm_graph: str = "dynamo", lm_head_bits: Optional[int] = None, int8_float=()) -> str:
     """Export `model` (a Salmonn) to `out_dir`; returns its absolute path.
+
+    int8_float: with int8, LLM parts left float (INT8_FLOAT_PARTS: "down_proj", whose inputs hold the activation
+    outliers that per-tensor int8 loses).
 
     check: {"data": annotation file, "limit": clips per task, "max_new_tokens": n} runs the PyTorch / ONNX Runtime
     greedy parity check on the written graphs and stores the result in the manifest.
@@ -253,6 +284,11 @@ def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT
     if int8 and has_gptq(model):
         raise UserError("export --int8 quantizes the float MatMuls of the LLM graph; this model's LLM is already "
                         "GPTQ / RTN quantized (exported as MatMulNBits): drop --int8")
+    if int8_float and not int8:
+        raise UserError("int8 float parts (--int8-float) apply with --int8 only")
+    bad = sorted(set(int8_float) - set(INT8_FLOAT_PARTS))
+    if bad:
+        raise UserError(f"unknown int8 float part(s) {bad}; valid: {', '.join(INT8_FLOAT_PARTS)}")
     if llm_graph not in LLM_GRAPHS:
         raise UserError(f"unknown LLM graph {llm_graph!r}; valid: {', '.join(LLM_GRAPHS)}")
     if lm_head_bits is not None and (llm_graph != "genai" or lm_head_bits not in (4, 8)):
@@ -280,7 +316,7 @@ def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT
         quant = None
         if int8:
             say("quantizing the LLM graph to int8 ...")
-            quant = quantize_llm(os.path.join(tmp, LLM))
+            quant = quantize_llm(os.path.join(tmp, LLM), tuple(int8_float), model.llm_base().config)
         np.save(os.path.join(tmp, EMBED), emb)
         np.save(os.path.join(tmp, MEL_FILTERS), mel_filters(model.n_mels))
         save_tokenizer(model.tokenizer, os.path.join(tmp, "tokenizer"))

@@ -388,6 +388,9 @@ class ExportConfig(StepConfig):
     type: Literal["export"] = "export"
     format: Literal["onnx", "tensorrt"] = "onnx"
     int8: bool = False  # onnx: dynamic int8 quantization of the LLM graph
+    # with int8: LLM parts left float ("down_proj": the MLP down projections, whose inputs hold the activation
+    # outliers that per-tensor int8 loses)
+    int8_float: list[Literal["down_proj"]] = []
     # onnx, GPTQ / RTN models (MatMulNBits): ONNX Runtime's compute mode, 0 = unset (float activations; what the
     # model computes), 4 = activations quantized to int8 per block (ORT's fastest CPU path, approximate)
     nbits_accuracy_level: int = Field(0, ge=0, le=4)
@@ -406,4 +409,6 @@ class ExportConfig(StepConfig):
             raise ValueError("llm_graph and lm_head_bits apply to format 'onnx' only")
         if self.lm_head_bits and self.llm_graph != "genai":
             raise ValueError("lm_head_bits needs llm_graph: genai")
+        if self.int8_float and not self.int8:
+            raise ValueError("int8_float applies with int8: true only")
         return self
