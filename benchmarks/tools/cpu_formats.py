@@ -13,6 +13,7 @@ not benched again):
                     bit-exact on the demo, whose LLM weights were dequantized from Q4_1)
   ort-fp32          `export --format onnx` of the model (ONNX Runtime, LoRA merged)
   ort-int8          the same with --int8 (onnxruntime quantize_dynamic on the LLM MatMuls)
+  ort-int8-fd       the same with the MLP down projections left float (--int8 --int8-float down_proj)
   ort-nbits4        `export` of the GPTQ artifact: MatMulNBits with the same 4-bit codes, float activations
   ort-nbits4-acc4   the same with --nbits-accuracy-level 4 (int8 activations inside ONNX Runtime)
   ort-genai-fp32    `export --llm-graph genai` of the model: the LLM graph written by onnxruntime-genai's builder
@@ -49,13 +50,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 SC = [sys.executable, "-m", "compress.cli"]  # this checkout's code (PYTHONPATH below), whatever is installed
 
-FORMATS = ("torch-fp32", "torch-int8-wo", "torch-gptq4", "torch-q41", "ort-fp32", "ort-int8", "ort-nbits4",
-           "ort-nbits4-acc4", "ort-genai-fp32", "ort-genai-nbits4", "ort-genai-nbits4-h8", "ort-genai-q41",
-           "ort-genai-q41-h8", "best-cpu")
+FORMATS = ("torch-fp32", "torch-int8-wo", "torch-gptq4", "torch-q41", "ort-fp32", "ort-int8", "ort-int8-fd",
+           "ort-nbits4", "ort-nbits4-acc4", "ort-genai-fp32", "ort-genai-nbits4", "ort-genai-nbits4-h8",
+           "ort-genai-q41", "ort-genai-q41-h8", "best-cpu")
 RECIPE_OF = {"torch-int8-wo": "torchao-int8-weight-only", "torch-gptq4": "gptq-4bit-g128",
              "torch-q41": "rtn-4bit-g32-offset", "best-cpu": "best-cpu"}
 GENAI = ["--llm-graph", "genai"]
 EXPORT_OF = {"ort-fp32": ("torch-fp32", []), "ort-int8": ("torch-fp32", ["--int8"]),
+             "ort-int8-fd": ("torch-fp32", ["--int8", "--int8-float", "down_proj"]),
              "ort-nbits4": ("torch-gptq4", []), "ort-nbits4-acc4": ("torch-gptq4", ["--nbits-accuracy-level", "4"]),
              "ort-genai-fp32": ("torch-fp32", GENAI), "ort-genai-nbits4": ("torch-gptq4", GENAI),
              "ort-genai-nbits4-h8": ("torch-gptq4", GENAI + ["--lm-head-bits", "8"]),

@@ -191,7 +191,8 @@ def _float_nodes(path: str, keep_float, llm_cfg) -> list:
     graph = onnx.load(path, load_external_data=False).graph
     shapes = {i.name: tuple(i.dims) for i in graph.initializer}
     want = (int(llm_cfg.intermediate_size), int(llm_cfg.hidden_size))
-    nodes = [n.name for n in graph.node if n.op_type == "MatMul" and len(n.input) > 1 and shapes.get(n.input[1]) == want]
+    nodes = [n.name for n in graph.node
+             if n.op_type == "MatMul" and len(n.input) > 1 and shapes.get(n.input[1]) == want]
     if len(nodes) != int(llm_cfg.num_hidden_layers):
         raise UserError(f"found {len(nodes)} down_proj MatMuls of shape {want} in the LLM graph, expected "
                         f"{llm_cfg.num_hidden_layers} (one per layer): cannot keep them float")
