@@ -56,7 +56,10 @@ def main(argv=None) -> int:
         audio = load_audio(clip)
         models = []
         for spec in a.models:
-            models.append(load_model(spec).eval())
+            model = load_model(spec)
+            if hasattr(model, "eval"):  # PyTorch models; an ONNX export (OrtSalmonn) is inference-only already
+                model.eval()
+            models.append(model)
             measure_latency(models[-1], audio, a.task, n_tokens=a.tokens, warmup=1, repeats=1)  # warm-up
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
