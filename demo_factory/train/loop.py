@@ -169,12 +169,12 @@ def ctc_clips(samples: list, ts) -> list:
 
 def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list, *, frames: int,
                beats_mode: str = "on", whisper_off: Optional[list] = None, ctc_head: Optional[CtcHead] = None,
-               ctc_weight: float = 0.0, ctc_on: Optional[list] = None, mask: tuple = (0.0, 1)) -> tuple:
+               ctc_weight: float = 0.0, ctc_on: Optional[list] = None, masking: tuple = (0.0, 1)) -> tuple:
     """Mean answer-token cross-entropy of a batch (+ ctc_weight x CTC of the speech tokens of the clips flagged in
-    `ctc_on`, default the ASR clips), and {name: (loss sum, count)}. `mask`: (share, span) of time_mask."""
+    `ctc_on`, default the ASR clips), and {name: (loss sum, count)}. `masking`: (share, span) of time_mask."""
     feats = cached_batch(cache, idx, frames)
     speech = speech_from_features(model, *feats, beats_mode=beats_mode, whisper_off=whisper_off,
-                                  hide=time_mask(len(idx), feats[0].shape[1], *mask))
+                                  hide=time_mask(len(idx), feats[0].shape[1], *masking))
     own = [clip_tokens(model, cache, i) for i in idx] if cache.real_length else None
     embeds, mask, (r, c, labels) = llm_inputs(model, speech, tasks, targets, own)
     tok = F.cross_entropy(answer_logits(model, embeds, mask, r, c).float(), labels, reduction="none")
@@ -356,7 +356,7 @@ def train(model, samples: list, cache: FeatureCache, ts, state_dir: str, *,
         off = [tasks[i] == "caption" and rng.random() < ts.whisper_drop for i in idx]
         loss, per_task = batch_loss(model, cache, idx, [tasks[i] for i in idx], [targets[i] for i in idx],
                                     frames=frames, whisper_off=off, ctc_head=head, ctc_weight=ts.ctc_weight,
-                                    ctc_on=[ctc_on[i] for i in idx], mask=(ts.time_mask, ts.time_mask_span))
+                                    ctc_on=[ctc_on[i] for i in idx], masking=(ts.time_mask, ts.time_mask_span))
         return loss, {t: s / max(c, 1) for t, (s, c) in per_task.items()}
 
     n_params = sum(p.numel() for n, p in named.items() if not n.startswith("ctc_head."))
