@@ -130,6 +130,57 @@ def test_greedy_ids_equal_ort_backend(exports, graph, real_length):
         assert engine.generate(wav, task, max_new_tokens=12) == (want.text, want.token_ids)
 
 
+class _Recorder:
+    """An ONNX Runtime session that records the length of every inputs_embeds it is fed."""
+
+    def __init__(self, sess):
+        self.sess, self.lengths = sess, []
+
+    def get_inputs(self):
+        return self.sess.get_inputs()
+
+    def run(self, outputs, feeds):
+        self.lengths.append(feeds["inputs_embeds"].shape[1])
+        return self.sess.run(outputs, feeds)
+
+
+@pytest.mark.parametrize("graph", ["dynamo", "genai"])
+def test_prompt_prefix_is_prefilled_once_with_the_same_numbers(exports, graph):
+    path = exports(graph, graph == "genai")
+    engine = lite.LiteEngine(path, threads=1)
+    prefix = lite.prompt_prefix(engine.prompts, engine.bos)
+    assert len(prefix) >= 2 and engine.llm.prefix.shape[0] == len(prefix)
+    rec = _Recorder(engine.llm.session)
+    reuse = lite.LlmSession(rec, engine.conf["llm"])
+    reuse.keep_prefix(engine.embed[prefix])
+    rng = np.random.default_rng(4)
+    d, s = engine.embed.shape[1], len(prefix) + 9
+    prompt = (0.5 * rng.standard_normal((1, s, d))).astype(np.float32)
+    prompt[0, :len(prefix)] = engine.embed[prefix]
+    ones, pos = np.ones((1, s), np.int64), np.arange(s)[None]
+    rec.lengths.clear()
+    got, got_past = reuse.run(prompt, ones, pos)
+    assert rec.lengths == [9]  # only the rows after the prefix were run
+    want, want_past = lite.LlmSession(engine.llm.session, engine.conf["llm"]).run(prompt, ones, pos)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got_past, want_past):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    other = prompt.copy()
+    other[0, 0] += 1.0  # another start: the whole prompt runs
+    rec.lengths.clear()
+    reuse.run(other, ones, pos)
+    reuse.run(np.concatenate([prompt, prompt]), np.ones((2, s), np.int64), np.repeat(pos, 2, 0))
+    assert rec.lengths == [s, s]
+
+
+def test_prompt_prefix_is_what_every_task_shares():
+    prompts = {"asr": {"before": [5, 6, 7], "after": [1]}, "caption": {"before": [5, 6, 9], "after": [2]}}
+    assert lite.prompt_prefix(prompts, 1) == [1, 5, 6]
+    assert lite.prompt_prefix(prompts, None) == [5, 6]
+    assert lite.prompt_prefix({"asr": {"before": [], "after": [1]}}, None) == []
+
+
 def test_export_writes_what_the_lite_runtime_reads(exports, tiny):
     from compress.models.salmonn import prompt_ids
     from compress.outputs import read_manifest

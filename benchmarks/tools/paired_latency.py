@@ -9,6 +9,9 @@ loaded once, warmed up, and every round times each of them once (compress.bench.
 EOS ignored, --tokens tokens, the first --task clip of --data) in an order rotated by one each round; the result is,
 per model, the median over rounds of its TTFT and TPOT divided by the first model's in the same round, with the range,
 and the medians of its TTFT's two phases (speech front, prefill).
+
+`--without-prefix`: each ONNX export among the models is also timed a second time, loaded again with its prompt
+prefix not kept (every prefill runs BOS and the text before the speech again; see compress.export.lite.LlmSession).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--without-prefix", action="store_true",
+                   help="time each ONNX export also without its kept prompt prefix")
     a = p.parse_args(argv)
     if len(a.models) < 2:
         print("error: give at least two models (the first is the reference)", file=sys.stderr)
@@ -46,6 +51,7 @@ def main(argv=None) -> int:
     from compress.bench.latency import measure_latency, set_threads
     from compress.data.annotations import read_annotations
     from compress.errors import UserError
+    from compress.export.layout import KIND as ONNX_KIND
     from compress.loaders import load_model
 
     set_threads(a.threads)
@@ -54,13 +60,19 @@ def main(argv=None) -> int:
         if clip is None:
             raise UserError(f"{a.data} has no clip of task {a.task!r}")
         audio = load_audio(clip)
-        models = []
+        models, names = [], []
         for spec in a.models:
             model = load_model(spec)
             if hasattr(model, "eval"):  # PyTorch models; an ONNX export (OrtSalmonn) is inference-only already
                 model.eval()
-            models.append(model)
-            measure_latency(models[-1], audio, a.task, n_tokens=a.tokens, warmup=1, repeats=1)  # warm-up
+            variants = [(spec, model)]
+            if a.without_prefix and getattr(model, "kind", None) == ONNX_KIND:
+                variants.append((f"{spec} (prompt prefix not kept)", load_model(spec)))
+                variants[-1][1].lm.llm.keep_prefix(None)
+            for name, m in variants:
+                models.append(m)
+                names.append(name)
+                measure_latency(m, audio, a.task, n_tokens=a.tokens, warmup=1, repeats=1)  # warm-up
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -73,13 +85,13 @@ def main(argv=None) -> int:
         for i in order:
             lat = measure_latency(models[i], audio, a.task, n_tokens=a.tokens, warmup=0, repeats=1)
             got[i] = (lat.ttft_ms[0], lat.tpot_ms[0], lat.front_ms[0] if lat.front_ms else None)
-        rounds.append({"round": r, "order": [a.models[i] for i in order],
+        rounds.append({"round": r, "order": [names[i] for i in order],
                        "ttft_ms": [got[i][0] for i in range(n)], "tpot_ms": [got[i][1] for i in range(n)],
                        "front_ms": [got[i][2] for i in range(n)]})
-        print(f"round {r}: " + ", ".join(f"{a.models[i]} TPOT {got[i][1]:.1f} ms" for i in range(n)), flush=True)
+        print(f"round {r}: " + ", ".join(f"{names[i]} TPOT {got[i][1]:.1f} ms" for i in range(n)), flush=True)
 
     per_model = []
-    for i, spec in enumerate(a.models):
+    for i, spec in enumerate(names):
         row = {"model": spec}
         for key in ("ttft_ms", "tpot_ms"):
             vals = [x[key][i] for x in rounds]

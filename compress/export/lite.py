@@ -157,6 +157,8 @@ class LlmSession:
                                          or [n.replace("past_", "present_") for n in self.past_names])
         self.kv_heads, self.head_dim = int(spec["kv_heads"]), int(spec["head_dim"])
         self.takes_positions = "position_ids" in {i.name for i in sess.get_inputs()}
+        self.prefix: Optional[np.ndarray] = None  # (P, D) embeddings every prompt starts with
+        self.prefix_past: Optional[list] = None  # their KV, computed once by keep_prefix
 
     def feeds(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
               past: Optional[list] = None) -> dict:
@@ -174,11 +176,44 @@ class LlmSession:
                             "mask and cannot run padded batches: run one clip at a time (--batch-size 1)")
         return feeds
 
+    def keep_prefix(self, rows: np.ndarray) -> None:
+        """Compute once the KV of the (P, D) embeddings that every prompt starts with (BOS and the text before the
+        speech): a later single-clip prefill that starts with exactly these rows runs only the rest of its prompt
+        on top of them (the same numbers: causal attention makes a prefix's keys and values independent of what
+        follows). None forgets it."""
+        self.prefix = self.prefix_past = None
+        if rows is None or len(rows) == 0:
+            return
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        p = rows.shape[0]
+        _, self.prefix_past = self.run(rows[None], np.ones((1, p), np.int64), np.arange(p)[None], None)
+        self.prefix = rows
+
+    def _reuses_prefix(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> bool:
+        p = 0 if self.prefix is None else self.prefix.shape[0]
+        return (p > 0 and embeds.shape[0] == 1 and embeds.shape[1] > p and bool(np.asarray(mask).all())
+                and np.array_equal(np.asarray(positions)[0], np.arange(embeds.shape[1]))
+                and np.array_equal(embeds[0, :p], self.prefix))
+
     def run(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
             past: Optional[list] = None) -> tuple:
         """-> (logits (B, 1, V) of the last position, present arrays [k0, v0, k1, v1, ...])."""
+        if past is None and self._reuses_prefix(embeds, mask, positions):
+            p = self.prefix.shape[0]
+            embeds, positions, past = embeds[:, p:], np.asarray(positions)[:, p:], self.prefix_past
         logits, *present = self.session.run(self.outputs, self.feeds(embeds, mask, positions, past))
         return logits, present
+
+
+def prompt_prefix(prompts: dict, bos: Optional[int]) -> list:
+    """The token ids every task's prompt starts with: BOS and the longest run of `before` ids the tasks share."""
+    befores = [list(p["before"]) for p in prompts.values()]
+    shared = []
+    for ids in zip(*befores):
+        if len(set(ids)) > 1:
+            break
+        shared.append(ids[0])
+    return ([bos] if bos is not None else []) + (shared if befores else [])
 
 
 # ------------------------------------------------------------------------------------ the export
@@ -276,6 +311,7 @@ class LiteEngine:
         # TTFT 81.5 -> 70.5 ms with the front not spinning, TPOT 7.8 / 8.0 ms; benchmarks/tools/ort_spin.py)
         self.front = session(os.path.join(self.path, FRONT), providers, threads, spin=False)
         self.llm = LlmSession(session(os.path.join(self.path, LLM), providers, threads), conf["llm"])
+        self.llm.keep_prefix(self.embed[prompt_prefix(self.prompts, self.bos)])
 
     # ------------------------------------------------------------------ audio -> speech tokens
     def features(self, wav: np.ndarray) -> np.ndarray:

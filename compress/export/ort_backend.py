@@ -20,7 +20,7 @@ from ..errors import CheckpointError, UserError
 from ..models.config import SalmonnConfig
 from ..models.salmonn import PromptMixin
 from .layout import CONFIG, EMBED, FRONT, KIND, LLM
-from .lite import LlmSession, default_providers, session  # noqa: F401  (default_providers re-exported)
+from .lite import LlmSession, default_providers, prompt_prefix, session  # noqa: F401  (default_providers re-exported)
 
 
 def _session(path: str, providers: Optional[list], spin: Optional[bool] = None):
@@ -128,6 +128,8 @@ class OrtSalmonn(PromptMixin):
         # memory-mapped: a prompt reads a few rows of the table, not all of it
         self.lm = OrtCausalLM(_session(os.path.join(path, LLM), providers),
                               np.load(os.path.join(path, EMBED), mmap_mode="r"), conf["llm"])
+        if "prompts" in conf:  # the prompt's fixed start is prefilled once, as lite.LiteEngine does
+            self.lm.llm.keep_prefix(self.lm.embed.weight[prompt_prefix(conf["prompts"], conf.get("bos_id"))])
         self.providers = self.front.get_providers()
         self.manifest = manifest or {}
         self._prompt_cache: dict = {}
