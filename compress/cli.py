@@ -226,7 +226,8 @@ def cmd_export(args) -> int:
     log = (lambda *a: print(*a, file=sys.stderr))
     out = export_model(model, args.out, fmt=args.format, int8=args.int8, opset=args.opset, overwrite=args.overwrite,
                        nbits_accuracy_level=args.nbits_accuracy_level, llm_graph=args.llm_graph,
-                       lm_head_bits=args.lm_head_bits, int8_float=tuple(args.int8_float), check=check, log=log,
+                       lm_head_bits=args.lm_head_bits, int8_float=tuple(args.int8_float),
+                       int8_front=args.int8_front, check=check, log=log,
                        manifest_extra={"source": source_info(args.model, model),
                                        "created_by": "salmonn-compress export"})
     print(f"{args.format} export written to {out}")
@@ -355,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="directory to write (atomically, manifest last)")
     s.add_argument("--int8", action="store_true",
                    help="onnx: dynamic int8 quantization of the LLM graph (onnxruntime quantize_dynamic)")
+    s.add_argument("--int8-front", action="store_true",
+                   help="onnx: dynamic int8 of the audio front graph's MatMuls (Whisper, BEATs, Q-Former; weights "
+                        "per output channel); independent of the LLM's format")
     s.add_argument("--int8-float", action="append", choices=["down_proj"], default=[], metavar="PART",
                    help="with --int8: leave these LLM parts float (down_proj: the MLP down projections, whose "
                         "inputs hold the activation outliers per-tensor int8 loses); repeatable")

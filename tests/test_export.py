@@ -186,6 +186,34 @@ def test_int8_with_down_projections_float(tmp_path, capsys):
     assert "add --int8" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
+def test_int8_front(tmp_path):
+    """--int8-front: the audio front's weight MatMuls become int8 (per channel), the LLM graph stays float, and the
+    export's speech tokens stay near the float export's."""
+    import onnx
+
+    out = tmp_path / "f8"
+    assert main(["export", "--model", "tiny", "--format", "onnx", "--int8-front", "--out", str(out)]) == 0
+    export = read_manifest(str(out))["export"]
+    q = export["front_quantization"]
+    assert q["graph"] == "audio_front.onnx" and q["per_channel"] and q["bytes_after"] < q["bytes_before"]
+    assert export["quantization"] == "none (float32 weights)"
+    front = onnx.load(str(out / "audio_front.onnx")).graph
+    weights = {i.name for i in front.initializer}
+    ops = [n.op_type for n in front.node]
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+    assert not [n for n in front.node if n.op_type == "MatMul" and n.input[1] in weights]  # every weight MatMul
+    llm_ops = {n.op_type for n in onnx.load(str(out / "llm.onnx"), load_external_data=False).graph.node}
+    assert not llm_ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    ref_path = tmp_path / "float"
+    assert main(["export", "--model", "tiny", "--format", "onnx", "--out", str(ref_path)]) == 0
+    model, ref = load_model(str(out)), load_model(str(ref_path))
+    wav = load_audio(_clips(1)[0].path)
+    got = model.encode_audio(**model.prepare_audio([wav]))
+    want = ref.encode_audio(**ref.prepare_audio([wav]))
+    assert got.shape == want.shape and not torch.equal(got, want)
+    assert float((got - want).norm() / want.norm()) < 0.1
+
+
 def test_bad_format_lists_choices(capsys, tmp_path):
     from compress.export import export_model
 

@@ -153,6 +153,7 @@ def test_layer_drop_explicit_layers_and_renumbering(tmp_path):
     ({"name": "x", "steps": []}, "non-empty list"),
     ({"name": "x", "steps": [{"type": "export", "int8_float": ["down_proj"]}]}, "int8_float applies with int8"),
     ({"name": "x", "steps": [{"type": "export", "int8": True, "int8_float": ["up_proj"]}]}, "down_proj"),
+    ({"name": "x", "steps": [{"type": "export", "format": "tensorrt", "int8_front": True}]}, "format 'onnx' only"),
     ({"name": "x", "steps": [{"type": "magnitude", "targets": {"parts": ["lm"]}}]}, "valid: speech_encoder"),
     ({"name": "x", "steps": [{"type": "magnitude", "targets": {"include": "(["}}]}, "invalid regular expression"),
     ({"name": "x", "steps": [{"type": "layer_drop", "part": "beats", "count": 1}]}, "part: Input should be"),

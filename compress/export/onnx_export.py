@@ -120,7 +120,7 @@ def export_front(model, path: str, opset: int) -> dict:
     return {"file": FRONT, "inputs": names, "outputs": ["speech_embeds"],
             "mel_frames": None if front.dynamic_mel else full_mel_frames(model),
             "dynamic": {"batch": True, "samples": model.beats is not None, "mel_frames": front.dynamic_mel},
-            "beats_fbank": ("in the graph (Kaldi fbank in torch, rfft exported as ONNX DFT)"
+            "beats_fbank": ("in the graph (Kaldi fbank in torch, its rfft as matmuls with the DFT basis)"
                             if model.beats is not None else "no BEATs in this model")}
 
 
@@ -200,11 +200,27 @@ def _float_nodes(path: str, keep_float, llm_cfg) -> list:
 def quantize_llm(path: str, keep_float=(), llm_cfg=None) -> dict:
     """Dynamic int8 of the LLM graph's MatMuls (ONNX Runtime's quantize_dynamic), except the `keep_float` parts
     (INT8_FLOAT_PARTS; `llm_cfg` gives their shapes)."""
+    exclude = _float_nodes(path, keep_float, llm_cfg)
+    report = quantize_graph(path, exclude=exclude, per_channel=False)
+    return {**report, "graph": LLM, "kept_float": list(keep_float), "nodes_kept_float": len(exclude),
+            "note": "LLM MatMul weights int8, activations quantized per call at run time; the host embedding "
+                    "table stays float32 (the audio front: see front_quantization)"}
+
+
+def quantize_front(path: str) -> dict:
+    """Dynamic int8 of the audio front graph's MatMuls (Whisper encoder, BEATs, Q-Former, projection), weights
+    per output channel; the convolutions stay float."""
+    return {**quantize_graph(path, per_channel=True), "graph": FRONT,
+            "note": "audio front MatMul weights int8 per output channel, activations quantized per call at run time"}
+
+
+def quantize_graph(path: str, *, exclude=(), per_channel: bool = False) -> dict:
+    """Replace the ONNX graph at `path` by its dynamic-int8 form (ONNX Runtime's quantize_dynamic on INT8_OPS,
+    int8 weights, `exclude`: node names left float)."""
     import shutil
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    exclude = _float_nodes(path, keep_float, llm_cfg)
     folder, name = os.path.split(path)
     external = os.path.exists(path + ".data")
     before = os.path.getsize(path) + (os.path.getsize(path + ".data") if external else 0)
@@ -215,8 +231,8 @@ def quantize_llm(path: str, keep_float=(), llm_cfg=None) -> dict:
     root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint on the root logger
     try:
         quantize_dynamic(path, os.path.join(qdir, name), op_types_to_quantize=INT8_OPS,
-                         weight_type=QuantType.QInt8, per_channel=False, use_external_data_format=external,
-                         nodes_to_exclude=exclude)
+                         weight_type=QuantType.QInt8, per_channel=per_channel, use_external_data_format=external,
+                         nodes_to_exclude=list(exclude))
     finally:
         root.setLevel(level)
     for f in (path, path + ".data"):
@@ -227,11 +243,8 @@ def quantize_llm(path: str, keep_float=(), llm_cfg=None) -> dict:
         os.replace(os.path.join(qdir, f), os.path.join(folder, f))
         after += os.path.getsize(os.path.join(folder, f))
     shutil.rmtree(qdir)
-    return {"method": "onnxruntime.quantization.quantize_dynamic", "graph": LLM, "op_types": INT8_OPS,
-            "weight_type": "QInt8", "per_channel": False, "kept_float": list(keep_float),
-            "nodes_kept_float": len(exclude), "bytes_before": before, "bytes_after": after,
-            "note": "LLM MatMul weights int8, activations quantized per call at run time; the audio front and the "
-                    "host embedding table stay float32"}
+    return {"method": "onnxruntime.quantization.quantize_dynamic", "op_types": INT8_OPS, "weight_type": "QInt8",
+            "per_channel": per_channel, "bytes_before": before, "bytes_after": after}
 
 
 def mel_filters(n_mels: int) -> np.ndarray:
@@ -265,11 +278,13 @@ def save_tokenizer(tokenizer, folder: str) -> None:
 def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT_OPSET, overwrite: bool = False,
                 check: Optional[dict] = None, manifest_extra: Optional[dict] = None,
                 step_report: Optional[dict] = None, log=None, nbits_accuracy_level: int = 0,
-                llm_graph: str = "dynamo", lm_head_bits: Optional[int] = None, int8_float=()) -> str:
+                llm_graph: str = "dynamo", lm_head_bits: Optional[int] = None, int8_float=(),
+                int8_front: bool = False) -> str:
     """Export `model` (a Salmonn) to `out_dir`; returns its absolute path.
 
     int8_float: with int8, LLM parts left float (INT8_FLOAT_PARTS: "down_proj", whose inputs hold the activation
     outliers that per-tensor int8 loses).
+    int8_front: dynamic int8 of the audio front graph (quantize_front), independent of the LLM's format.
 
     check: {"data": annotation file, "limit": clips per task, "max_new_tokens": n} runs the PyTorch / ONNX Runtime
     greedy parity check on the written graphs and stores the result in the manifest.
@@ -304,6 +319,10 @@ def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT
     def write(tmp: str) -> None:
         say("exporting the audio front ...")
         front = export_front(model, os.path.join(tmp, FRONT), opset)
+        front_quant = None
+        if int8_front:
+            say("quantizing the audio front graph to int8 ...")
+            front_quant = quantize_front(os.path.join(tmp, FRONT))
         say("exporting the LLM decoder ...")
         if llm_graph == "genai":
             from .genai_graph import export_llm_genai
@@ -336,6 +355,7 @@ def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT
                   "opset": opset, "dtype": "float32",
                   "graphs": {"audio_front": front, "llm": llm}, "embedding_table": EMBED,
                   "quantization": quant or llm.get("matmul_nbits") or "none (float32 weights)",
+                  "front_quantization": front_quant or "none (float32 weights)",
                   "seconds": round(time.perf_counter() - t0, 3)}
         extra = dict(manifest_extra or {})
         files = file_table(tmp)

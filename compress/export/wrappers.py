@@ -1,8 +1,8 @@
 """The two traceable graphs every export backend compiles: the audio front and the LLM decoder with a flat KV cache.
 
 - `AudioFront`: Salmonn.encode_audio as one forward, log-mel (+ 16 kHz waveform and padding mask) -> speech
-  embeddings. BEATs' Kaldi fbank (torch.fft.rfft) stays inside the graph. Branches on shapes are written
-  branch-free so that batch and waveform length can be dynamic.
+  embeddings. BEATs' Kaldi fbank stays inside the graph (its FFT as a DFT matmul: fbank.power_spectrum). Branches
+  on shapes are written branch-free so that batch and waveform length can be dynamic.
 - `DecoderWithCache`: the causal LM (LoRA merged) taking inputs_embeds, attention_mask, position_ids and the
   past keys/values as explicit tensors past_key_{i} / past_value_{i} (a DynamicCache is built inside forward),
   returning the last position's logits and present_key_{i} / present_value_{i}. One graph serves prefill

@@ -39,5 +39,5 @@ class Export(Step):
         export_model(model, out, fmt=c.format, int8=c.int8, opset=c.opset, overwrite=overwrite,
                      manifest_extra=manifest_extra, step_report=report, log=log,
                      nbits_accuracy_level=c.nbits_accuracy_level, llm_graph=c.llm_graph,
-                     lm_head_bits=c.lm_head_bits, int8_float=tuple(c.int8_float))
+                     lm_head_bits=c.lm_head_bits, int8_float=tuple(c.int8_float), int8_front=c.int8_front)
         return report

@@ -391,6 +391,8 @@ class ExportConfig(StepConfig):
     # with int8: LLM parts left float ("down_proj": the MLP down projections, whose inputs hold the activation
     # outliers that per-tensor int8 loses)
     int8_float: list[Literal["down_proj"]] = []
+    # onnx: dynamic int8 of the audio front graph's MatMuls (weights per output channel), whatever the LLM's format
+    int8_front: bool = False
     # onnx, GPTQ / RTN models (MatMulNBits): ONNX Runtime's compute mode, 0 = unset (float activations; what the
     # model computes), 4 = activations quantized to int8 per block (ORT's fastest CPU path, approximate)
     nbits_accuracy_level: int = Field(0, ge=0, le=4)
@@ -405,8 +407,8 @@ class ExportConfig(StepConfig):
 
     @model_validator(mode="after")
     def _graph_options(self):
-        if self.format != "onnx" and (self.llm_graph != "dynamo" or self.lm_head_bits):
-            raise ValueError("llm_graph and lm_head_bits apply to format 'onnx' only")
+        if self.format != "onnx" and (self.llm_graph != "dynamo" or self.lm_head_bits or self.int8_front):
+            raise ValueError("llm_graph, lm_head_bits and int8_front apply to format 'onnx' only")
         if self.lm_head_bits and self.llm_graph != "genai":
             raise ValueError("lm_head_bits needs llm_graph: genai")
         if self.int8_float and not self.int8:
