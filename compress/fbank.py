@@ -131,7 +131,7 @@ def power_spectrum(frames: torch.Tensor, padded: int) -> torch.Tensor:
     """|rfft(frames zero-padded to `padded`)|^2 over the last axis: (..., w) -> (..., padded // 2 + 1).
 
     Under torch.export (the ONNX exporter) the transform is written as two matmuls with the real DFT basis of the w
-    samples: ONNX Runtime's DFT kernel is slow on CPU (about a fifth of the demo's audio front), a matmul of
+    samples: ONNX Runtime's DFT kernel is slow on CPU (about a tenth of the demo's audio front), a matmul of
     (frames, w) by (w, padded // 2 + 1) runs on its GEMM. Same values up to float rounding."""
     if not torch.compiler.is_exporting():
         return torch.fft.rfft(frames, n=padded, dim=-1).abs().pow(2)
