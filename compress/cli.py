@@ -204,17 +204,21 @@ def cmd_run(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import check_format, export_model
+    from .export import export_model
+    from .export.options import ExportOptions
 
-    check_format(args.format)
+    options = ExportOptions.build(  # every option checked before the model loads
+        "export", format=args.format, int8=args.int8, int8_float=args.int8_float, int8_front=args.int8_front,
+        nbits_accuracy_level=args.nbits_accuracy_level, prefill_accuracy_level=args.prefill_accuracy_level,
+        llm_graph=args.llm_graph, lm_head_bits=args.lm_head_bits, opset=args.opset)
     if args.format == "tensorrt":  # fail before loading the model when TensorRT cannot run here
         from .export.tensorrt import require_tensorrt
 
         require_tensorrt()
+    if args.check and args.format != "onnx":
+        raise UserError("--check (the ONNX Runtime parity check) applies to --format onnx only")
     if args.check and not os.path.isfile(args.check):
         raise UserError(f"--check {args.check!r}: no such annotation file")
-    if args.int8_float and not args.int8:
-        raise UserError("--int8-float leaves parts of an int8 LLM graph float: add --int8")
     from .outputs import check_output
     from .runner import source_info
 
@@ -224,10 +228,7 @@ def cmd_export(args) -> int:
     check = None if not args.check else {"data": args.check, "limit": args.check_limit,
                                          "max_new_tokens": args.check_tokens}
     log = (lambda *a: print(*a, file=sys.stderr))
-    out = export_model(model, args.out, fmt=args.format, int8=args.int8, opset=args.opset, overwrite=args.overwrite,
-                       nbits_accuracy_level=args.nbits_accuracy_level, llm_graph=args.llm_graph,
-                       lm_head_bits=args.lm_head_bits, int8_float=tuple(args.int8_float),
-                       int8_front=args.int8_front, check=check, log=log,
+    out = export_model(model, args.out, options, overwrite=args.overwrite, check=check, log=log,
                        manifest_extra={"source": source_info(args.model, model),
                                        "created_by": "salmonn-compress export"})
     print(f"{args.format} export written to {out}")
@@ -365,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nbits-accuracy-level", type=int, choices=range(5), default=0, metavar="{0..4}",
                    help="onnx, GPTQ / RTN models (exported as MatMulNBits): ONNX Runtime's compute mode; 0 (default) "
                         "float activations, 4 int8 activations (fastest on CPU, approximate)")
+    s.add_argument("--prefill-accuracy-level", type=int, choices=range(5), default=None, metavar="{0..4}",
+                   help="onnx, GPTQ / RTN models: also write a prefill graph (same weights, stored once) whose "
+                        "MatMulNBits use this compute mode for the prompt (4: int8 activations, the fast prefill); "
+                        "decode steps keep --nbits-accuracy-level")
     s.add_argument("--llm-graph", choices=("dynamo", "genai"), default="dynamo",
                    help="onnx: who writes the LLM decoder graph: dynamo (torch.onnx, default) or genai "
                         "(onnxruntime-genai's model builder: fused attention and norms, fewer nodes per token; "

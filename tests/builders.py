@@ -1,4 +1,4 @@
-"""Small artifacts several test files build the same way."""
+"""Small artifacts and helpers several test files build the same way."""
 
 import os
 
@@ -28,3 +28,17 @@ def gptq_tiny(out: str, group_size: int = 32) -> str:
                                             "targets": {"parts": ["llm"], "ignore": ["lm_head"]}}]}),
                "tiny", out, progress=False, bench=False, log=lambda *a: None)
     return out
+
+
+class SessionRecorder:
+    """An ONNX Runtime session that records the length of every inputs_embeds it is fed."""
+
+    def __init__(self, sess):
+        self.sess, self.lengths = sess, []
+
+    def get_inputs(self):
+        return self.sess.get_inputs()
+
+    def run(self, outputs, feeds):
+        self.lengths.append(feeds["inputs_embeds"].shape[1])
+        return self.sess.run(outputs, feeds)

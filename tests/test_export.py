@@ -15,6 +15,7 @@ from compress.audio import load_audio
 from compress.cli import main
 from compress.data.annotations import read_annotations
 from compress.errors import CheckpointError, ConfigError, UserError
+from compress.export.options import ExportOptions
 from compress.loaders import load_model
 from compress.outputs import read_manifest, verify_files
 
@@ -36,7 +37,7 @@ def exported(tiny, tmp_path_factory):
     from compress.export import export_model
 
     out = str(tmp_path_factory.mktemp("onnx") / "tiny-onnx")
-    export_model(tiny, out, fmt="onnx", check={"data": DEV, "limit": 2, "max_new_tokens": 6})
+    export_model(tiny, out, check={"data": DEV, "limit": 2, "max_new_tokens": 6})
     return out
 
 
@@ -183,7 +184,7 @@ def test_int8_with_down_projections_float(tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", "--model", "tiny", "--format", "onnx", "--int8-float", "down_proj", "--out",
                  str(tmp_path / "x")]) == 2  # needs --int8
-    assert "add --int8" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert "--int8-float needs --int8" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_int8_front(tmp_path):
@@ -220,8 +221,23 @@ def test_bad_format_lists_choices(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["export", "--model", "tiny", "--format", "tflite", "--out", str(tmp_path / "x")])
     assert e.value.code == 2 and "'onnx', 'tensorrt'" in capsys.readouterr().err
-    with pytest.raises(UserError, match="valid: 'onnx', 'tensorrt'"):
-        export_model(None, str(tmp_path / "x"), fmt="tflite")
+    with pytest.raises(UserError, match="format: Input should be 'onnx' or 'tensorrt'"):
+        export_model(None, str(tmp_path / "x"), ExportOptions.build(format="tflite"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--format", "tensorrt", "--int8-front"], "int8_front applies to format 'onnx' only"),
+    (["--format", "tensorrt", "--int8", "--llm-graph", "genai"], "int8, llm_graph apply to format 'onnx' only"),
+    (["--format", "onnx", "--lm-head-bits", "8"], "lm_head_bits needs llm_graph: genai"),
+    (["--format", "onnx", "--opset", "9"], "opset: Input should be greater than or equal to 14"),
+])
+def test_export_options_refused_before_the_model_loads(capsys, tmp_path, argv, message):
+    """One validation (ExportOptions) for the command line and the recipe step: a clear line, exit 2, nothing
+    written, and the model is never loaded (the model path does not exist)."""
+    assert main(["export", "--model", str(tmp_path / "missing"), *argv, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "missing" not in err
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")
@@ -289,7 +305,7 @@ def test_gptq_export_runs_the_models_own_codes_as_matmul_nbits(tmp_path):
 
     model = load_model(gptq_tiny(str(tmp_path / "gptq")))
     out = str(tmp_path / "onnx")
-    export_model(model, out, fmt="onnx", check={"data": DEV, "limit": 2, "max_new_tokens": 6})
+    export_model(model, out, check={"data": DEV, "limit": 2, "max_new_tokens": 6})
     graph = onnx.load(os.path.join(out, "llm.onnx"), load_external_data=False).graph
     ops = [n.op_type for n in graph.node]
     quantized = len(model.module_overrides)
@@ -310,7 +326,7 @@ def test_float_offset_grid_exports_through_the_dynamo_graph(tmp_path):
 
     model = load_model(rtn_offset_tiny(str(tmp_path / "q41")))
     out = str(tmp_path / "onnx")
-    export_model(model, out, fmt="onnx", check={"data": DEV, "limit": 2, "max_new_tokens": 6})
+    export_model(model, out, check={"data": DEV, "limit": 2, "max_new_tokens": 6})
     ops = [n.op_type for n in onnx.load(os.path.join(out, "llm.onnx"), load_external_data=False).graph.node]
     assert ops.count("MatMulNBits") == len(model.module_overrides) > 0 and "ReduceSum" in ops
     m = read_manifest(out)

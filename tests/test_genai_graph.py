@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from builders import DEV, gptq_tiny, rtn_offset_tiny
+from builders import DEV, SessionRecorder, gptq_tiny, rtn_offset_tiny
 from compress.errors import UserError
 from compress.loaders import load_model
 
@@ -56,13 +56,14 @@ def _ops(path: str) -> list:
 
 def test_float_model_with_lora_matches_pytorch(tmp_path):
     from compress.export import export_model
+    from compress.export.options import ExportOptions
     from compress.outputs import read_manifest
 
     torch.set_num_threads(1)
     model = load_model("tiny")
     assert _random_lora(model) > 0
     out = str(tmp_path / "genai")
-    export_model(model, out, fmt="onnx", llm_graph="genai", check={"data": DEV, "limit": 1, "max_new_tokens": 5})
+    export_model(model, out, ExportOptions(llm_graph="genai"), check={"data": DEV, "limit": 1, "max_new_tokens": 5})
     ops = _ops(out)
     layers = model.cfg.llm["num_hidden_layers"]
     assert ops.count("GroupQueryAttention") == layers and "SkipSimplifiedLayerNormalization" in ops
@@ -84,13 +85,14 @@ def test_gptq_codes_are_swapped_in_with_lora_beside_them(tmp_path):
     import onnx
 
     from compress.export import export_model
+    from compress.export.options import ExportOptions
     from compress.quant.nbits import from_gptq
 
     torch.set_num_threads(1)
     model = load_model(gptq_tiny(str(tmp_path / "gptq")))
     n_lora = _random_lora(model)
     out = str(tmp_path / "genai")
-    export_model(model, out, fmt="onnx", llm_graph="genai")
+    export_model(model, out, ExportOptions(llm_graph="genai"))
     ops = _ops(out)
     layers = model.cfg.llm["num_hidden_layers"]
     assert ops.count("MatMulNBits") == 5 * layers and ops.count("Gather") >= 5 * layers  # act order: permuted
@@ -110,12 +112,13 @@ def test_float_offset_grid_runs_as_matmulnbits_plus_a_side_branch(tmp_path):
     """RTN on the float-offset grid (Q4_1's): zero points 0 in MatMulNBits (the packed kernels' layout) and the
     offsets in each projection's side branch with its LoRA; logits equal the PyTorch model's."""
     from compress.export import export_model
+    from compress.export.options import ExportOptions
 
     torch.set_num_threads(1)
     model = load_model(rtn_offset_tiny(str(tmp_path / "q41")))
     _random_lora(model)
     out = str(tmp_path / "genai")
-    export_model(model, out, fmt="onnx", llm_graph="genai")
+    export_model(model, out, ExportOptions(llm_graph="genai"))
     layers = model.cfg.llm["num_hidden_layers"]
     ops = _ops(out)
     assert ops.count("MatMulNBits") == 5 * layers
@@ -140,12 +143,13 @@ def test_output_layer_at_8_bits(tmp_path):
     the option is refused without the genai graph, before anything loads."""
     from compress.errors import ConfigError
     from compress.export import export_model
+    from compress.export.options import ExportOptions
     from compress.recipe import recipe_from_dict
 
     torch.set_num_threads(1)
     model = load_model("tiny")
     out = str(tmp_path / "genai8")
-    export_model(model, out, fmt="onnx", llm_graph="genai", lm_head_bits=8)
+    export_model(model, out, ExportOptions(llm_graph="genai", lm_head_bits=8))
     ops = _ops(out)
     assert ops.count("MatMulNBits") == 1 and "MatMul" in ops  # the head only; the projections stay float
     ort_model = load_model(out)
@@ -153,3 +157,54 @@ def test_output_layer_at_8_bits(tmp_path):
     assert 0 < _logits_side_by_side(model, ort_model) < 0.05
     with pytest.raises(ConfigError, match="lm_head_bits needs llm_graph: genai"):
         recipe_from_dict({"name": "x", "steps": [{"type": "export", "format": "onnx", "lm_head_bits": 8}]})
+
+
+def test_prefill_graph_shares_the_weights_and_runs_the_prompt(tmp_path):
+    """--prefill-accuracy-level 4: a second LLM graph, the same nodes with the MatMulNBits compute mode (only)
+    changed, reading the one weights file the decode graph reads; the runtime sends every multi-position call to it
+    and the one-position steps to the decode graph; int8 activations in the prefill move the logits a little, not
+    more. Refused for a float LLM and beside int8."""
+    import onnx
+
+    from compress.errors import ConfigError
+    from compress.export import export_model
+    from compress.export.lite import LlmSession
+    from compress.export.options import ExportOptions
+    from compress.recipe import recipe_from_dict
+
+    torch.set_num_threads(1)
+    model = load_model(rtn_offset_tiny(str(tmp_path / "q41")))
+    _random_lora(model)
+    out = str(tmp_path / "pf4")
+    export_model(model, out, ExportOptions(llm_graph="genai", prefill_accuracy_level=4))
+    assert {"llm.onnx", "llm_prefill.onnx", "llm.onnx.data"} <= set(os.listdir(out))
+    graphs = {n: onnx.load(os.path.join(out, n), load_external_data=False).graph
+              for n in ("llm.onnx", "llm_prefill.onnx")}
+    for g in graphs.values():  # every weight over 1 KiB lives once, in the shared file
+        big = [t for t in g.initializer if t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) > 1024]
+        assert big and all(t.data_location == onnx.TensorProto.EXTERNAL and
+                           {e.key: e.value for e in t.external_data}["location"] == "llm.onnx.data" for t in big)
+    levels = {n: {next((a.i for a in node.attribute if a.name == "accuracy_level"), 0)  # absent: 0
+                  for node in g.node if node.op_type == "MatMulNBits"} for n, g in graphs.items()}
+    assert levels == {"llm.onnx": {0}, "llm_prefill.onnx": {4}}
+    assert [n.op_type for n in graphs["llm.onnx"].node] == [n.op_type for n in graphs["llm_prefill.onnx"].node]
+
+    ort_model = load_model(out)
+    spec = ort_model.conf["llm"]
+    assert spec["prefill_accuracy_level"] == 4
+    llm = ort_model.lm.llm
+    decode_only = LlmSession(llm.session, spec)
+    llm.prefill, llm.session = SessionRecorder(llm.prefill), SessionRecorder(llm.session)
+    assert 0 < _logits_side_by_side(model, ort_model) < 0.1
+    assert llm.prefill.lengths == [5] and llm.session.lengths == [1, 1, 1]
+    rng = np.random.default_rng(0)
+    prompt = (0.5 * rng.standard_normal((1, 7, model.cfg.llm["hidden_size"]))).astype(np.float32)
+    args = (prompt, np.ones((1, 7), np.int64), np.arange(7)[None])
+    fast, exact = llm.run(*args)[0], decode_only.run(*args)[0]
+    assert 0 < np.abs(fast - exact).max() < 0.1  # the int8-activation graph did run, and stays close
+
+    with pytest.raises(UserError, match="this LLM graph has none"):
+        export_model(load_model("tiny"), str(tmp_path / "float"), ExportOptions(prefill_accuracy_level=4))
+    assert not os.path.exists(tmp_path / "float")
+    with pytest.raises(ConfigError, match="not with int8"):
+        recipe_from_dict({"name": "x", "steps": [{"type": "export", "int8": True, "prefill_accuracy_level": 4}]})

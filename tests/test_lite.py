@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from builders import DEV, ROOT
+from builders import DEV, ROOT, SessionRecorder
 from compress.audio import load_audio, whisper_features
 from compress.data.annotations import read_annotations
 from compress.export import lite
@@ -47,6 +47,7 @@ GRAPHS = [("dynamo", False), ("dynamo", True), ("genai", True)]
 def exports(tiny, tmp_path_factory):
     """(llm graph, real_length) -> export directory, written on first use."""
     from compress.export import export_model
+    from compress.export.options import ExportOptions
 
     made = {}
 
@@ -57,7 +58,7 @@ def exports(tiny, tmp_path_factory):
             out = str(tmp_path_factory.mktemp("lite") / f"{graph}-{int(real_length)}")
             tiny.real_length = real_length
             try:
-                export_model(tiny, out, fmt="onnx", llm_graph=graph)
+                export_model(tiny, out, ExportOptions(llm_graph=graph))
             finally:
                 tiny.real_length = False
             made[graph, real_length] = out
@@ -130,27 +131,13 @@ def test_greedy_ids_equal_ort_backend(exports, graph, real_length):
         assert engine.generate(wav, task, max_new_tokens=12) == (want.text, want.token_ids)
 
 
-class _Recorder:
-    """An ONNX Runtime session that records the length of every inputs_embeds it is fed."""
-
-    def __init__(self, sess):
-        self.sess, self.lengths = sess, []
-
-    def get_inputs(self):
-        return self.sess.get_inputs()
-
-    def run(self, outputs, feeds):
-        self.lengths.append(feeds["inputs_embeds"].shape[1])
-        return self.sess.run(outputs, feeds)
-
-
 @pytest.mark.parametrize("graph", ["dynamo", "genai"])
 def test_prompt_prefix_is_prefilled_once_with_the_same_numbers(exports, graph):
     path = exports(graph, graph == "genai")
     engine = lite.LiteEngine(path, threads=1)
     prefix = lite.prompt_prefix(engine.prompts, engine.bos)
     assert len(prefix) >= 2 and engine.llm.prefix.shape[0] == len(prefix)
-    rec = _Recorder(engine.llm.session)
+    rec = SessionRecorder(engine.llm.session)
     reuse = lite.LlmSession(rec, engine.conf["llm"])
     reuse.keep_prefix(engine.embed[prefix])
     rng = np.random.default_rng(4)

@@ -1,4 +1,4 @@
-"""TTFT and TPOT of several models as ratios to the first, measured interleaved round by round in one process.
+"""TTFT and TPOT of several models as ratios to the first, measured interleaved round by round.
 
     .venv/bin/python benchmarks/tools/paired_latency.py demo ARTIFACT [ARTIFACT ...] --out F.json
         [--rounds 7] [--tokens 32] [--threads 2] [--data benchmarks/data/test.json] [--task asr]
@@ -12,6 +12,13 @@ and the medians of its TTFT's two phases (speech front, prefill).
 
 `--without-prefix`: each ONNX export among the models is also timed a second time, loaded again with its prompt
 prefix not kept (every prefill runs BOS and the text before the speech again; see compress.export.lite.LlmSession).
+
+`--processes`: each model lives in a process of its own (started with spawn, driven over a pipe); the rounds still
+interleave, but no model's allocator, thread pools or sessions share a process with another's.
+`--gap`: idle seconds before each timing (default 0.5). A model timed right after another starts while the other's
+thread pools still spin (ONNX Runtime's and OpenMP's workers busy-wait a while after each call): without the gap the
+PyTorch demo's speech front read 44 ms beside an ONNX export instead of 19, in one process or in two
+(benchmarks/results/cpu-formats-v7/ttft-paired-processes*.json).
 """
 
 from __future__ import annotations
@@ -27,6 +34,97 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 
+def _load(spec: str, keep_prefix: bool, settings: dict):
+    """The model of `spec`, warmed up once; an ONNX export with `keep_prefix` False forgets its prompt prefix."""
+    from compress.audio import load_audio
+    from compress.bench.latency import measure_latency
+    from compress.export.layout import KIND as ONNX_KIND
+    from compress.loaders import load_model
+
+    model = load_model(spec)
+    if hasattr(model, "eval"):  # PyTorch models; an ONNX export (OrtSalmonn) is inference-only already
+        model.eval()
+    onnx = getattr(model, "kind", None) == ONNX_KIND
+    if onnx and not keep_prefix:
+        model.lm.llm.keep_prefix(None)
+    audio = load_audio(settings["clip"])
+
+    def measure() -> tuple:
+        lat = measure_latency(model, audio, settings["task"], n_tokens=settings["tokens"], warmup=0, repeats=1)
+        return lat.ttft_ms[0], lat.tpot_ms[0], lat.front_ms[0] if lat.front_ms else None
+
+    measure()  # warm-up
+    return onnx, measure
+
+
+def _label(spec: str, keep_prefix: bool) -> str:
+    return spec if keep_prefix else f"{spec} (prompt prefix not kept)"
+
+
+class InProcess:
+    """A model loaded in this process."""
+
+    def __init__(self, spec: str, keep_prefix: bool, settings: dict):
+        self.name = _label(spec, keep_prefix)
+        self.onnx, self.measure = _load(spec, keep_prefix, settings)
+
+    def close(self) -> None:
+        pass
+
+
+def _serve(conn, spec: str, keep_prefix: bool, settings: dict) -> None:
+    """A worker process: load one model, then time it on each request until told to stop."""
+    from compress.bench.latency import set_threads
+    from compress.errors import UserError
+
+    set_threads(settings["threads"])
+    try:
+        onnx, measure = _load(spec, keep_prefix, settings)
+    except UserError as e:
+        conn.send(("error", str(e)))
+        return
+    conn.send(("ready", onnx))
+    while conn.recv() == "measure":
+        conn.send(measure())
+
+
+class Worker:
+    """A model in a process of its own (spawned: nothing of this process's state is inherited)."""
+
+    def __init__(self, spec: str, keep_prefix: bool, settings: dict):
+        import multiprocessing as mp
+
+        from compress.errors import UserError
+
+        self.name = _label(spec, keep_prefix)
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, spec, keep_prefix, settings), daemon=True)
+        self.proc.start()
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            status, value = "error", f"the worker process for {spec!r} exited (code {self.proc.exitcode})"
+        if status == "error":
+            self.close()
+            raise UserError(value)
+        self.onnx = value
+
+    def measure(self) -> tuple:
+        self.conn.send("measure")
+        return self.conn.recv()
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            try:
+                self.conn.send("stop")
+            except (BrokenPipeError, OSError):
+                pass
+            self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+", help="model specs (demo, a preset, an artifact folder); the first is the "
@@ -39,57 +137,57 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--without-prefix", action="store_true",
                    help="time each ONNX export also without its kept prompt prefix")
+    p.add_argument("--processes", action="store_true", help="each model in a process of its own")
+    p.add_argument("--gap", type=float, default=0.5,
+                   help="seconds of idle before each timing (default 0.5), so the thread pools the previous model "
+                        "left spinning (ONNX Runtime's, OpenMP's) are asleep when the next one starts")
     a = p.parse_args(argv)
     if len(a.models) < 2 and not a.without_prefix:
         print("error: give at least two models (the first is the reference), or one ONNX export with "
               "--without-prefix", file=sys.stderr)
         return 2
-    if a.rounds < 1 or a.tokens < 2 or a.threads < 1:
-        print("error: --rounds and --threads must be >= 1, --tokens >= 2", file=sys.stderr)
+    if a.rounds < 1 or a.tokens < 2 or a.threads < 1 or a.gap < 0:
+        print("error: --rounds and --threads must be >= 1, --tokens >= 2, --gap >= 0", file=sys.stderr)
         return 2
 
-    from compress.audio import load_audio
-    from compress.bench.latency import measure_latency, set_threads
     from compress.data.annotations import read_annotations
     from compress.errors import UserError
-    from compress.export.layout import KIND as ONNX_KIND
-    from compress.loaders import load_model
 
-    set_threads(a.threads)
+    timers = []
     try:
         clip = next((s.path for s in read_annotations(a.data) if s.task == a.task), None)
         if clip is None:
             raise UserError(f"{a.data} has no clip of task {a.task!r}")
-        audio = load_audio(clip)
-        models, names = [], []
+        settings = dict(clip=clip, task=a.task, tokens=a.tokens, threads=a.threads)
+        kind = Worker if a.processes else InProcess
+        if not a.processes:
+            from compress.bench.latency import set_threads
+
+            set_threads(a.threads)
         for spec in a.models:
-            model = load_model(spec)
-            if hasattr(model, "eval"):  # PyTorch models; an ONNX export (OrtSalmonn) is inference-only already
-                model.eval()
-            variants = [(spec, model)]
-            if a.without_prefix and getattr(model, "kind", None) == ONNX_KIND:
-                variants.append((f"{spec} (prompt prefix not kept)", load_model(spec)))
-                variants[-1][1].lm.llm.keep_prefix(None)
-            for name, m in variants:
-                models.append(m)
-                names.append(name)
-                measure_latency(m, audio, a.task, n_tokens=a.tokens, warmup=1, repeats=1)  # warm-up
+            timers.append(kind(spec, True, settings))
+            if a.without_prefix and timers[-1].onnx:
+                timers.append(kind(spec, False, settings))
     except UserError as e:
+        for t in timers:
+            t.close()
         print(f"error: {e}", file=sys.stderr)
         return 2
-
+    names = [t.name for t in timers]
     rounds = []
-    n = len(models)
+    n = len(timers)
     for r in range(a.rounds):
         order = [(r + i) % n for i in range(n)]
         got = {}
         for i in order:
-            lat = measure_latency(models[i], audio, a.task, n_tokens=a.tokens, warmup=0, repeats=1)
-            got[i] = (lat.ttft_ms[0], lat.tpot_ms[0], lat.front_ms[0] if lat.front_ms else None)
+            time.sleep(a.gap)
+            got[i] = timers[i].measure()
         rounds.append({"round": r, "order": [names[i] for i in order],
                        "ttft_ms": [got[i][0] for i in range(n)], "tpot_ms": [got[i][1] for i in range(n)],
                        "front_ms": [got[i][2] for i in range(n)]})
         print(f"round {r}: " + ", ".join(f"{names[i]} TPOT {got[i][1]:.1f} ms" for i in range(n)), flush=True)
+    for t in timers:
+        t.close()
 
     per_model = []
     for i, spec in enumerate(names):
@@ -106,6 +204,7 @@ def main(argv=None) -> int:
             row["prefill_ms_median"] = statistics.median(x["ttft_ms"][i] - x["front_ms"][i] for x in rounds)
         per_model.append(row)
     out = {"reference": a.models[0], "clip": clip, "task": a.task, "tokens": a.tokens, "threads": a.threads,
+           "processes": "one per model" if a.processes else "one for all models", "gap_s": a.gap,
            "rounds": rounds, "models": per_model, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "method": "compress.bench.latency.measure_latency, one repeat per model per round, order rotated; "
                      "ratios per round to the first model, then the median and range over rounds",

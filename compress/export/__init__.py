@@ -1,7 +1,7 @@
 """Export to deployment runtimes: ONNX (+ an ONNX Runtime backend the bench harness runs) and Torch-TensorRT.
 
-`export_model(model, out, fmt=...)` writes a directory atomically with a manifest (kind "onnx" or "tensorrt");
-`load_model(DIR)` returns an `OrtSalmonn` for kind "onnx".
+`export_model(model, out, ExportOptions(...))` writes a directory atomically with a manifest (kind "onnx" or
+"tensorrt"); `load_model(DIR)` returns an `OrtSalmonn` for kind "onnx".
 """
 
 from __future__ import annotations
@@ -9,42 +9,28 @@ from __future__ import annotations
 from typing import Optional
 
 from ..errors import UserError, choices
-
-FORMATS = ("onnx", "tensorrt")
-
-
-def check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise UserError(f"unknown export format {fmt!r}; valid: {choices(FORMATS)}")
+from .options import FORMATS, ExportOptions  # noqa: F401  (FORMATS re-exported)
 
 
-def export_model(model, out_dir: str, *, fmt: str = "onnx", int8: bool = False, opset: Optional[int] = None,
-                 overwrite: bool = False, check: Optional[dict] = None, manifest_extra: Optional[dict] = None,
-                 step_report: Optional[dict] = None, log=None, nbits_accuracy_level: int = 0,
-                 llm_graph: str = "dynamo", lm_head_bits: Optional[int] = None, int8_float=(),
-                 int8_front: bool = False) -> str:
-    """Write `model` (a Salmonn) as an `fmt` export in `out_dir`; returns the directory's absolute path.
-    `nbits_accuracy_level`: ONNX Runtime's MatMulNBits compute mode for GPTQ / RTN layers (0-4, see ExportConfig).
-    `llm_graph`: onnx, who writes the LLM decoder graph: "dynamo" (torch.onnx) or "genai" (onnxruntime-genai's
-    builder, fused operators; see export/genai_graph.py); `lm_head_bits` (4 / 8, genai only): the output layer as
-    MatMulNBits through ONNX Runtime's round-to-nearest quantizer; `int8_front`: onnx, dynamic int8 of the audio
-    front graph."""
-    check_format(fmt)
-    if fmt == "tensorrt":
+def export_model(model, out_dir: str, options: Optional[ExportOptions] = None, *, overwrite: bool = False,
+                 check: Optional[dict] = None, manifest_extra: Optional[dict] = None,
+                 step_report: Optional[dict] = None, log=None) -> str:
+    """Write `model` (a Salmonn) as an export in `out_dir` by `options` (ExportOptions; default: float ONNX);
+    returns the directory's absolute path. `check` (onnx only): the PyTorch / ONNX Runtime parity check
+    (see export_onnx)."""
+    options = options or ExportOptions()
+    if options.format == "tensorrt":
         from .tensorrt import export_tensorrt, require_tensorrt
 
         require_tensorrt()
-        if int8 or int8_float or int8_front or check is not None or llm_graph != "dynamo" or lm_head_bits:
-            raise UserError("--int8, --int8-float, --int8-front, --check, --llm-graph and --lm-head-bits apply to "
-                            "--format onnx only")
+        if check is not None:
+            raise UserError("--check (the ONNX Runtime parity check) applies to format onnx only")
         return export_tensorrt(model, out_dir, overwrite=overwrite, manifest_extra=manifest_extra,
                                step_report=step_report, log=log)
-    from .onnx_export import DEFAULT_OPSET, export_onnx
+    from .onnx_export import export_onnx
 
-    return export_onnx(model, out_dir, int8=int8, opset=opset or DEFAULT_OPSET, overwrite=overwrite, check=check,
-                       manifest_extra=manifest_extra, step_report=step_report, log=log,
-                       nbits_accuracy_level=nbits_accuracy_level, llm_graph=llm_graph,
-                       lm_head_bits=lm_head_bits, int8_float=tuple(int8_float), int8_front=int8_front)
+    return export_onnx(model, out_dir, options, overwrite=overwrite, check=check, manifest_extra=manifest_extra,
+                       step_report=step_report, log=log)
 
 
 def load_exported(path: str, kind: str, *, dtype=None):

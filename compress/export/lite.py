@@ -148,10 +148,14 @@ class LlmSession:
     """The llm.onnx session on host arrays: one call = one forward over new embeddings with the KV cache.
 
     Two graph layouts: the dynamo exporter's (position_ids in, past_*/present_* names) and onnxruntime-genai's
-    builder's (positions from the attention mask, past_key_values.*/present.* names; see genai_graph.py)."""
+    builder's (positions from the attention mask, past_key_values.*/present.* names; see genai_graph.py).
+    `prefill`: a second session on the export's prefill graph (the same graph and weights with another MatMulNBits
+    compute mode, see onnx_export.write_prefill_graph), run for every call of more than one position; the
+    one-position decode steps run `sess`."""
 
-    def __init__(self, sess, spec: dict):
+    def __init__(self, sess, spec: dict, prefill=None):
         self.session = sess
+        self.prefill = prefill
         self.past_names = list(spec["past_inputs"])
         self.outputs = ["logits"] + list(spec.get("present_outputs")
                                          or [n.replace("past_", "present_") for n in self.past_names])
@@ -201,8 +205,19 @@ class LlmSession:
         if past is None and self._reuses_prefix(embeds, mask, positions):
             p = self.prefix.shape[0]
             embeds, positions, past = embeds[:, p:], np.asarray(positions)[:, p:], self.prefix_past
-        logits, *present = self.session.run(self.outputs, self.feeds(embeds, mask, positions, past))
+        sess = self.prefill if self.prefill is not None and embeds.shape[1] > 1 else self.session
+        logits, *present = sess.run(self.outputs, self.feeds(embeds, mask, positions, past))
         return logits, present
+
+
+def llm_session(folder: str, spec: dict, providers: Optional[list] = None, threads: Optional[int] = None):
+    """The LlmSession of an export's LLM graph (spec = config.json's "llm"), with its prefill graph's session when
+    the export has one (not spinning: it runs once per request, and its idle threads would spin through the
+    decode)."""
+    prefill = spec.get("prefill_file")
+    return LlmSession(session(os.path.join(folder, spec.get("file", LLM)), providers, threads), spec,
+                      prefill=session(os.path.join(folder, prefill), providers, threads, spin=False) if prefill
+                      else None)
 
 
 def prompt_prefix(prompts: dict, bos: Optional[int]) -> list:
@@ -310,7 +325,7 @@ class LiteEngine:
         # the front runs once per request: its idle threads would spin through the LLM's prefill (best-cpu, 2 threads:
         # TTFT 81.5 -> 70.5 ms with the front not spinning, TPOT 7.8 / 8.0 ms; benchmarks/tools/ort_spin.py)
         self.front = session(os.path.join(self.path, FRONT), providers, threads, spin=False)
-        self.llm = LlmSession(session(os.path.join(self.path, LLM), providers, threads), conf["llm"])
+        self.llm = llm_session(self.path, conf["llm"], providers, threads)
         self.llm.keep_prefix(self.embed[prompt_prefix(self.prompts, self.bos)])
 
     # ------------------------------------------------------------------ audio -> speech tokens

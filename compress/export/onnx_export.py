@@ -32,10 +32,9 @@ from ..outputs import atomic_directory, file_table, package_versions, write_mani
 from .wrappers import DecoderWithCache, example_audio, float32_front, full_mel_frames, merged_llm, require_exportable
 from .layout import CONFIG, EMBED, FRONT, KIND, LLM  # noqa: F401  (re-exported)
 from .lite import MEL_FILTERS
+from .options import ExportOptions
 
-DEFAULT_OPSET = 18
 EXPORTER = "torch.onnx.export(dynamo=True)"
-LLM_GRAPHS = ("dynamo", "genai")  # who writes the LLM decoder graph (see export_onnx)
 INT8_OPS = ["MatMul"]
 # Ranges the graphs are traced for; ONNX Runtime itself accepts any size.
 MAX_BATCH, MAX_SAMPLES, MAX_SEQ = 256, 30 * 16000, 8192
@@ -175,9 +174,6 @@ def _nbits_summary(lm) -> dict:
             "accuracy_level": mods[0].accuracy_level if mods else None}
 
 
-INT8_FLOAT_PARTS = ("down_proj",)
-
-
 def _float_nodes(path: str, keep_float, llm_cfg) -> list:
     """Names of the LLM graph's MatMul nodes of the `keep_float` parts (checked by export_onnx), found by their
     weight's shape: down_proj is the only (intermediate, hidden) MatMul weight of a Llama decoder; one per layer, or
@@ -199,7 +195,7 @@ def _float_nodes(path: str, keep_float, llm_cfg) -> list:
 
 def quantize_llm(path: str, keep_float=(), llm_cfg=None) -> dict:
     """Dynamic int8 of the LLM graph's MatMuls (ONNX Runtime's quantize_dynamic), except the `keep_float` parts
-    (INT8_FLOAT_PARTS; `llm_cfg` gives their shapes)."""
+    (ExportOptions.int8_float; `llm_cfg` gives their shapes)."""
     exclude = _float_nodes(path, keep_float, llm_cfg)
     report = quantize_graph(path, exclude=exclude, per_channel=False)
     return {**report, "graph": LLM, "kept_float": list(keep_float), "nodes_kept_float": len(exclude),
@@ -275,44 +271,59 @@ def save_tokenizer(tokenizer, folder: str) -> None:
                         "a fast tokenizer (transformers' tokenizers backend)")
 
 
-def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT_OPSET, overwrite: bool = False,
-                check: Optional[dict] = None, manifest_extra: Optional[dict] = None,
-                step_report: Optional[dict] = None, log=None, nbits_accuracy_level: int = 0,
-                llm_graph: str = "dynamo", lm_head_bits: Optional[int] = None, int8_float=(),
-                int8_front: bool = False) -> str:
-    """Export `model` (a Salmonn) to `out_dir`; returns its absolute path.
+PREFILL = "llm_prefill.onnx"
 
-    int8_float: with int8, LLM parts left float (INT8_FLOAT_PARTS: "down_proj", whose inputs hold the activation
-    outliers that per-tensor int8 loses).
-    int8_front: dynamic int8 of the audio front graph (quantize_front), independent of the LLM's format.
+
+def write_prefill_graph(folder: str, spec: dict, level: int) -> dict:
+    """Beside the LLM graph spec["file"], a prefill graph: the same graph reading the same weights, with every
+    MatMulNBits node's compute mode set to `level` (ONNX Runtime's accuracy_level: 4 = activations quantized to int8
+    per block, its fastest CPU GEMM). The weights move to one external data file both graphs point at, so they are
+    stored once. Returns the spec's new entries."""
+    import onnx
+    from onnx import helper
+
+    path = os.path.join(folder, spec["file"])
+    proto = onnx.load(path)
+    if not any(n.op_type == "MatMulNBits" for n in proto.graph.node):
+        raise UserError("prefill_accuracy_level sets the compute mode of MatMulNBits nodes; this LLM graph has none "
+                        "(quantize the LLM with gptq or rtn before the export)")
+    weights = spec["file"] + ".data"
+    onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True, location=weights,
+                    size_threshold=1024)
+    graph = onnx.load(path, load_external_data=False)
+    for node in graph.graph.node:
+        if node.op_type == "MatMulNBits":
+            kept = [a for a in node.attribute if a.name != "accuracy_level"]
+            del node.attribute[:]
+            node.attribute.extend(kept + [helper.make_attribute("accuracy_level", int(level))])
+    onnx.save_model(graph, os.path.join(folder, PREFILL))
+    return {"prefill_file": PREFILL, "prefill_accuracy_level": int(level), "weights_file": weights}
+
+
+def export_onnx(model, out_dir: str, options: ExportOptions, *, overwrite: bool = False,
+                check: Optional[dict] = None, manifest_extra: Optional[dict] = None,
+                step_report: Optional[dict] = None, log=None) -> str:
+    """Export `model` (a Salmonn) to `out_dir` by `options` (format onnx); returns its absolute path.
 
     check: {"data": annotation file, "limit": clips per task, "max_new_tokens": n} runs the PyTorch / ONNX Runtime
     greedy parity check on the written graphs and stores the result in the manifest.
     step_report: when exporting as a recipe step, this dict (the step's report) is completed and appended to
     manifest_extra["steps"].
     """
+    if options.format != "onnx":
+        raise UserError(f"export_onnx writes format onnx, not {options.format!r}")
     require_exportable(model, nbits=True)
     _require_onnx()
     from .nbits_op import has_gptq
 
-    if int8 and has_gptq(model):
+    if options.int8 and has_gptq(model):
         raise UserError("export --int8 quantizes the float MatMuls of the LLM graph; this model's LLM is already "
                         "GPTQ / RTN quantized (exported as MatMulNBits): drop --int8")
-    if int8_float and not int8:
-        raise UserError("int8 float parts (--int8-float) apply with --int8 only")
-    bad = sorted(set(int8_float) - set(INT8_FLOAT_PARTS))
-    if bad:
-        raise UserError(f"unknown int8 float part(s) {bad}; valid: {', '.join(INT8_FLOAT_PARTS)}")
-    if llm_graph not in LLM_GRAPHS:
-        raise UserError(f"unknown LLM graph {llm_graph!r}; valid: {', '.join(LLM_GRAPHS)}")
-    if lm_head_bits is not None and (llm_graph != "genai" or lm_head_bits not in (4, 8)):
-        raise UserError(f"--lm-head-bits {lm_head_bits}: 4 or 8, with --llm-graph genai only")
-    if llm_graph == "genai":
+    if options.llm_graph == "genai":
         from .genai_graph import require_builder
 
         require_builder()
-    if not 7 <= opset <= 23:
-        raise UserError(f"opset {opset} is out of range; valid: 7..23 (default {DEFAULT_OPSET})")
+    opset = options.opset
     say = log or (lambda *a: None)
     t0 = time.perf_counter()
 
@@ -320,21 +331,24 @@ def export_onnx(model, out_dir: str, *, int8: bool = False, opset: int = DEFAULT
         say("exporting the audio front ...")
         front = export_front(model, os.path.join(tmp, FRONT), opset)
         front_quant = None
-        if int8_front:
+        if options.int8_front:
             say("quantizing the audio front graph to int8 ...")
             front_quant = quantize_front(os.path.join(tmp, FRONT))
         say("exporting the LLM decoder ...")
-        if llm_graph == "genai":
+        if options.llm_graph == "genai":
             from .genai_graph import export_llm_genai
 
-            llm, emb = export_llm_genai(model, os.path.join(tmp, LLM), accuracy_level=nbits_accuracy_level,
-                                        head_bits=lm_head_bits, log=say)
+            llm, emb = export_llm_genai(model, os.path.join(tmp, LLM), accuracy_level=options.nbits_accuracy_level,
+                                        head_bits=options.lm_head_bits, log=say)
         else:
-            llm, emb = export_llm(model, os.path.join(tmp, LLM), opset, accuracy_level=nbits_accuracy_level)
+            llm, emb = export_llm(model, os.path.join(tmp, LLM), opset, accuracy_level=options.nbits_accuracy_level)
         quant = None
-        if int8:
+        if options.int8:
             say("quantizing the LLM graph to int8 ...")
-            quant = quantize_llm(os.path.join(tmp, LLM), tuple(int8_float), model.llm_base().config)
+            quant = quantize_llm(os.path.join(tmp, LLM), tuple(options.int8_float), model.llm_base().config)
+        if options.prefill_accuracy_level is not None:
+            say(f"writing the prefill graph (MatMulNBits accuracy level {options.prefill_accuracy_level}) ...")
+            llm.update(write_prefill_graph(tmp, llm, options.prefill_accuracy_level))
         np.save(os.path.join(tmp, EMBED), emb)
         np.save(os.path.join(tmp, MEL_FILTERS), mel_filters(model.n_mels))
         save_tokenizer(model.tokenizer, os.path.join(tmp, "tokenizer"))

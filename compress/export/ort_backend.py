@@ -20,7 +20,7 @@ from ..errors import CheckpointError, UserError
 from ..models.config import SalmonnConfig
 from ..models.salmonn import PromptMixin
 from .layout import CONFIG, EMBED, FRONT, KIND, LLM
-from .lite import LlmSession, default_providers, prompt_prefix, session  # noqa: F401  (default_providers re-exported)
+from .lite import default_providers, llm_session, prompt_prefix, session  # noqa: F401  (default_providers re-exported)
 
 
 def _session(path: str, providers: Optional[list], spin: Optional[bool] = None):
@@ -64,9 +64,8 @@ class OrtCausalLM:
     """The llm.onnx session with the call signature compress.generation uses: torch tensors in and out around
     lite.LlmSession, which builds the feeds for either graph layout (dynamo exporter's or onnxruntime-genai's)."""
 
-    def __init__(self, session, embed: np.ndarray, spec: dict):
-        self.llm = LlmSession(session, spec)
-        self.session = session
+    def __init__(self, llm, embed: np.ndarray):
+        self.llm = llm  # lite.LlmSession
         self.embed = _Embedding(embed)
 
     def get_input_embeddings(self) -> _Embedding:
@@ -126,8 +125,8 @@ class OrtSalmonn(PromptMixin):
         self.tokenizer = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"), local_files_only=True)
         self.front = _session(os.path.join(path, FRONT), providers, spin=False)  # as lite.LiteRuntime
         # memory-mapped: a prompt reads a few rows of the table, not all of it
-        self.lm = OrtCausalLM(_session(os.path.join(path, LLM), providers),
-                              np.load(os.path.join(path, EMBED), mmap_mode="r"), conf["llm"])
+        self.lm = OrtCausalLM(llm_session(path, conf["llm"], providers, torch.get_num_threads()),
+                              np.load(os.path.join(path, EMBED), mmap_mode="r"))
         if "prompts" in conf:  # the prompt's fixed start is prefilled once, as lite.LiteEngine does
             self.lm.llm.keep_prefix(self.lm.embed.weight[prompt_prefix(conf["prompts"], conf.get("bos_id"))])
         self.providers = self.front.get_providers()

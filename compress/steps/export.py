@@ -28,16 +28,13 @@ class Export(Step):
         raise ctx.error("export: a terminal step is written by the runner (write), not run in place")
 
     def write(self, model, ctx, out: str, *, overwrite: bool, manifest_extra: dict, log=None) -> dict:
-        """Export `model` to `out`; returns this step's report (also stored in the export's manifest)."""
+        """Export `model` to `out`; returns this step's report (also stored in the export's manifest). The step's
+        config is an ExportOptions, so it is the export's options as it stands."""
         from ..export import export_model
 
         c = self.config
-        if c.format == "tensorrt" and c.int8:
-            raise ctx.error("export: int8 applies to format 'onnx' only")
         report = {"type": self.name, "version": self.version, "config": c.model_dump(), "format": c.format,
                   "output": out}
-        export_model(model, out, fmt=c.format, int8=c.int8, opset=c.opset, overwrite=overwrite,
-                     manifest_extra=manifest_extra, step_report=report, log=log,
-                     nbits_accuracy_level=c.nbits_accuracy_level, llm_graph=c.llm_graph,
-                     lm_head_bits=c.lm_head_bits, int8_float=tuple(c.int8_float), int8_front=c.int8_front)
+        export_model(model, out, c, overwrite=overwrite, manifest_extra=manifest_extra,
+                     step_report=report, log=log)
         return report

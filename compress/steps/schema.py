@@ -15,6 +15,7 @@ from typing import ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..export.options import ExportOptions  # torch-free
 from ..runtime import SDPA_PARTS  # torch-free
 
 CONFIGS: dict[str, type] = {}
@@ -384,33 +385,9 @@ class DistillConfig(StepConfig):
 
 
 @step_config("export")
-class ExportConfig(StepConfig):
+class ExportConfig(StepConfig, ExportOptions):
+    """The export step: ExportOptions (compress/export/options.py), the run's last step."""
+
     type: Literal["export"] = "export"
-    format: Literal["onnx", "tensorrt"] = "onnx"
-    int8: bool = False  # onnx: dynamic int8 quantization of the LLM graph
-    # with int8: LLM parts left float ("down_proj": the MLP down projections, whose inputs hold the activation
-    # outliers that per-tensor int8 loses)
-    int8_float: list[Literal["down_proj"]] = []
-    # onnx: dynamic int8 of the audio front graph's MatMuls (weights per output channel), whatever the LLM's format
-    int8_front: bool = False
-    # onnx, GPTQ / RTN models (MatMulNBits): ONNX Runtime's compute mode, 0 = unset (float activations; what the
-    # model computes), 4 = activations quantized to int8 per block (ORT's fastest CPU path, approximate)
-    nbits_accuracy_level: int = Field(0, ge=0, le=4)
-    # onnx: who writes the LLM decoder graph: torch.onnx's dynamo exporter, or onnxruntime-genai's model builder
-    # (ONNX Runtime's fused operators; positions from the attention mask, so unpadded batches only)
-    llm_graph: Literal["dynamo", "genai"] = "dynamo"
-    # onnx, llm_graph genai: the output layer as MatMulNBits (ONNX Runtime's round-to-nearest quantizer)
-    lm_head_bits: Optional[Literal[4, 8]] = None
-    opset: int = Field(18, ge=14, le=23)
 
     terminal: ClassVar[bool] = True  # the run's output is this export; nothing may follow it
-
-    @model_validator(mode="after")
-    def _graph_options(self):
-        if self.format != "onnx" and (self.llm_graph != "dynamo" or self.lm_head_bits or self.int8_front):
-            raise ValueError("llm_graph, lm_head_bits and int8_front apply to format 'onnx' only")
-        if self.lm_head_bits and self.llm_graph != "genai":
-            raise ValueError("lm_head_bits needs llm_graph: genai")
-        if self.int8_float and not self.int8:
-            raise ValueError("int8_float applies with int8: true only")
-        return self
