@@ -148,7 +148,23 @@ def assemble(ts: S.DemoSettings, cfg, tok, llm_folder: Optional[str]):
         from compress.loaders.external import load_external
 
         load_external(model, external)
+    if ts.qformer_init == "whisper-decoder":
+        from . import qformer_init
+
+        qformer_init.apply(model, whisper_decoder(ts), ts.qformer_init_layers)
     return model, external
+
+
+def whisper_decoder(ts: S.DemoSettings):
+    """Whisper's decoder: tiny.en's real one, or a random one of the test config (seeded)."""
+    if ts.whisper == "tiny.en":
+        from compress.models.whisper_convert import convert_tiny_en
+
+        return convert_tiny_en().model.decoder
+    from transformers import WhisperConfig, WhisperModel
+
+    torch.manual_seed(ts.seed + 3)
+    return WhisperModel(WhisperConfig(**S.whisper_config(ts))).decoder
 
 
 def stage_features(ts, model, samples, data_dir, progress, log):

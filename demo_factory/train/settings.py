@@ -9,6 +9,8 @@ from compress.errors import ConfigError, choices
 
 # SmolLM2-Instruct's own chat layout around SALMONN's prompt content. The model's BOS is <|im_start|>, which
 # the prompt builder puts first, so BOS + this template is "<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n".
+QFORMER_INITS = ("random", "whisper-decoder")
+
 CHAT_TEMPLATE = "user\n{}<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -46,6 +48,10 @@ class DemoSettings:
     qformer_ffn: int = 1536
     qformer_layers: int = 2
     qformer_dropout: float = 0.0  # BERT's hidden and attention dropout in the Q-Former while training (BLIP-2: 0.1)
+    # "random" (BERT's initialisation) or "whisper-decoder": Q-Former layer j starts from Whisper decoder layer
+    # qformer_init_layers[j] (qformer_init.py; needs hidden, heads and FFN equal to the decoder's)
+    qformer_init: str = "random"
+    qformer_init_layers: list = field(default_factory=lambda: [0, 1])
     # ---- LoRA (SALMONN's r, alpha and dropout). SALMONN adapts q_proj and v_proj; on this 135M LLM all seven
     # projections measured better (test WER 0.319 -> 0.290, CIDEr-D 0.770 -> 1.429; benchmarks/README.md)
     lora_r: int = 8
@@ -119,6 +125,12 @@ class DemoSettings:
         if not 0 <= self.time_mask < 1 or self.time_mask_span < 1:
             raise ConfigError(f"time_mask must be in [0, 1) and time_mask_span >= 1, got {self.time_mask} and "
                               f"{self.time_mask_span}")
+
+        if self.qformer_init not in QFORMER_INITS:
+            raise ConfigError(f"qformer_init {self.qformer_init!r} is not one of {choices(QFORMER_INITS)}")
+        if self.qformer_init != "random" and len(self.qformer_init_layers) != self.qformer_layers:
+            raise ConfigError(f"qformer_init_layers {self.qformer_init_layers} must name one decoder layer for each "
+                              f"of the {self.qformer_layers} Q-Former layers")
 
     def replace(self, **kw) -> "DemoSettings":
         known = {f.name for f in fields(self)}
