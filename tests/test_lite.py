@@ -132,16 +132,18 @@ def test_greedy_ids_equal_ort_backend(exports, graph, real_length):
 
 
 @pytest.mark.parametrize("graph", ["dynamo", "genai"])
-def test_prompt_prefix_is_prefilled_once_with_the_same_numbers(exports, graph):
+def test_prompt_prefixes_are_prefilled_once_with_the_same_numbers(exports, graph):
     path = exports(graph, graph == "genai")
     engine = lite.LiteEngine(path, threads=1)
-    prefix = lite.prompt_prefix(engine.prompts, engine.bos)
-    assert len(prefix) >= 2 and engine.llm.prefix.shape[0] == len(prefix)
+    (prefix,) = lite.prompt_prefixes(engine.prompts, engine.bos)  # SALMONN's layout: every task starts alike
+    assert len(prefix) >= 2 and [r.shape[0] for r, _ in engine.llm.prefixes] == [len(prefix)]
     rec = SessionRecorder(engine.llm.session)
     reuse = lite.LlmSession(rec, engine.conf["llm"])
-    reuse.keep_prefix(engine.embed[prefix])
     rng = np.random.default_rng(4)
-    d, s = engine.embed.shape[1], len(prefix) + 9
+    d = engine.embed.shape[1]
+    other_start = (0.5 * rng.standard_normal((3, d))).astype(np.float32)
+    reuse.keep_prefixes([other_start, engine.embed[prefix]])
+    s = len(prefix) + 9
     prompt = (0.5 * rng.standard_normal((1, s, d))).astype(np.float32)
     prompt[0, :len(prefix)] = engine.embed[prefix]
     ones, pos = np.ones((1, s), np.int64), np.arange(s)[None]
@@ -153,19 +155,56 @@ def test_prompt_prefix_is_prefilled_once_with_the_same_numbers(exports, graph):
     for a, b in zip(got_past, want_past):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    second = prompt.copy()
+    second[0, :3] = other_start  # the other kept start
+    rec.lengths.clear()
+    got, _ = reuse.run(second, ones, pos)
+    assert rec.lengths == [s - 3]
+    np.testing.assert_allclose(got, lite.LlmSession(engine.llm.session, engine.conf["llm"]).run(second, ones, pos)[0],
+                               atol=1e-5, rtol=1e-5)
     other = prompt.copy()
     other[0, 0] += 1.0  # another start: the whole prompt runs
     rec.lengths.clear()
     reuse.run(other, ones, pos)
     reuse.run(np.concatenate([prompt, prompt]), np.ones((2, s), np.int64), np.repeat(pos, 2, 0))
-    assert rec.lengths == [s, s]
+    reuse.keep_prefixes([])
+    reuse.run(prompt, ones, pos)
+    assert rec.lengths == [s, s, s]
 
 
-def test_prompt_prefix_is_what_every_task_shares():
-    prompts = {"asr": {"before": [5, 6, 7], "after": [1]}, "caption": {"before": [5, 6, 9], "after": [2]}}
-    assert lite.prompt_prefix(prompts, 1) == [1, 5, 6]
-    assert lite.prompt_prefix(prompts, None) == [5, 6]
-    assert lite.prompt_prefix({"asr": {"before": [], "after": [1]}}, None) == []
+def test_instruction_first_export_keeps_one_start_per_task_and_decodes_as_torch(tiny, tmp_path):
+    from compress.export import export_model
+    from compress.export.options import ExportOptions
+    from compress.models.salmonn import prompt_text
+
+    tiny.cfg.instruction_first, tiny._prompt_cache = True, {}
+    try:
+        before, after = prompt_text(tiny.cfg, "Say it.")
+        assert before.endswith("Say it. <Speech>") and after.startswith("</Speech>")
+        out = str(tmp_path / "first")
+        export_model(tiny, out, ExportOptions(llm_graph="dynamo"))
+        engine = lite.LiteEngine(out, threads=1)
+        starts = lite.prompt_prefixes(engine.prompts, engine.bos)
+        assert len(starts) == 2 and [r.shape[0] for r, _ in engine.llm.prefixes] == [len(i) for i in starts]
+        rec = SessionRecorder(engine.llm.session)
+        engine.llm.session = rec
+        wav = load_audio(_clips()[0].path)
+        for task in ("asr", "caption"):
+            want = tiny.generate([wav], task, num_beams=1, ignore_eos=True, max_new_tokens=6)[0]
+            rec.lengths.clear()
+            assert engine.generate(wav, task, max_new_tokens=6, ignore_eos=True)[1] == want.token_ids
+            n_speech = engine.speech_tokens(wav).shape[1]
+            assert rec.lengths[0] == n_speech + len(engine.prompts[task]["after"])  # the instruction was kept
+    finally:
+        tiny.cfg.instruction_first, tiny._prompt_cache = False, {}
+
+
+def test_prompt_prefixes_are_each_tasks_start_once():
+    prompts = {"asr": {"before": [5, 6, 7], "after": [1]}, "caption": {"before": [5, 6, 9], "after": [2]},
+               "again": {"before": [5, 6, 7], "after": [3]}}
+    assert lite.prompt_prefixes(prompts, 1) == [[1, 5, 6, 7], [1, 5, 6, 9]]
+    assert lite.prompt_prefixes(prompts, None) == [[5, 6, 7], [5, 6, 9]]
+    assert lite.prompt_prefixes({"asr": {"before": [], "after": [1]}}, None) == []
 
 
 def test_export_writes_what_the_lite_runtime_reads(exports, tiny):

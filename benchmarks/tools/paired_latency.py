@@ -35,7 +35,7 @@ sys.path.insert(0, ROOT)
 
 
 def _load(spec: str, keep_prefix: bool, settings: dict):
-    """The model of `spec`, warmed up once; an ONNX export with `keep_prefix` False forgets its prompt prefix."""
+    """The model of `spec`, warmed up once; an ONNX export with `keep_prefix` False forgets its prompt prefixes."""
     from compress.audio import load_audio
     from compress.bench.latency import measure_latency
     from compress.export.layout import KIND as ONNX_KIND
@@ -46,7 +46,7 @@ def _load(spec: str, keep_prefix: bool, settings: dict):
         model.eval()
     onnx = getattr(model, "kind", None) == ONNX_KIND
     if onnx and not keep_prefix:
-        model.lm.llm.keep_prefix(None)
+        model.lm.llm.keep_prefixes([])
     audio = load_audio(settings["clip"])
 
     def measure() -> tuple:

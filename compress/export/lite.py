@@ -161,8 +161,7 @@ class LlmSession:
                                          or [n.replace("past_", "present_") for n in self.past_names])
         self.kv_heads, self.head_dim = int(spec["kv_heads"]), int(spec["head_dim"])
         self.takes_positions = "position_ids" in {i.name for i in sess.get_inputs()}
-        self.prefix: Optional[np.ndarray] = None  # (P, D) embeddings every prompt starts with
-        self.prefix_past: Optional[list] = None  # their KV, computed once by keep_prefix
+        self.prefixes: list = []  # (rows (P, D), their KV) per prompt start kept by keep_prefixes
 
     def feeds(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
               past: Optional[list] = None) -> dict:
@@ -180,31 +179,38 @@ class LlmSession:
                             "mask and cannot run padded batches: run one clip at a time (--batch-size 1)")
         return feeds
 
-    def keep_prefix(self, rows: np.ndarray) -> None:
-        """Compute once the KV of the (P, D) embeddings that every prompt starts with (BOS and the text before the
-        speech): a later single-clip prefill that starts with exactly these rows runs only the rest of its prompt
-        on top of them (the same numbers: causal attention makes a prefix's keys and values independent of what
-        follows). None forgets it."""
-        self.prefix = self.prefix_past = None
-        if rows is None or len(rows) == 0:
-            return
-        rows = np.ascontiguousarray(rows, dtype=np.float32)
-        p = rows.shape[0]
-        _, self.prefix_past = self.run(rows[None], np.ones((1, p), np.int64), np.arange(p)[None], None)
-        self.prefix = rows
+    def keep_prefixes(self, starts: list) -> None:
+        """Compute once the KV of each (P, D) block of embeddings a prompt starts with (BOS and the text before the
+        speech, one per task where the tasks' texts differ): a later single-clip prefill that starts with exactly
+        one of them runs only the rest of its prompt on top of it (the same numbers: causal attention makes a
+        prefix's keys and values independent of what follows). An empty list forgets them."""
+        self.prefixes = []
+        for rows in starts:
+            if rows is None or len(rows) == 0:
+                continue
+            rows = np.ascontiguousarray(rows, dtype=np.float32)
+            p = rows.shape[0]
+            _, past = self.run(rows[None], np.ones((1, p), np.int64), np.arange(p)[None], None)
+            self.prefixes.append((rows, past))
 
-    def _reuses_prefix(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> bool:
-        p = 0 if self.prefix is None else self.prefix.shape[0]
-        return (p > 0 and embeds.shape[0] == 1 and embeds.shape[1] > p and bool(np.asarray(mask).all())
-                and np.array_equal(np.asarray(positions)[0], np.arange(embeds.shape[1]))
-                and np.array_equal(embeds[0, :p], self.prefix))
+    def _kept_prefix(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> Optional[tuple]:
+        """The kept (rows, past) this prompt starts with, if it is one unpadded clip longer than it."""
+        if not self.prefixes or embeds.shape[0] != 1 or not bool(np.asarray(mask).all()) \
+                or not np.array_equal(np.asarray(positions)[0], np.arange(embeds.shape[1])):
+            return None
+        for rows, past in self.prefixes:
+            p = rows.shape[0]
+            if embeds.shape[1] > p and np.array_equal(embeds[0, :p], rows):
+                return rows, past
+        return None
 
     def run(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
             past: Optional[list] = None) -> tuple:
         """-> (logits (B, 1, V) of the last position, present arrays [k0, v0, k1, v1, ...])."""
-        if past is None and self._reuses_prefix(embeds, mask, positions):
-            p = self.prefix.shape[0]
-            embeds, positions, past = embeds[:, p:], np.asarray(positions)[:, p:], self.prefix_past
+        kept = self._kept_prefix(embeds, mask, positions) if past is None else None
+        if kept is not None:
+            p = kept[0].shape[0]
+            embeds, positions, past = embeds[:, p:], np.asarray(positions)[:, p:], kept[1]
         sess = self.prefill if self.prefill is not None and embeds.shape[1] > 1 else self.session
         logits, *present = sess.run(self.outputs, self.feeds(embeds, mask, positions, past))
         return logits, present
@@ -220,15 +226,14 @@ def llm_session(folder: str, spec: dict, providers: Optional[list] = None, threa
                       else None)
 
 
-def prompt_prefix(prompts: dict, bos: Optional[int]) -> list:
-    """The token ids every task's prompt starts with: BOS and the longest run of `before` ids the tasks share."""
-    befores = [list(p["before"]) for p in prompts.values()]
-    shared = []
-    for ids in zip(*befores):
-        if len(set(ids)) > 1:
-            break
-        shared.append(ids[0])
-    return ([bos] if bos is not None else []) + (shared if befores else [])
+def prompt_prefixes(prompts: dict, bos: Optional[int]) -> list:
+    """The token ids the tasks' prompts start with: BOS and each task's `before` ids, once per distinct start."""
+    out: list = []
+    for p in prompts.values():
+        ids = ([bos] if bos is not None else []) + list(p["before"])
+        if ids and ids not in out:
+            out.append(ids)
+    return out
 
 
 # ------------------------------------------------------------------------------------ the export
@@ -326,7 +331,7 @@ class LiteEngine:
         # TTFT 81.5 -> 70.5 ms with the front not spinning, TPOT 7.8 / 8.0 ms; benchmarks/tools/ort_spin.py)
         self.front = session(os.path.join(self.path, FRONT), providers, threads, spin=False)
         self.llm = llm_session(self.path, conf["llm"], providers, threads)
-        self.llm.keep_prefix(self.embed[prompt_prefix(self.prompts, self.bos)])
+        self.llm.keep_prefixes([self.embed[ids] for ids in prompt_prefixes(self.prompts, self.bos)])
 
     # ------------------------------------------------------------------ audio -> speech tokens
     def features(self, wav: np.ndarray) -> np.ndarray:

@@ -81,6 +81,10 @@ class SalmonnConfig:
     second_per_window: float = 0.333333
     second_stride: float = 0.333333
     prompt_template: str = DEFAULT_TEMPLATE
+    # False: SALMONN's prompt content, "<Speech><SpeechHere></Speech> {instruction}"; True: the instruction first,
+    # "{instruction} <Speech><SpeechHere></Speech>", so each task's text before the speech is fixed and its KV can be
+    # computed once (compress.export.lite.LlmSession.keep_prefixes) instead of at every prefill
+    instruction_first: bool = False
     instructions: dict = field(default_factory=lambda: dict(TASKS))
     generate: GenerateSettings = field(default_factory=GenerateSettings)
     extra: dict = field(default_factory=dict)  # free-form provenance (preset name, seed, ...)

@@ -215,7 +215,8 @@ def window_tokens(m, speech: torch.Tensor, kernel: int, stride: int) -> torch.Te
 
 def prompt_text(cfg: SalmonnConfig, instruction: str) -> tuple:
     """(before, after): the prompt strings around the speech tokens (the template split at <SpeechHere>)."""
-    text = cfg.prompt_template.format(f"{SPEECH_PLACEHOLDER} {instruction}")
+    content = f"{instruction} {SPEECH_PLACEHOLDER}" if cfg.instruction_first else f"{SPEECH_PLACEHOLDER} {instruction}"
+    text = cfg.prompt_template.format(content)
     before, after = text.split("<SpeechHere>")
     return before, after
 

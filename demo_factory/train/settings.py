@@ -60,6 +60,7 @@ class DemoSettings:
     lora_targets: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                         "down_proj"])
     prompt_template: str = CHAT_TEMPLATE
+    instruction_first: bool = False  # SalmonnConfig.instruction_first: the task's instruction before the speech
     # ---- training (encoders and LLM frozen; BEATs, Q-Former, projection and LoRA learn)
     steps: int = 1800
     batch: int = 8
@@ -229,7 +230,7 @@ def salmonn_config(ts: DemoSettings, extra: Optional[dict] = None):
                           target_modules=list(ts.lora_targets)),
         num_speech_query_token=ts.queries,
         second_per_window=ts.window_seconds, second_stride=ts.window_stride_seconds or ts.window_seconds,
-        prompt_template=ts.prompt_template,
+        prompt_template=ts.prompt_template, instruction_first=bool(ts.instruction_first),
         generate=GenerateSettings(num_beams=ts.num_beams, max_new_tokens=ts.max_new_tokens,
                                   repetition_penalty=ts.repetition_penalty),
         extra=dict(extra or {}),
