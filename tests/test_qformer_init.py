@@ -87,7 +87,9 @@ def test_start_query_is_the_decoders_first_input():
     torch.testing.assert_close(q, want)
 
 
-def test_settings_validate_the_init():
+def test_settings_validate_the_init_and_flags():
+    with pytest.raises(ConfigError, match="true or false"):
+        S.preset("test").replace(instruction_first="False")
     with pytest.raises(ConfigError, match="qformer_init"):
         S.preset("test").replace(qformer_init="bert")
     with pytest.raises(ConfigError, match="qformer_init_layers"):

@@ -127,6 +127,10 @@ class DemoSettings:
             raise ConfigError(f"time_mask must be in [0, 1) and time_mask_span >= 1, got {self.time_mask} and "
                               f"{self.time_mask_span}")
 
+        flags = [f.name for f in fields(self) if f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool)]
+        if flags:
+            raise ConfigError(f"training option(s) {flags} take true or false, got "
+                              f"{[getattr(self, n) for n in flags]}")
         if self.qformer_init not in QFORMER_INITS:
             raise ConfigError(f"qformer_init {self.qformer_init!r} is not one of {choices(QFORMER_INITS)}")
         if self.qformer_init != "random" and len(self.qformer_init_layers) != self.qformer_layers:
@@ -230,7 +234,7 @@ def salmonn_config(ts: DemoSettings, extra: Optional[dict] = None):
                           target_modules=list(ts.lora_targets)),
         num_speech_query_token=ts.queries,
         second_per_window=ts.window_seconds, second_stride=ts.window_stride_seconds or ts.window_seconds,
-        prompt_template=ts.prompt_template, instruction_first=bool(ts.instruction_first),
+        prompt_template=ts.prompt_template, instruction_first=ts.instruction_first,
         generate=GenerateSettings(num_beams=ts.num_beams, max_new_tokens=ts.max_new_tokens,
                                   repetition_penalty=ts.repetition_penalty),
         extra=dict(extra or {}),
