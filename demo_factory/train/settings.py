@@ -49,7 +49,8 @@ class DemoSettings:
     qformer_layers: int = 2
     qformer_dropout: float = 0.0  # BERT's hidden and attention dropout in the Q-Former while training (BLIP-2: 0.1)
     # "random" (BERT's initialisation) or "whisper-decoder": Q-Former layer j starts from Whisper decoder layer
-    # qformer_init_layers[j] (qformer_init.py; needs hidden, heads and FFN equal to the decoder's)
+    # qformer_init_layers[j] (qformer_init.py; needs hidden, heads and FFN equal to the decoder's). Measured worse:
+    # front read-out after the warm-up 0.385 test / 0.233 training clips against 0.312 / 0.129 (benchmarks/README.md)
     qformer_init: str = "random"
     qformer_init_layers: list = field(default_factory=lambda: [0, 1])
     # ---- LoRA (SALMONN's r, alpha and dropout). SALMONN adapts q_proj and v_proj; on this 135M LLM all seven
