@@ -5,6 +5,7 @@ import torch
 from transformers import WhisperConfig, WhisperModel
 
 from compress.errors import ConfigError
+from compress.models.config import SalmonnConfig
 from compress.models.qformer import QFormerConfig, SpeechQFormer
 from demo_factory.train import settings as S
 from demo_factory.train.qformer_init import qformer_from_whisper_decoder, start_query
@@ -90,6 +91,10 @@ def test_start_query_is_the_decoders_first_input():
 def test_settings_validate_the_init_and_flags():
     with pytest.raises(ConfigError, match="true or false"):
         S.preset("test").replace(instruction_first="False")
+    cfg = S.salmonn_config(S.preset("test")).to_dict()
+    with pytest.raises(ConfigError, match="instruction_first"):
+        SalmonnConfig.from_dict({**cfg, "instruction_first": "yes"})
+    assert SalmonnConfig.from_dict({k: v for k, v in cfg.items() if k != "instruction_first"}).instruction_first is False
     with pytest.raises(ConfigError, match="qformer_init"):
         S.preset("test").replace(qformer_init="bert")
     with pytest.raises(ConfigError, match="qformer_init_layers"):

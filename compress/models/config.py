@@ -110,4 +110,6 @@ class SalmonnConfig:
         d["qformer"] = QFormerConfig(**d["qformer"])
         d["lora"] = LoraSettings(**d["lora"]) if d.get("lora") else None
         d["generate"] = GenerateSettings.from_dict(d.get("generate"))
+        if not isinstance(d.get("instruction_first", False), bool):
+            raise ConfigError(f"instruction_first must be true or false, got {d['instruction_first']!r}")
         return cls(**d)
