@@ -7,10 +7,10 @@ from typing import Optional
 
 from compress.errors import ConfigError, choices
 
+QFORMER_INITS = ("random", "whisper-decoder")  # DemoSettings.qformer_init
+
 # SmolLM2-Instruct's own chat layout around SALMONN's prompt content. The model's BOS is <|im_start|>, which
 # the prompt builder puts first, so BOS + this template is "<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n".
-QFORMER_INITS = ("random", "whisper-decoder")
-
 CHAT_TEMPLATE = "user\n{}<|im_end|>\n<|im_start|>assistant\n"
 
 
