@@ -1,5 +1,5 @@
-"""Export an artifact with its prompt switched to instruction-first (SalmonnConfig.instruction_first), as best-cpu
-exports it (onnxruntime-genai LLM graph, 8-bit output layer, int8 audio front), to time what the layout saves:
+"""Export an artifact with its prompt switched to instruction-first (SalmonnConfig.instruction_first), by the export
+step of recipes/best-cpu.yaml (its options as they stand), to time what the layout saves:
 
     .venv/bin/python benchmarks/tools/instruction_first_export.py ARTIFACT OUT_DIR
 
@@ -25,8 +25,8 @@ def main(argv=None) -> int:
 
     from compress.errors import UserError
     from compress.export import export_model
-    from compress.export.options import ExportOptions
     from compress.loaders import load_model
+    from compress.recipe import load_recipe
 
     if os.path.exists(a.out):
         print(f"error: {a.out} exists; give a new folder", file=sys.stderr)
@@ -38,7 +38,8 @@ def main(argv=None) -> int:
         return 2
     model.cfg.instruction_first = True
     model._prompt_cache = {}  # prompt ids are cached per instruction: rebuild them in the new order
-    export_model(model, a.out, ExportOptions(llm_graph="genai", lm_head_bits=8, int8_front=True))
+    options = load_recipe(os.path.join(ROOT, "recipes", "best-cpu.yaml")).steps[-1]  # its export step's config
+    export_model(model, a.out, options)
     print(f"exported {a.out} (instruction first)")
     return 0
 
