@@ -193,6 +193,10 @@ class LlmSession:
             _, past = self.run(rows[None], np.ones((1, p), np.int64), np.arange(p)[None], None)
             self.prefixes.append((rows, past))
 
+    def keep_prompt_starts(self, embed: np.ndarray, prompts: dict, bos: Optional[int]) -> None:
+        """keep_prefixes of every task's prompt start (prompt_prefixes), embedded by the table `embed`."""
+        self.keep_prefixes([embed[ids] for ids in prompt_prefixes(prompts, bos)])
+
     def _kept_prefix(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> Optional[tuple]:
         """The kept (rows, past) this prompt starts with, if it is one unpadded clip longer than it."""
         if not self.prefixes or embeds.shape[0] != 1 or not bool(np.asarray(mask).all()) \
@@ -331,7 +335,7 @@ class LiteEngine:
         # TTFT 81.5 -> 70.5 ms with the front not spinning, TPOT 7.8 / 8.0 ms; benchmarks/tools/ort_spin.py)
         self.front = session(os.path.join(self.path, FRONT), providers, threads, spin=False)
         self.llm = llm_session(self.path, conf["llm"], providers, threads)
-        self.llm.keep_prefixes([self.embed[ids] for ids in prompt_prefixes(self.prompts, self.bos)])
+        self.llm.keep_prompt_starts(self.embed, self.prompts, self.bos)
 
     # ------------------------------------------------------------------ audio -> speech tokens
     def features(self, wav: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from ..errors import CheckpointError, UserError
 from ..models.config import SalmonnConfig
 from ..models.salmonn import PromptMixin
 from .layout import CONFIG, EMBED, FRONT, KIND, LLM
-from .lite import default_providers, llm_session, prompt_prefixes, session  # noqa: F401  (default_providers re-exported)
+from .lite import default_providers, llm_session, session  # noqa: F401  (default_providers re-exported)
 
 
 def _session(path: str, providers: Optional[list], spin: Optional[bool] = None):
@@ -128,8 +128,7 @@ class OrtSalmonn(PromptMixin):
         self.lm = OrtCausalLM(llm_session(path, conf["llm"], providers, torch.get_num_threads()),
                               np.load(os.path.join(path, EMBED), mmap_mode="r"))
         if "prompts" in conf:  # the prompt's fixed start is prefilled once, as lite.LiteEngine does
-            self.lm.llm.keep_prefixes([self.lm.embed.weight[ids]
-                                       for ids in prompt_prefixes(conf["prompts"], conf.get("bos_id"))])
+            self.lm.llm.keep_prompt_starts(self.lm.embed.weight, conf["prompts"], conf.get("bos_id"))
         self.providers = self.front.get_providers()
         self.manifest = manifest or {}
         self._prompt_cache: dict = {}
