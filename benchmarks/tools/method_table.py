@@ -38,8 +38,9 @@ PEERS = {  # label -> (environment, arguments of its tool)
     "llmc-sparsegpt-50": ("llmc", ["--method", "sparsegpt", "--mask", "0:0"]),
     "llmc-wanda-2of4": ("llmc", ["--method", "wanda", "--mask", "2:4"]),
     "llmc-sparsegpt-2of4": ("llmc", ["--method", "sparsegpt", "--mask", "2:4"]),
-    "gptqmodel-4bit-g128": ("gptqmodel", ["--bits", "4", "--group-size", "128"]),
-    # SmolLM2's attention and MLP inputs are 576 wide: GPTQModel's CPU kernel needs K divisible by the group
+    # SmolLM2's attention and MLP inputs are 576 wide: GPTQModel's CPU int4pack kernel needs K divisible by the
+    # group, so g128 reads its quantized weights back through GPTQModel's plain PyTorch kernel
+    "gptqmodel-4bit-g128": ("gptqmodel", ["--bits", "4", "--group-size", "128", "--backend", "gptq_torch"]),
     "gptqmodel-4bit-g64": ("gptqmodel", ["--bits", "4", "--group-size", "64"]),
     "gptqmodel-3bit-g128": ("gptqmodel", ["--bits", "3", "--group-size", "128"]),
 }
