@@ -25,3 +25,12 @@ class ConfigError(UserError):
 def choices(values) -> str:
     """Format a closed set of valid values for an error message."""
     return ", ".join(repr(v) for v in sorted(values))
+
+
+def check_flags(obj, what: str) -> None:
+    """Refuse a dataclass whose bool fields hold anything but True or False (a "False" string would read as true)."""
+    from dataclasses import fields
+
+    flags = [f.name for f in fields(obj) if f.type in ("bool", bool) and not isinstance(getattr(obj, f.name), bool)]
+    if flags:
+        raise ConfigError(f"{what} {flags} take true or false, got {[getattr(obj, n) for n in flags]}")

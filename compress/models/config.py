@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
-from ..errors import ConfigError, choices
+from ..errors import ConfigError, check_flags, choices
 from .qformer import QFormerConfig
 from .windows import encoder_frames
 
@@ -110,6 +110,6 @@ class SalmonnConfig:
         d["qformer"] = QFormerConfig(**d["qformer"])
         d["lora"] = LoraSettings(**d["lora"]) if d.get("lora") else None
         d["generate"] = GenerateSettings.from_dict(d.get("generate"))
-        if not isinstance(d.get("instruction_first", False), bool):
-            raise ConfigError(f"instruction_first must be true or false, got {d['instruction_first']!r}")
-        return cls(**d)
+        out = cls(**d)
+        check_flags(out, "model config field(s)")
+        return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
-from compress.errors import ConfigError, choices
+from compress.errors import ConfigError, check_flags, choices
 
 QFORMER_INITS = ("random", "whisper-decoder")  # DemoSettings.qformer_init
 
@@ -130,10 +130,7 @@ class DemoSettings:
             raise ConfigError(f"time_mask must be in [0, 1) and time_mask_span >= 1, got {self.time_mask} and "
                               f"{self.time_mask_span}")
 
-        flags = [f.name for f in fields(self) if f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool)]
-        if flags:
-            raise ConfigError(f"training option(s) {flags} take true or false, got "
-                              f"{[getattr(self, n) for n in flags]}")
+        check_flags(self, "training option(s)")
         if self.qformer_init not in QFORMER_INITS:
             raise ConfigError(f"qformer_init {self.qformer_init!r} is not one of {choices(QFORMER_INITS)}")
         if self.qformer_init != "random" and len(self.qformer_init_layers) != self.qformer_layers:
