@@ -1,4 +1,5 @@
-"""Pruning math as pure tensor functions: scores, masks (unstructured, per-row, N:M), block influence, counting."""
+"""Pruning math as pure tensor functions: scores, masks (unstructured, per-row, N:M), OWL's layer sparsities, block
+influence, counting."""
 
 from __future__ import annotations
 
@@ -47,6 +48,26 @@ def mask_n_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     keep = torch.topk(groups, n, dim=-1).indices
     mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
     return mask.reshape(out_f, in_f)
+
+
+def outlier_ratio(scores: list, m: float) -> float:
+    """OWL's layerwise outlier share (Yin et al., 2024): the fraction of all the scores of a block's Linears
+    (Wanda's |W| x ||X||) that exceed `m` times their mean."""
+    flat = torch.cat([s.detach().flatten().float() for s in scores])
+    return float((flat > flat.mean() * m).sum()) / flat.numel()
+
+
+def owl_sparsities(ratios: list, target: float, lam: float) -> list:
+    """OWL's non-uniform sparsity per block: the outlier shares rescaled to [0, 2 lam] and centred, so a block's
+    sparsity is `target` minus its share's offset (more outliers: fewer zeros), within target +- lam, mean =
+    target (the same weight count pruned when the blocks are equal in size). Equal shares give `target` each."""
+    r = torch.tensor(ratios, dtype=torch.float64)
+    span = float(r.max() - r.min()) if len(ratios) else 0.0
+    if span == 0.0:
+        return [float(target)] * len(ratios)
+    offset = (r - r.min()) / span * 2 * lam
+    offset = offset - offset.mean()
+    return [float(target - x) for x in offset]
 
 
 def global_threshold(all_scores: list, sparsity: float) -> float:

@@ -64,3 +64,19 @@ def test_block_influence_and_schedule():
     s = sp.round_sparsities(0.5, 3)
     assert len(s) == 3 and s[-1] == pytest.approx(0.5) and s[0] < s[1] < s[2]
     assert (1 - s[0]) ** 3 == pytest.approx(0.5)
+
+
+def test_outlier_ratio_counts_scores_above_m_times_the_mean():
+    scores = [torch.tensor([[1.0, 1.0], [1.0, 1.0]]), torch.tensor([10.0])]  # mean 2.8, threshold 8.4 at m=3
+    assert sp.outlier_ratio(scores, 3.0) == pytest.approx(0.2)
+    assert sp.outlier_ratio(scores, 4.0) == 0.0  # threshold 11.2
+    assert sp.outlier_ratio([torch.zeros(4)], 5.0) == 0.0  # an input no token reached: no outliers
+
+
+def test_owl_sparsities_shift_by_outliers_and_keep_the_mean():
+    s = sp.owl_sparsities([0.0, 0.5, 1.0], target=0.5, lam=0.1)
+    assert s == pytest.approx([0.6, 0.5, 0.4])  # most outliers: fewest zeros
+    s = sp.owl_sparsities([0.02, 0.01, 0.05, 0.03], target=0.5, lam=0.08)
+    assert sum(s) / 4 == pytest.approx(0.5) and max(s) - min(s) == pytest.approx(0.16)
+    assert s.index(min(s)) == 2 and s.index(max(s)) == 1
+    assert sp.owl_sparsities([0.3, 0.3], 0.5, 0.08) == [0.5, 0.5]

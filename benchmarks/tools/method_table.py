@@ -30,24 +30,27 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-RECIPES = ("magnitude-50", "wanda-50", "sparsegpt-50", "wanda-2of4", "sparsegpt-2of4", "rtn-4bit-g128",
+RECIPES = ("magnitude-50", "wanda-50", "owl-wanda-50", "sparsegpt-50", "wanda-2of4", "sparsegpt-2of4", "rtn-4bit-g128",
            "rtn-4bit-g32-offset", "gptq-4bit-g128", "gptq-4bit-g64", "gptq-4bit-g128-textcalib", "gptq-3bit-g128",
            "layer-drop-25", "layer-drop-25-distill", "layer-drop-30", "layer-drop-30-distill")
 PEERS = {  # label -> (environment, arguments of its tool)
     "llmc-wanda-50": ("llmc", ["--method", "wanda", "--mask", "0:0"]),
     "llmc-sparsegpt-50": ("llmc", ["--method", "sparsegpt", "--mask", "0:0"]),
+    "llmc-owl-wanda-50": ("llmc", ["--method", "wanda", "--mask", "0:0", "--owl", "5,0.08"]),
     "llmc-wanda-2of4": ("llmc", ["--method", "wanda", "--mask", "2:4"]),
     "llmc-sparsegpt-2of4": ("llmc", ["--method", "sparsegpt", "--mask", "2:4"]),
     # SmolLM2's attention and MLP inputs are 576 wide: GPTQModel's CPU int4pack kernel needs K divisible by the
-    # group, so g128 reads its quantized weights back through GPTQModel's plain PyTorch kernel
+    # group, so g128 (and 3-bit, which int4pack cannot hold) reads its quantized weights back through GPTQModel's
+    # plain PyTorch kernel
     "gptqmodel-4bit-g128": ("gptqmodel", ["--bits", "4", "--group-size", "128", "--backend", "gptq_torch"]),
     "gptqmodel-4bit-g64": ("gptqmodel", ["--bits", "4", "--group-size", "64"]),
-    "gptqmodel-3bit-g128": ("gptqmodel", ["--bits", "3", "--group-size", "128"]),
+    "gptqmodel-3bit-g128": ("gptqmodel", ["--bits", "3", "--group-size", "128", "--backend", "gptq_torch"]),
 }
 PEER_TOOL = {"llmc": "peer_llmc.py", "gptqmodel": "peer_gptqmodel.py"}
 PEER_ENV = {"llmc": ".venv-llmc", "gptqmodel": ".venv-gptqmodel"}
 VERSUS = {  # ours -> the methods it is compared with, beside the baseline
-    "wanda-50": ["llmc-wanda-50", "magnitude-50"], "sparsegpt-50": ["llmc-sparsegpt-50", "wanda-50"],
+    "wanda-50": ["llmc-wanda-50", "magnitude-50"], "owl-wanda-50": ["llmc-owl-wanda-50", "wanda-50"],
+    "sparsegpt-50": ["llmc-sparsegpt-50", "wanda-50"],
     "wanda-2of4": ["llmc-wanda-2of4"], "sparsegpt-2of4": ["llmc-sparsegpt-2of4", "wanda-2of4"],
     "gptq-4bit-g128": ["gptqmodel-4bit-g128", "rtn-4bit-g128", "gptq-4bit-g128-textcalib"],
     "gptq-4bit-g64": ["gptqmodel-4bit-g64", "gptq-4bit-g128"], "gptq-3bit-g128": ["gptqmodel-3bit-g128"],

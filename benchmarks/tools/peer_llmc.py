@@ -3,7 +3,7 @@
 Runs inside its own virtual environment (llm-compressor pins transformers <= 5.17):
     bash benchmarks/peers_env.sh llmc
 Usage: .venv-llmc/bin/python benchmarks/tools/peer_llmc.py --method wanda|sparsegpt --model DIR --texts texts.json
-           --out DIR2 [--sparsity 0.5] [--mask 0:0|2:4]
+           --out DIR2 [--sparsity 0.5] [--mask 0:0|2:4] [--owl M,LAMBDA]
 Writes the pruned model (dense safetensors, zeros in place) to --out; benchmarks/tools/method_table.py copies its
 Linear weights back into the SALMONN.
 """
@@ -12,16 +12,20 @@ import argparse
 import json
 
 
-def modifier(method: str, sparsity: float, mask: str):
+def modifier(method: str, sparsity: float, mask: str, owl: str = ""):
+    kw = dict(sparsity=sparsity, mask_structure=mask, targets=["Linear"], ignore=["lm_head"])
+    if owl:  # "M,LAMBDA": llm-compressor's OWL layer sparsity
+        m, lam = (float(x) for x in owl.split(","))
+        kw.update(sparsity_profile="owl", owl_m=m, owl_lmbda=lam)
     if method == "wanda":
         from llmcompressor.modifiers.pruning import WandaPruningModifier
 
-        return WandaPruningModifier(sparsity=sparsity, mask_structure=mask, targets=["Linear"], ignore=["lm_head"])
+        return WandaPruningModifier(**kw)
     try:  # its home since 0.6; older releases keep it under obcq
         from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
     except ImportError:
         from llmcompressor.modifiers.obcq import SparseGPTModifier
-    return SparseGPTModifier(sparsity=sparsity, mask_structure=mask, targets=["Linear"], ignore=["lm_head"])
+    return SparseGPTModifier(**kw)
 
 
 def main():
@@ -32,6 +36,7 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--mask", default="0:0", help="llm-compressor mask_structure: 0:0 unstructured, 2:4 ...")
+    p.add_argument("--owl", default="", help="M,LAMBDA: OWL's non-uniform layer sparsity (e.g. 5,0.08)")
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--max-seq-length", type=int, default=128)
     a = p.parse_args()
@@ -42,7 +47,7 @@ def main():
     with open(a.texts) as f:
         texts = json.load(f)
     oneshot(model=a.model, dataset=Dataset.from_dict({"text": texts}),
-            recipe=modifier(a.method, a.sparsity, a.mask), num_calibration_samples=min(a.samples, len(texts)),
+            recipe=modifier(a.method, a.sparsity, a.mask, a.owl), num_calibration_samples=min(a.samples, len(texts)),
             max_seq_length=a.max_seq_length, output_dir=a.out, save_compressed=False,
             shuffle_calibration_samples=False)
 

@@ -6,7 +6,7 @@ import torch
 
 from .. import sparsity as sp
 from ..models.salmonn import part_of
-from .calibration import by_blocks, collect_hessians, collect_input_norms
+from .calibration import by_blocks, collect_hessians, collect_input_norms, counted, forward_all, part_blocks
 from .registry import Step, register
 from .schema import MagnitudeConfig, PruneConfig, SparseGptConfig, WandaConfig, parse_pattern  # noqa: F401
 from .targets import select_linears
@@ -39,6 +39,37 @@ def _mask(scores: torch.Tensor, sparsity: float, pattern, per_row: bool) -> torc
     if pattern is not None:
         return sp.mask_n_m(scores, *pattern)
     return sp.mask_rows(scores, sparsity) if per_row else sp.mask_layer(scores, sparsity)
+
+
+def owl_sparsity(model, linears: dict, ctx, c, label: str) -> tuple:
+    """OWL: ({Linear name: its block's sparsity}, report). The outlier share of each block's Wanda scores is
+    measured on the unpruned model (one pass of full forwards over the calibration clips, every targeted Linear
+    observed at once); blocks are the repeated layers of each part, normalised part by part; a targeted Linear
+    outside the blocks is a group of its own."""
+    from ..models.salmonn import PARTS
+
+    samples = ctx.calibration()
+    fwd = counted(ctx.calibration_forward, ctx.bar(len(samples), f"{label} owl: calibration forwards"))
+    norms = collect_input_norms(linears, forward_all(fwd, samples))
+    of, blocks_report = {}, {}
+    for part in PARTS:
+        mine = {n: m for n, m in linears.items() if part_of(n) == part}
+        if not mine:
+            continue
+        owner = {id(m): n for n, m in mine.items()}
+        groups = []
+        for i, block in enumerate(part_blocks(model, part) or []):
+            names = [owner[id(m)] for m in block.modules() if id(m) in owner]
+            if names:
+                groups.append((f"{part}.{i}", names))
+        grouped = {n for _, names in groups for n in names}
+        groups += [(n, [n]) for n in mine if n not in grouped]
+        ratios = [sp.outlier_ratio([sp.wanda_scores(linears[n].weight, norms[n]) for n in names], c.owl.m)
+                  for _, names in groups]
+        for (name, names), ratio, target in zip(groups, ratios, sp.owl_sparsities(ratios, c.sparsity, c.owl.lam)):
+            of.update({n: target for n in names})
+            blocks_report[name] = {"outlier_ratio": ratio, "sparsity": target}
+    return of, {"m": c.owl.m, "lam": c.owl.lam, "blocks": blocks_report}
 
 
 class PruneStep(Step):
@@ -79,14 +110,18 @@ class Wanda(PruneStep):
         c = self.config
         pattern = parse_pattern(c.pattern)
         linears = self.targets(model, ctx)
+        sparsity_of, owl = owl_sparsity(model, linears, ctx, c, "wanda") if c.owl else ({}, None)
+
         def prune(group: dict, norms: dict) -> None:
             for n, m in group.items():
-                sp.apply_mask(m.weight, _mask(sp.wanda_scores(m.weight, norms[n]), c.sparsity, pattern,
-                                              c.scope == "row"))
+                sp.apply_mask(m.weight, _mask(sp.wanda_scores(m.weight, norms[n]), sparsity_of.get(n, c.sparsity),
+                                              pattern, c.scope == "row"))
 
         by_blocks(model, linears, ctx, collect_input_norms, prune, sequential=c.sequential, label="wanda")
         report = measure(model, linears, pattern)
         report["calibration_samples"] = len(ctx.calibration())
+        if owl:
+            report["owl"] = owl
         return report
 
 
@@ -104,6 +139,7 @@ class SparseGpt(PruneStep):
         pattern = parse_pattern(c.pattern)
         n, m = pattern or (0, 0)
         linears = self.targets(model, ctx)
+        sparsity_of, owl = owl_sparsity(model, linears, ctx, c, "sparsegpt") if c.owl else ({}, None)
         errors: dict = {}
 
         def prune(group: dict, accs: dict) -> None:
@@ -112,7 +148,8 @@ class SparseGpt(PruneStep):
                     raise ctx.error(f"sparsegpt: no calibration token reached {name}; it cannot be calibrated")
                 h = accs[name].hessian()
                 w = lin.weight.detach().float()
-                new, keep, _ = sp.sparsegpt_prune(w, h, c.sparsity, n, m, c.block_size, c.damp_percent)
+                new, keep, _ = sp.sparsegpt_prune(w, h, sparsity_of.get(name, c.sparsity), n, m, c.block_size,
+                                                  c.damp_percent)
                 errors[name] = {"output_rel_error": output_error(w, new, h),
                                 "mask_only_output_rel_error": output_error(w, w * keep, h)}
                 with torch.no_grad():
@@ -125,4 +162,6 @@ class SparseGpt(PruneStep):
         report["mask_only_output_rel_error_mean"] = (sum(v["mask_only_output_rel_error"] for v in vals)
                                                      / max(1, len(vals)))
         report["calibration_samples"] = len(ctx.calibration())
+        if owl:
+            report["owl"] = owl
         return report

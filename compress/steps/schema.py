@@ -152,6 +152,34 @@ class PruneConfig(StepConfig):
         return v
 
 
+class OwlConfig(BaseModel):
+    """OWL (outlier-weighed layerwise sparsity, Yin et al. 2024): each block of a part gets its own sparsity,
+    `sparsity` +- `lam`, fewer zeros where a larger share of its Wanda scores exceeds `m` times their mean; the
+    shares are measured on the unpruned model, one pass over the calibration clips."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    m: float = Field(5.0, gt=0.0)  # outlier threshold, a multiple of the block's mean score (the paper's M)
+    lam: float = Field(0.08, gt=0.0, lt=0.5)  # largest shift of a block's sparsity from the target (the paper's λ)
+
+
+class OwlPruneConfig(PruneConfig):
+    """Pruning that can take OWL's non-uniform layer sparsity (unstructured only)."""
+
+    owl: Optional[OwlConfig] = None
+
+    @model_validator(mode="after")
+    def _owl(self):
+        if self.owl is None:
+            return self
+        if self.pattern is not None:
+            raise ValueError(f"owl sets a sparsity per block; it cannot be combined with pattern {self.pattern!r} "
+                             f"(N:M fixes every block's sparsity): remove one of them")
+        if not (self.owl.lam < self.sparsity and self.sparsity + self.owl.lam < 1.0):
+            raise ValueError(f"owl.lam {self.owl.lam} must keep every block's sparsity inside (0, 1): "
+                             f"sparsity {self.sparsity} +- lam")
+        return self
+
+
 @step_config("magnitude")
 class MagnitudeConfig(PruneConfig):
     type: Literal["magnitude"] = "magnitude"
@@ -159,7 +187,7 @@ class MagnitudeConfig(PruneConfig):
 
 
 @step_config("wanda")
-class WandaConfig(PruneConfig):
+class WandaConfig(OwlPruneConfig):
     type: Literal["wanda"] = "wanda"
     sequential: bool = True  # prune block by block; later blocks calibrate on the pruned earlier ones
     # comparison group of the scores: each output row (the Wanda paper's choice for LLMs) or the whole layer
@@ -170,7 +198,7 @@ class WandaConfig(PruneConfig):
 
 
 @step_config("sparsegpt")
-class SparseGptConfig(PruneConfig):
+class SparseGptConfig(OwlPruneConfig):
     type: Literal["sparsegpt"] = "sparsegpt"
     sequential: bool = True  # prune block by block; later blocks calibrate on the pruned earlier ones
     damp_percent: float = Field(0.01, ge=0.0, lt=1.0)
