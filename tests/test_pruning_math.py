@@ -80,3 +80,21 @@ def test_owl_sparsities_shift_by_outliers_and_keep_the_mean():
     assert sum(s) / 4 == pytest.approx(0.5) and max(s) - min(s) == pytest.approx(0.16)
     assert s.index(min(s)) == 2 and s.index(max(s)) == 1
     assert sp.owl_sparsities([0.3, 0.3], 0.5, 0.08) == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_masks_equal_a_stable_sort_of_the_scores(ties):
+    g = torch.Generator().manual_seed(1)
+    scores = torch.rand(12, 40, generator=g)
+    if ties:  # few distinct values, and whole rows of zeros (inputs no token reached)
+        scores = (scores * 4).floor()
+        scores[3] = 0.0
+    for sparsity in (0.1, 0.5, 0.77):
+        k = int(40 * sparsity)
+        ref = torch.ones_like(scores, dtype=torch.bool).scatter_(
+            1, torch.argsort(scores, dim=1, stable=True)[:, :k], False)
+        assert torch.equal(sp.mask_rows(scores, sparsity), ref)
+        k = int(scores.numel() * sparsity)
+        ref = torch.ones(scores.numel(), dtype=torch.bool)
+        ref[torch.argsort(scores.flatten(), stable=True)[:k]] = False
+        assert torch.equal(sp.mask_layer(scores, sparsity), ref.view_as(scores))

@@ -127,13 +127,14 @@ def counted(forward: Callable, bar) -> Callable:
     calls = [0]
 
     def f(sample):
-        out = forward(sample)
-        calls[0] += 1
-        if calls[0] <= bar.total:
-            bar.update(1)
-            if calls[0] == bar.total:
-                bar.close()
-        return out
+        try:
+            return forward(sample)
+        finally:  # a forward stopped early (sequential_blocks' shared_call) counts too
+            calls[0] += 1
+            if calls[0] <= bar.total:
+                bar.update(1)
+                if calls[0] == bar.total:
+                    bar.close()
 
     return f
 
@@ -142,11 +143,30 @@ def forward_all(forward: Callable, samples: list) -> Callable:
     return lambda: [forward(s) for s in samples]
 
 
+class _StopForward(Exception):
+    """Raised by the first block's hook once it has its inputs, when no later block needs the forward to go on."""
+
+
+def _forward_each(forward: Callable, samples: list) -> Callable:
+    def run():
+        for s in samples:
+            try:
+                forward(s)
+            except _StopForward:
+                pass
+
+    return run
+
+
 @torch.no_grad()
 def sequential_blocks(blocks: nn.ModuleList, samples: list, forward: Callable, visit: Callable,
-                      progress=None) -> None:
+                      progress=None, shared_call: bool = False) -> None:
     """Record each block's real inputs once, then for block i: visit(i, block, run), where run() feeds the
-    (already pruned) previous block's outputs through block i; after visit, its outputs feed block i+1."""
+    (already pruned) previous block's outputs through block i; after visit, its outputs feed block i+1.
+
+    shared_call: every block takes the same arguments besides the hidden states (a Hugging Face decoder's layers
+    get the same mask and position embeddings), so each forward stops at the first block and its call serves all
+    blocks: the rest of the network, and everything after it, does not run for nothing."""
     calls = [[] for _ in blocks]
     first = []
 
@@ -154,12 +174,18 @@ def sequential_blocks(blocks: nn.ModuleList, samples: list, forward: Callable, v
         def hook(mod, args, kwargs):
             if i == 0:
                 first.append(args[0].detach())
-            calls[i].append((args[1:], dict(kwargs)))
+            # a KV cache would make each replay attend to the recorded tokens as well
+            calls[i].append((args[1:], {k: v for k, v in kwargs.items() if k != "past_key_values"}))
+            if shared_call:
+                raise _StopForward
 
         return hook
 
-    handles = [b.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, b in enumerate(blocks)]
-    run_hooked(handles, forward_all(forward, samples))
+    watched = blocks[:1] if shared_call else blocks
+    handles = [b.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, b in enumerate(watched)]
+    run_hooked(handles, _forward_each(forward, samples))
+    if shared_call:
+        calls = [calls[0]] * len(blocks)
     hidden = first
     for i, block in enumerate(blocks):
         def run(block=block, i=i, hidden=hidden):
@@ -167,7 +193,7 @@ def sequential_blocks(blocks: nn.ModuleList, samples: list, forward: Callable, v
 
         visit(i, block, run)
         hidden = run()
-        calls[i] = None  # free this block's records
+        calls[i] = None  # free this block's records (shared: the last reference goes with the last block)
         if progress is not None:
             progress.update(1)
 
@@ -200,6 +226,12 @@ def collect_hessians(linears: dict, run: Callable) -> dict:
     return accs
 
 
+def _one_layer_type(model) -> bool:
+    """Whether every LLM layer is called alike (no mix of full and sliding-window attention layers)."""
+    types = getattr(model.llm_base().config, "layer_types", None) or ()
+    return len(set(types)) <= 1
+
+
 def by_blocks(model, linears: dict, ctx, collect: Callable, act: Callable, *, sequential: bool = True,
               label: str = "") -> None:
     """The driver of calibrated steps. For each part in data-flow order (upstream parts are changed before
@@ -226,7 +258,7 @@ def by_blocks(model, linears: dict, ctx, collect: Callable, act: Callable, *, se
                     act(group, collect(group, run))
 
             bar = ctx.bar(len(blocks), f"{label} {part}")
-            sequential_blocks(blocks, samples, fwd, visit, bar)
+            sequential_blocks(blocks, samples, fwd, visit, bar, shared_call=part == "llm" and _one_layer_type(model))
             bar.close()
         rest = {n: m for n, m in mine.items() if n not in done}
         if rest:
