@@ -22,28 +22,24 @@ def llm_setup():
     return model, layers, samples, forward, forwards
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_shared_call_gives_the_same_block_inputs_and_outputs(shared):
-    model, layers, samples, forward, _ = llm_setup()
-    seen = {}
-
+def recording_visit(seen: dict):
+    """A visit that keeps each block's outputs, then changes the block as pruning does (later blocks must see it)."""
     def visit(i, block, run):
         seen[i] = [o.clone() for o in run()]
-        with torch.no_grad():  # change each block, as pruning does, so later blocks must see the change
-            for p in block.parameters():
-                p.mul_(0.9)
-
-    cal.sequential_blocks(layers, samples, forward, visit, shared_call=shared)
-    ref_seen = {}  # the reference: the plain driver on a fresh copy
-
-    def ref_visit(i, block, run):
-        ref_seen[i] = [o.clone() for o in run()]
         with torch.no_grad():
             for p in block.parameters():
                 p.mul_(0.9)
 
-    ref_model, ref_layers, _, ref_forward, _ = llm_setup()
-    cal.sequential_blocks(ref_layers, samples, ref_forward, ref_visit, shared_call=False)
+    return visit
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_shared_call_gives_the_same_block_inputs_and_outputs(shared):
+    _, layers, samples, forward, _ = llm_setup()
+    seen, ref_seen = {}, {}
+    cal.sequential_blocks(layers, samples, forward, recording_visit(seen), shared_call=shared)
+    _, ref_layers, _, ref_forward, _ = llm_setup()  # the reference: the plain driver on a fresh copy
+    cal.sequential_blocks(ref_layers, samples, ref_forward, recording_visit(ref_seen), shared_call=False)
     assert list(seen) == list(range(len(layers)))
     for i in seen:
         for a, b in zip(seen[i], ref_seen[i]):
@@ -51,7 +47,7 @@ def test_shared_call_gives_the_same_block_inputs_and_outputs(shared):
 
 
 def test_shared_call_stops_the_forward_at_the_first_layer():
-    model, layers, samples, forward, forwards = llm_setup()
+    _, layers, samples, forward, forwards = llm_setup()
     ran = []
     handles = [layers[-1].register_forward_pre_hook(lambda m, a: ran.append(1))]
     cal.run_hooked(handles, lambda: cal.sequential_blocks(layers, samples, forward, lambda i, b, run: None,

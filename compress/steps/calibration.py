@@ -139,15 +139,12 @@ def counted(forward: Callable, bar) -> Callable:
     return f
 
 
-def forward_all(forward: Callable, samples: list) -> Callable:
-    return lambda: [forward(s) for s in samples]
-
-
 class _StopForward(Exception):
     """Raised by the first block's hook once it has its inputs, when no later block needs the forward to go on."""
 
 
-def _forward_each(forward: Callable, samples: list) -> Callable:
+def forward_all(forward: Callable, samples: list) -> Callable:
+    """run() feeding every sample through `forward`; a forward a hook stops early (_StopForward) ends quietly."""
     def run():
         for s in samples:
             try:
@@ -156,6 +153,12 @@ def _forward_each(forward: Callable, samples: list) -> Callable:
                 pass
 
     return run
+
+
+def linears_by_block(blocks, linears: dict) -> list:
+    """For each block, {name: module} of the given Linears inside it (empty for a block with none)."""
+    owner = {id(m): n for n, m in linears.items()}
+    return [{owner[id(m)]: m for m in block.modules() if id(m) in owner} for block in blocks]
 
 
 @torch.no_grad()
@@ -183,7 +186,7 @@ def sequential_blocks(blocks: nn.ModuleList, samples: list, forward: Callable, v
 
     watched = blocks[:1] if shared_call else blocks
     handles = [b.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, b in enumerate(watched)]
-    run_hooked(handles, _forward_each(forward, samples))
+    run_hooked(handles, forward_all(forward, samples))
     if shared_call:
         calls = [calls[0]] * len(blocks)
     hidden = first
@@ -249,10 +252,10 @@ def by_blocks(model, linears: dict, ctx, collect: Callable, act: Callable, *, se
         blocks = part_blocks(model, part)
         done = set()
         if blocks is not None and sequential:
-            owner = {id(mod): n for n, mod in mine.items()}
+            groups = linears_by_block(blocks, mine)
 
             def visit(i, block, run):
-                group = {owner[id(m)]: m for m in block.modules() if id(m) in owner}
+                group = groups[i]
                 done.update(group)
                 if group:
                     act(group, collect(group, run))

@@ -6,7 +6,8 @@ import torch
 
 from .. import sparsity as sp
 from ..models.salmonn import part_of
-from .calibration import by_blocks, collect_hessians, collect_input_norms, counted, forward_all, part_blocks
+from .calibration import (by_blocks, collect_hessians, collect_input_norms, counted, forward_all, linears_by_block,
+                          part_blocks)
 from .registry import Step, register
 from .schema import MagnitudeConfig, PruneConfig, SparseGptConfig, WandaConfig, parse_pattern  # noqa: F401
 from .targets import select_linears
@@ -56,12 +57,8 @@ def owl_sparsity(model, linears: dict, ctx, c, label: str) -> tuple:
         mine = {n: m for n, m in linears.items() if part_of(n) == part}
         if not mine:
             continue
-        owner = {id(m): n for n, m in mine.items()}
-        groups = []
-        for i, block in enumerate(part_blocks(model, part) or []):
-            names = [owner[id(m)] for m in block.modules() if id(m) in owner]
-            if names:
-                groups.append((f"{part}.{i}", names))
+        groups = [(f"{part}.{i}", list(group)) for i, group in
+                  enumerate(linears_by_block(part_blocks(model, part) or [], mine)) if group]
         grouped = {n for _, names in groups for n in names}
         groups += [(n, [n]) for n in mine if n not in grouped]
         ratios = [sp.outlier_ratio([sp.wanda_scores(linears[n].weight, norms[n]) for n in names], c.owl.m)
