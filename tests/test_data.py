@@ -71,6 +71,20 @@ def test_chain_sentences_are_new_closed_vocabulary_and_deterministic():
     assert len({w for s in got for w in s.split()}) > 700  # varied (889 words in 300), not a few loops
 
 
+def test_open_sentences_are_new_open_vocabulary_and_deterministic():
+    got = sentences.open_sentences(400, seed=4)
+    assert got == sentences.open_sentences(400, seed=4) and got != sentences.open_sentences(400, seed=5)
+    keys = [sentences.normalise(s) for s in got]
+    assert len(set(keys)) == 400
+    pool = {sentences.normalise(s) for s in sentences.load_pool()}
+    assert not set(keys) & pool  # never a pool sentence, so never a dev or test one
+    train_words = {w for s in sentences.sentences_for("train") for w in sentences.normalise(s).split()}
+    words = [w for k in keys for w in k.split()]
+    assert sum(w not in train_words for w in words) > 0.15 * len(words)  # open vocabulary, not the closed one
+    with pytest.raises(ConfigError, match="open-vocabulary sentences are shipped"):
+        sentences.open_sentences(10 ** 6)
+
+
 def test_normalise_plain_words():
     assert sentences.normalise("The dog's tail-end, wagging!") == "the dog's tail end wagging"
     assert sentences.normalise("'Quoted' words; yes.") == "quoted words yes"
@@ -195,8 +209,21 @@ def test_build_chain_clips_train_only(tmp_path):
     assert json.loads(ann.read_text())["meta"]["chain"] == 2
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["asr_00000.ogg", "chain_00000.ogg",
                                                                        "chain_00001.ogg"]
-    with pytest.raises(ConfigError, match="--chain adds training clips"):
+    with pytest.raises(ConfigError, match="--chain and --open add training clips"):
         build.build_split(tmp_path, "dev", 0, 1, 0, voices=FAST_VOICES, progress=False, n_chain=1)
+
+
+@needs_tts
+def test_build_open_clips_train_only(tmp_path):
+    ann = build.build_split(tmp_path, "train", 0, 0, 0, voices=FAST_VOICES, progress=False, n_open=2)
+    samples = read_annotations(ann)
+    assert [s.extra["sentence"] for s in samples] == sentences.open_sentences(2, 0)
+    assert all(s.task == "asr" and s.extra["sentence_source"] == "open" for s in samples)
+    assert [s.text for s in samples] == [sentences.normalise(t) for t in sentences.open_sentences(2, 0)]
+    assert json.loads(ann.read_text())["meta"]["open"] == 2
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["open_00000.ogg", "open_00001.ogg"]
+    with pytest.raises(ConfigError, match="--chain and --open add training clips"):
+        build.build_split(tmp_path, "test", 0, 1, 0, voices=FAST_VOICES, progress=False, n_open=1)
 
 
 @needs_tts

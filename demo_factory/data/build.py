@@ -11,7 +11,9 @@ speaks a share of the dev and test ASR clips (entries carry ``"voice"`` and ``"h
 ``--chain N`` (train only) adds N ASR clips ``train/chain_*`` of word-bigram sequences over the train
 sentences (:func:`demo_factory.data.sentences.chain_sentences`, marked ``"sentence_source": "chain"``): far
 more word sequences than the pool's 2,102 train sentences, so that a model cannot get by on whole
-sentences it remembers.
+sentences it remembers. ``--open N`` (train only) adds N ASR clips ``train/open_*`` of open-vocabulary WordNet
+sentences (:func:`demo_factory.data.sentences.open_sentences`, marked ``"sentence_source": "open"``): many words
+the test split never uses, so that spelling is learnt from sound rather than from a closed word list.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from . import signals as S
 from . import sounds, tts
 from compress.data.annotations import write_annotations
 from .audiofile import FORMATS, write_audio
-from .sentences import LICENCE, chain_sentences, normalise, sentences_for
+from .sentences import LICENCE, chain_sentences, normalise, open_sentences, sentences_for
 
 SPLIT_IDS = {"train": 0, "dev": 1, "test": 2}
 DEFAULT_COUNTS = {"train": (2000, 2000), "dev": (100, 100), "test": (100, 100)}
@@ -37,6 +39,7 @@ GENERATOR_VERSION = 2
 # written into every annotation file's meta and compared on reuse; the name is the one the shipped splits carry
 GENERATOR_ID = f"compress.data.build v{GENERATOR_VERSION}"
 CHAIN_SOURCE = "chain"  # "sentence_source" of the --chain clips' entries
+OPEN_SOURCE = "open"  # "sentence_source" of the --open clips' entries
 
 
 def is_chain(sample) -> bool:
@@ -107,25 +110,26 @@ def _speech_for_caption(rng, split, voices, short_sentences):
 
 
 def build_split(out, split: str, seed: int = 0, n_asr: int | None = None, n_caption: int | None = None, *,
-                voices=None, fmt: str = "ogg", progress: bool = True, n_chain: int = 0) -> Path:
+                voices=None, fmt: str = "ogg", progress: bool = True, n_chain: int = 0, n_open: int = 0) -> Path:
     """Generate one split under ``out``; returns the annotation file's path.
 
     ``n_chain`` (train only) adds that many ASR clips of `chain_sentences` (word-bigram sequences over the
-    train sentences), marked ``"sentence_source": "chain"``."""
+    train sentences), marked ``"sentence_source": "chain"``; ``n_open`` (train only) that many of
+    `open_sentences` (open-vocabulary WordNet examples), marked ``"sentence_source": "open"``."""
     if split not in SPLIT_IDS:
         raise ConfigError(f"unknown split {split!r}; valid: {choices(SPLIT_IDS)}")
     if fmt not in FORMATS:
         raise ConfigError(f"unknown audio format {fmt!r}; valid: {choices(FORMATS)}")
     n_asr = DEFAULT_COUNTS[split][0] if n_asr is None else int(n_asr)
     n_caption = DEFAULT_COUNTS[split][1] if n_caption is None else int(n_caption)
-    if n_asr < 0 or n_caption < 0 or n_chain < 0:
-        raise ConfigError("--asr, --caption and --chain must be >= 0")
-    if n_chain and split != "train":
-        raise ConfigError(f"--chain adds training clips; the {split} split takes only pool sentences")
+    if n_asr < 0 or n_caption < 0 or n_chain < 0 or n_open < 0:
+        raise ConfigError("--asr, --caption, --chain and --open must be >= 0")
+    if (n_chain or n_open) and split != "train":
+        raise ConfigError(f"--chain and --open add training clips; the {split} split takes only pool sentences")
     voices = list(tts.VOICES) if voices is None else list(voices)
     if split == "train":
         voices = [v for v in voices if v != tts.HELDOUT_VOICE]
-    if (n_asr or n_chain) and not voices:
+    if (n_asr or n_chain or n_open) and not voices:
         raise ConfigError("ASR clips need at least one TTS voice; use --asr 0 or select voices with --voices")
     tts.require_voices(voices)
 
@@ -140,7 +144,8 @@ def build_split(out, split: str, seed: int = 0, n_asr: int | None = None, n_capt
     from tqdm import tqdm
 
     entries, written = [], set()
-    bar = tqdm(total=n_asr + n_caption + n_chain, desc=f"{split}", unit="clip", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=n_asr + n_caption + n_chain + n_open, desc=f"{split}", unit="clip", disable=not progress,
+               file=sys.stderr)
     for i in range(n_asr):
         rng = _rng(seed, split, 1, i)
         sentence = sentences[order[i % len(sentences)]]
@@ -153,15 +158,19 @@ def build_split(out, split: str, seed: int = 0, n_asr: int | None = None, n_capt
                         "heldout_voice": name == tts.HELDOUT_VOICE, **extra,
                         "seconds": round(len(wav) / S.SR, 2), "sentence": sentence})
         bar.update()
-    for i, sentence in enumerate(chain_sentences(n_chain, seed) if n_chain else []):
-        rng = _rng(seed, split, 4, i)
-        wav, extra = make_asr_clip(rng, sentence, _asr_voice(rng, split, voices))
-        rel = f"{split}/chain_{i:05d}.{fmt}"
-        write_audio(out / rel, wav, fmt)
-        written.add(out / rel)
-        entries.append({"path": rel, "text": sentence, "task": "asr", "split": split, "heldout_voice": False,
-                        **extra, "seconds": round(len(wav) / S.SR, 2), "sentence_source": CHAIN_SOURCE})
-        bar.update()
+    extra_sources = ((CHAIN_SOURCE, 4, chain_sentences(n_chain, seed) if n_chain else []),
+                     (OPEN_SOURCE, 5, open_sentences(n_open, seed) if n_open else []))
+    for source, stream, texts in extra_sources:
+        for i, sentence in enumerate(texts):
+            rng = _rng(seed, split, stream, i)
+            wav, extra = make_asr_clip(rng, sentence, _asr_voice(rng, split, voices))
+            rel = f"{split}/{source}_{i:05d}.{fmt}"
+            write_audio(out / rel, wav, fmt)
+            written.add(out / rel)
+            entries.append({"path": rel, "text": normalise(sentence), "task": "asr", "split": split,
+                            "heldout_voice": False, **extra, "seconds": round(len(wav) / S.SR, 2),
+                            "sentence": sentence, "sentence_source": source})
+            bar.update()
     for i in range(n_caption):
         rng = _rng(seed, split, 2, i)
         kind = kind_order[i % len(kind_order)]
@@ -175,10 +184,11 @@ def build_split(out, split: str, seed: int = 0, n_asr: int | None = None, n_capt
         bar.update()
     bar.close()
     for stale in sorted(clip_dir.glob("*")) if clip_dir.is_dir() else []:
-        if stale.is_file() and stale.name.startswith(("asr_", "cap_", "chain_")) and stale not in written:
+        if stale.is_file() and stale.name.startswith(("asr_", "cap_", "chain_", "open_")) and stale not in written:
             stale.unlink()
     meta = {"generator": GENERATOR_ID, "split": split, "seed": seed,
-            "asr": n_asr, "caption": n_caption, **({"chain": n_chain} if n_chain else {}), "format": fmt, "voices": voices,
+            "asr": n_asr, "caption": n_caption, **({"chain": n_chain} if n_chain else {}),
+            **({"open": n_open} if n_open else {}), "format": fmt, "voices": voices,
             "heldout_voice": tts.HELDOUT_VOICE, "sentences": LICENCE}
     ann = out / f"{split}.json"
     write_annotations(ann, entries, meta)
@@ -194,6 +204,8 @@ def main(argv=None) -> int:
     ap.add_argument("--caption", type=int, default=None, help="number of captioning clips (train 2000, dev/test 100)")
     ap.add_argument("--chain", type=int, default=0,
                     help="train only: extra ASR clips of word-bigram sentences over the train text (default 0)")
+    ap.add_argument("--open", type=int, default=0,
+                    help="train only: extra ASR clips of open-vocabulary WordNet sentences (default 0)")
     ap.add_argument("--voices", default="all",
                     help="comma list of voice names or engines, 'all' (default) or 'none' (no TTS: --asr 0)")
     ap.add_argument("--format", default="ogg", choices=list(FORMATS), help="audio format (default ogg vorbis)")
@@ -202,7 +214,7 @@ def main(argv=None) -> int:
     try:
         ann = build_split(args.out, args.split, args.seed, args.asr, args.caption,
                           voices=select_voices(args.voices), fmt=args.format, progress=not args.no_progress,
-                          n_chain=args.chain)
+                          n_chain=args.chain, n_open=args.open)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

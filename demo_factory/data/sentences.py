@@ -19,6 +19,11 @@ trained on a few thousand clips can spell.) Split: a stable hash of the normalis
 in ``test``, 10 % in ``dev`` and 80 % in ``train``; a dev or test sentence with a word that no
 train sentence has moves to ``train`` (closed vocabulary). Dev and test sentences never occur in
 training, whatever the seed.
+
+Open-vocabulary sentences (``sentences_open.txt``, training only): WordNet usage examples that passed the same
+filters but use words outside the closed vocabulary (about a quarter of their running words are in no pool
+sentence), none equal to a pool sentence. They give the ASR training many more words than the test split has, so
+that the audio front learns to spell word pieces from their sound rather than recognise a closed list of words.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from compress.errors import ConfigError, choices
 
 POOL_FILE = Path(__file__).with_name("sentences.txt")
 WORDNET_DIR = Path("/usr/share/wordnet")
+OPEN_FILE = Path(__file__).with_name("sentences_open.txt")
 POOL_SIZE = 4000
+OPEN_SIZE = 10000  # open-vocabulary sentences shipped in OPEN_FILE
 VOCABULARY = 2000  # pool sentences use only this many of the most frequent words of the examples
 MIN_WORDS, MAX_WORDS = 6, 20
 SPLITS = ("train", "dev", "test")
@@ -138,6 +145,29 @@ def chain_sentences(n: int, seed: int = 0, split: str = "train") -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def load_open_pool() -> tuple[str, ...]:
+    """The shipped open-vocabulary sentences (as written, for the TTS)."""
+    if not OPEN_FILE.is_file():
+        raise ConfigError(f"the open-vocabulary sentences {OPEN_FILE} are missing; rebuild them with "
+                          f"'python -m demo_factory.data.sentences --rebuild' (needs apt-get install wordnet-base)")
+    lines = OPEN_FILE.read_text(encoding="utf-8").splitlines()
+    return tuple(s for s in (line.strip() for line in lines) if s and not s.startswith("#"))
+
+
+def open_sentences(n: int, seed: int = 0) -> list[str]:
+    """`n` distinct open-vocabulary sentences (as written), in an order drawn from `seed`; never a pool sentence,
+    so never a dev or test sentence."""
+    import numpy as np
+
+    pool = {normalise(t) for t in load_pool()}
+    texts = [t for t in load_open_pool() if normalise(t) not in pool]
+    if n > len(texts):
+        raise ConfigError(f"only {len(texts)} open-vocabulary sentences are shipped, not {n}")
+    order = np.random.default_rng([int(seed), 6]).permutation(len(texts))
+    return [texts[int(i)] for i in order[:n]]
+
+
 def _acceptable(sentence: str) -> bool:
     if not _ALLOWED.fullmatch(sentence) or ".." in sentence:
         return False
@@ -166,10 +196,7 @@ def extract_wordnet_examples(wordnet_dir=WORDNET_DIR) -> list[str]:
     return out
 
 
-def build_pool(wordnet_dir=WORDNET_DIR, size: int = POOL_SIZE, seed: int = 0,
-               vocabulary: int = VOCABULARY) -> list[str]:
-    """Filter, de-duplicate, keep the sentences over the `vocabulary` most frequent words, sample at most
-    `size`; sorted for a readable file."""
+def _filtered_examples(wordnet_dir) -> list[str]:
     seen, kept = set(), []
     for s in extract_wordnet_examples(wordnet_dir):
         s = s.rstrip(" ;:,")
@@ -177,9 +204,25 @@ def build_pool(wordnet_dir=WORDNET_DIR, size: int = POOL_SIZE, seed: int = 0,
         if _acceptable(s) and key not in seen:
             seen.add(key)
             kept.append(s)
+    return kept
+
+
+def build_pool(wordnet_dir=WORDNET_DIR, size: int = POOL_SIZE, seed: int = 0,
+               vocabulary: int = VOCABULARY) -> list[str]:
+    """Filter, de-duplicate, keep the sentences over the `vocabulary` most frequent words, sample at most
+    `size`; sorted for a readable file."""
+    kept = _filtered_examples(wordnet_dir)
     counts = Counter(w for s in kept for w in normalise(s).split())
     common = {w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:vocabulary]}
     kept = [s for s in kept if set(normalise(s).split()) <= common]
+    random.Random(seed).shuffle(kept)
+    return sorted(kept[:size], key=str.lower)
+
+
+def build_open_pool(pool, wordnet_dir=WORDNET_DIR, size: int = OPEN_SIZE, seed: int = 0) -> list[str]:
+    """The filtered examples that are not in `pool` (normalised), at most `size` of them; sorted."""
+    taken = {normalise(s) for s in pool}
+    kept = [s for s in _filtered_examples(wordnet_dir) if normalise(s) not in taken]
     random.Random(seed).shuffle(kept)
     return sorted(kept[:size], key=str.lower)
 
@@ -196,14 +239,28 @@ def write_pool(path=POOL_FILE, **kwargs) -> int:
     return len(pool)
 
 
+def write_open_pool(path=OPEN_FILE, wordnet_dir=WORDNET_DIR) -> int:
+    """Write the open-vocabulary sentences beside the shipped pool (which they never repeat)."""
+    sentences = build_open_pool(load_pool(), wordnet_dir=wordnet_dir)
+    header = [f"# {len(sentences)} English sentences for ASR training only: usage examples from Princeton WordNet "
+              f"3.0 (Debian wordnet-base) outside the closed-vocabulary pool sentences.txt.",
+              f"# {LICENCE}",
+              "# Regenerate: python -m demo_factory.data.sentences --rebuild"]
+    Path(path).write_text("\n".join(header + sentences) + "\n", encoding="utf-8")
+    load_open_pool.cache_clear()
+    return len(sentences)
+
+
 if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rebuild", action="store_true", help="regenerate sentences.txt from wordnet-base")
+    ap.add_argument("--rebuild", action="store_true",
+                    help="regenerate sentences.txt and sentences_open.txt from wordnet-base")
     ap.add_argument("--wordnet-dir", default=str(WORDNET_DIR))
     args = ap.parse_args()
     if args.rebuild:
         print(f"wrote {write_pool(wordnet_dir=args.wordnet_dir)} sentences to {POOL_FILE}")
+        print(f"wrote {write_open_pool(wordnet_dir=args.wordnet_dir)} sentences to {OPEN_FILE}")
     for split in SPLITS:
         print(split, len(sentences_for(split)))

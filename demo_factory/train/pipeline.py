@@ -92,6 +92,8 @@ def run_key(ts: S.DemoSettings) -> str:
     d = ts.to_dict()
     for k in ("max_minutes", "checkpoint_minutes", "num_beams", "max_new_tokens", "repetition_penalty", "extra"):
         d.pop(k, None)
+    if not d.get("n_open"):  # runs from before the option keep their folder
+        d.pop("n_open", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -105,7 +107,7 @@ def stage_data(ts: S.DemoSettings, data_dir: str, annotations: Optional[str], pr
         return annotations, read_annotations(annotations)
     ann = os.path.join(data_dir, "train.json")
     want = {"seed": ts.seed, "asr": ts.n_asr, "caption": ts.n_caption, "chain": ts.n_chain or None,
-            "generator": GENERATOR_ID}
+            "open": ts.n_open or None, "generator": GENERATOR_ID}
     meta = None
     if os.path.isfile(ann):
         try:
@@ -114,9 +116,11 @@ def stage_data(ts: S.DemoSettings, data_dir: str, annotations: Optional[str], pr
         except (OSError, json.JSONDecodeError):
             meta = None
     if meta is None or any(meta.get(k) != v for k, v in want.items()):
-        build_split(data_dir, "train", ts.seed, ts.n_asr, ts.n_caption, progress=progress, n_chain=ts.n_chain)
+        build_split(data_dir, "train", ts.seed, ts.n_asr, ts.n_caption, progress=progress, n_chain=ts.n_chain,
+                    n_open=ts.n_open)
     else:
-        print(f"data: reusing {ann} ({ts.n_asr} + {ts.n_chain} chain ASR + {ts.n_caption} caption clips)")
+        print(f"data: reusing {ann} ({ts.n_asr} + {ts.n_chain} chain + {ts.n_open} open ASR + {ts.n_caption} "
+              f"caption clips)")
     return ann, read_annotations(ann)
 
 

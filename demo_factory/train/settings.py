@@ -23,6 +23,8 @@ class DemoSettings:
     # 2,102 training sentences lack: 3,000 -> 7,000 took test WER 0.287 -> 0.257 with the front remembering its
     # training utterances less; benchmarks/README.md)
     n_chain: int = 7000
+    # extra ASR clips of open-vocabulary WordNet sentences (words the test split never uses; data.sentences)
+    n_open: int = 0
     n_caption: int = 1000
     # ---- frozen parts: "smollm2-135m-instruct" / "tiny.en" = the real pretrained weights; a dict = a random
     # model of that config (tests)
