@@ -183,6 +183,9 @@ def test_pack_unpack_round_trip(bits):
     packed = pk.pack_rows(codes, bits)
     assert packed.dtype == torch.int32 and packed.shape == (64 * bits // 32, 96)
     assert torch.equal(pk.unpack_rows(packed, bits, 64), codes)
+    for n in (1, 37, 576):  # a partial last word / period
+        codes = torch.randint(0, 2 ** bits, (n, 5), generator=g, dtype=torch.int32)
+        assert torch.equal(pk.unpack_rows(pk.pack_rows(codes, bits), bits, n), codes)
 
 
 def test_packing_layout_facts():

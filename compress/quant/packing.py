@@ -41,12 +41,24 @@ def unpack_rows(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
         shifts = torch.arange(0, WORD, bits, dtype=torch.int32, device=packed.device).view(1, pf, 1)
         v = (packed.unsqueeze(1) >> shifts) & ((1 << bits) - 1)  # (words, pf, m); masking drops sign bits
         return v.reshape(-1, packed.shape[1])[:n]
-    p = packed.to(torch.int64) & _MASK32
-    p = torch.cat([p, torch.zeros(1, p.shape[1], dtype=torch.int64, device=p.device)])
-    offset = torch.arange(n, dtype=torch.int64, device=p.device) * bits
-    word, shift = offset // WORD, (offset % WORD)[:, None]
-    v = (p[word] >> shift) | (p[word + 1] << (WORD - shift))
-    return (v & ((1 << bits) - 1)).to(torch.int32)
+    # 3/5/6/7 bits: every `bits` words hold 32 values, so value j of each such period starts in word
+    # (j * bits) // 32 of it at a fixed shift; a value that crosses into the next word takes its high bits from
+    # there. int32 throughout (masks drop the sign bits arithmetic shifts bring in): five passes over the codes.
+    m = packed.shape[1]
+    periods = -(-n // WORD)
+    p = packed
+    if p.shape[0] < periods * bits:  # a partial last period: pad it with zero words
+        p = torch.cat([p, p.new_zeros(periods * bits - p.shape[0], m)])
+    p = p[: periods * bits].view(periods, bits, m)
+    j = torch.arange(WORD, dtype=torch.int64)
+    first, shift = (j * bits) // WORD, (j * bits) % WORD
+    spill = shift + bits > WORD
+    low = (p[:, first] >> shift.to(torch.int32).view(1, WORD, 1)) & (
+        (1 << (WORD - shift)).clamp(max=1 << bits).sub(1).to(torch.int32).view(1, WORD, 1))
+    high_shift = (WORD - shift).clamp(max=WORD - 1).to(torch.int32).view(1, WORD, 1)
+    high = (p[:, (first + 1).clamp(max=bits - 1)] << high_shift) * spill.to(torch.int32).view(1, WORD, 1)
+    v = (low | high) & ((1 << bits) - 1)
+    return v.reshape(periods * WORD, m)[:n]
 
 
 def pack_qweight(codes: torch.Tensor, bits: int) -> torch.Tensor:
