@@ -90,14 +90,18 @@ def split_of(sentence: str) -> str:
     return _pool_splits().get(normalise(sentence)) or hash_split(sentence)
 
 
+def _read_sentences(path: Path, what: str) -> tuple[str, ...]:
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} is missing; rebuild it with "
+                          f"'python -m demo_factory.data.sentences --rebuild' (needs apt-get install wordnet-base)")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return tuple(s for s in (line.strip() for line in lines) if s and not s.startswith("#"))
+
+
 @functools.lru_cache(maxsize=1)
 def load_pool() -> tuple[str, ...]:
     """All shipped sentences (as written, for the TTS)."""
-    if not POOL_FILE.is_file():
-        raise ConfigError(f"the sentence pool {POOL_FILE} is missing; rebuild it with "
-                          f"'python -m demo_factory.data.sentences --rebuild' (needs apt-get install wordnet-base)")
-    lines = POOL_FILE.read_text(encoding="utf-8").splitlines()
-    return tuple(s for s in (line.strip() for line in lines) if s and not s.startswith("#"))
+    return _read_sentences(POOL_FILE, "the sentence pool")
 
 
 def sentences_for(split: str) -> list[str]:
@@ -148,11 +152,7 @@ def chain_sentences(n: int, seed: int = 0, split: str = "train") -> list[str]:
 @functools.lru_cache(maxsize=1)
 def load_open_pool() -> tuple[str, ...]:
     """The shipped open-vocabulary sentences (as written, for the TTS)."""
-    if not OPEN_FILE.is_file():
-        raise ConfigError(f"the open-vocabulary sentences {OPEN_FILE} are missing; rebuild them with "
-                          f"'python -m demo_factory.data.sentences --rebuild' (needs apt-get install wordnet-base)")
-    lines = OPEN_FILE.read_text(encoding="utf-8").splitlines()
-    return tuple(s for s in (line.strip() for line in lines) if s and not s.startswith("#"))
+    return _read_sentences(OPEN_FILE, "the open-vocabulary sentence file")
 
 
 def open_sentences(n: int, seed: int = 0) -> list[str]:
@@ -227,28 +227,26 @@ def build_open_pool(pool, wordnet_dir=WORDNET_DIR, size: int = OPEN_SIZE, seed: 
     return sorted(kept[:size], key=str.lower)
 
 
-def write_pool(path=POOL_FILE, **kwargs) -> int:
-    pool = build_pool(**kwargs)
-    header = [f"# {len(pool)} English sentences: usage examples from Princeton WordNet 3.0 (Debian wordnet-base) "
-              f"over their {kwargs.get('vocabulary', VOCABULARY)} most frequent words.",
-              f"# {LICENCE}",
+def _write_sentences(path, sentences: list, description: str) -> int:
+    header = [f"# {len(sentences)} English sentences{description}", f"# {LICENCE}",
               "# Regenerate: python -m demo_factory.data.sentences --rebuild"]
-    Path(path).write_text("\n".join(header + pool) + "\n", encoding="utf-8")
+    Path(path).write_text("\n".join(header + sentences) + "\n", encoding="utf-8")
     load_pool.cache_clear()
+    load_open_pool.cache_clear()
     _pool_splits.cache_clear()
-    return len(pool)
+    return len(sentences)
+
+
+def write_pool(path=POOL_FILE, **kwargs) -> int:
+    return _write_sentences(path, build_pool(**kwargs), ": usage examples from Princeton WordNet 3.0 (Debian "
+                            f"wordnet-base) over their {kwargs.get('vocabulary', VOCABULARY)} most frequent words.")
 
 
 def write_open_pool(path=OPEN_FILE, wordnet_dir=WORDNET_DIR) -> int:
     """Write the open-vocabulary sentences beside the shipped pool (which they never repeat)."""
-    sentences = build_open_pool(load_pool(), wordnet_dir=wordnet_dir)
-    header = [f"# {len(sentences)} English sentences for ASR training only: usage examples from Princeton WordNet "
-              f"3.0 (Debian wordnet-base) outside the closed-vocabulary pool sentences.txt.",
-              f"# {LICENCE}",
-              "# Regenerate: python -m demo_factory.data.sentences --rebuild"]
-    Path(path).write_text("\n".join(header + sentences) + "\n", encoding="utf-8")
-    load_open_pool.cache_clear()
-    return len(sentences)
+    return _write_sentences(path, build_open_pool(load_pool(), wordnet_dir=wordnet_dir),
+                            " for ASR training only: usage examples from Princeton WordNet 3.0 (Debian wordnet-base) "
+                            "outside the closed-vocabulary pool sentences.txt.")
 
 
 if __name__ == "__main__":
