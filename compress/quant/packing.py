@@ -50,7 +50,7 @@ def unpack_rows(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     if p.shape[0] < periods * bits:  # a partial last period: pad it with zero words
         p = torch.cat([p, p.new_zeros(periods * bits - p.shape[0], m)])
     p = p[: periods * bits].view(periods, bits, m)
-    j = torch.arange(WORD, dtype=torch.int64)
+    j = torch.arange(WORD, dtype=torch.int64, device=packed.device)
     first, shift = (j * bits) // WORD, (j * bits) % WORD
     spill = shift + bits > WORD
     low = (p[:, first] >> shift.to(torch.int32).view(1, WORD, 1)) & (
