@@ -31,8 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 RECIPES = ("magnitude-50", "wanda-50", "owl-wanda-50", "sparsegpt-50", "wanda-2of4", "sparsegpt-2of4",
-           "rtn-4bit-g128", "rtn-4bit-g32-offset", "gptq-4bit-g128", "gptq-4bit-g64", "gptq-4bit-g128-textcalib", "gptq-3bit-g128",
-           "layer-drop-25", "layer-drop-25-distill", "layer-drop-30", "layer-drop-30-distill")
+           "rtn-4bit-g128", "rtn-4bit-g32-offset", "gptq-4bit-g128", "gptq-4bit-g64", "gptq-4bit-g128-textcalib",
+           "gptq-3bit-g128", "layer-drop-25", "layer-drop-25-distill", "layer-drop-30", "layer-drop-30-distill")
 PEERS = {  # label -> (environment, arguments of its tool)
     "llmc-wanda-50": ("llmc", ["--method", "wanda", "--mask", "0:0"]),
     "llmc-sparsegpt-50": ("llmc", ["--method", "sparsegpt", "--mask", "0:0"]),
