@@ -207,6 +207,15 @@ def test_two_queries_per_window_give_two_speech_tokens_per_window(tiny_data, tmp
                     "--no-llm", "--data", tiny_data, "--limit", "1", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["held_out"]["clips"] == 1 and "llm_wer" not in json.loads(out.read_text())[
         "held_out"]
+    # a warm-up of other settings, read through the model those settings build
+    warm = ["--state", str(state.parent / "front-warmup.pt"), "--no-llm", "--data", tiny_data, "--limit", "1"]
+    sets = ["--preset", "test", "--set", "queries=2", "--set", "real_length=true"]
+    assert readout(sets + warm + ["--load-front", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["settings"] == ["queries=2", "real_length=true"] and r["held_out"]["clips"] == 1
+    assert readout(sets + warm + ["--out", str(tmp_path / "x.json")]) == 2  # an untrained front: refused
+    both = ["--model", str(tmp_path / "a"), "--load-front"]
+    assert readout(sets + warm + both + ["--out", str(tmp_path / "x.json")]) == 2  # --model and --set
     torch.save({"params": {}}, tmp_path / "empty.pt")
     assert readout(["--model", str(tmp_path / "a"), "--state", str(tmp_path / "empty.pt"), "--data", tiny_data,
                     "--out", str(tmp_path / "x.json")]) == 2  # no CTC head: a clear error

@@ -7,7 +7,9 @@ LLM's, on held-out clips and on training clips.
 The training's CTC head (loop.CtcHead: a blank vector and a temperature, kept in the run's state file, not in the
 artifact) scores each speech token against the LLM's input embedding table; the greedy read-out takes each token's
 best class, merges repeats and drops blanks. `--state` may also be the front warm-up's state (front-warmup.pt): its
-front weights are then loaded over the artifact's, which shows what the warm-up alone reached.
+front weights are then loaded over the artifact's, which shows what the warm-up alone reached. A warm-up of
+other training settings (window, query count) is read with `--set key=value` in place of `--model`: the model is
+then built from those settings (frozen Whisper and LLM from their sources) and the state's front loaded into it.
 A front read-out near the LLM's WER says the LLM mostly copies the pieces the front spells; a read-out much better
 on training clips than on held-out ones says the front remembers its training utterances.
 """
@@ -45,6 +47,18 @@ def load_head(model, state_path: str, load_front: bool):
                 if k in own and "lora_" not in k:
                     own[k].copy_(v)
     return head
+
+
+def settings_model(items: list, preset: str = "demo"):
+    """The untrained model of the training settings `items` (KEY=VALUE overrides of the preset)."""
+    from . import settings as S
+    from .pipeline import _parse_set, assemble, stage_llm
+
+    ts = S.preset(preset).replace(**_parse_set(items))
+    tok, folder = stage_llm(ts, progress=False)
+    model, _ = assemble(ts, S.salmonn_config(ts), tok, folder)
+    model.real_length = ts.real_length
+    return model
 
 
 @torch.inference_mode()
@@ -86,7 +100,10 @@ def evaluate(model, head, samples: list, llm: bool, progress: bool = True) -> di
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="demo artifact folder (or 'demo')")
+    p.add_argument("--model", default=None, help="demo artifact folder (or 'demo')")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="build the model of these training settings instead of --model (needs --load-front)")
+    p.add_argument("--preset", default="demo", help="the training preset --set overrides (default: demo)")
     p.add_argument("--state", required=True, help="train-state.pt or front-warmup.pt of the run that made it")
     p.add_argument("--load-front", action="store_true", help="copy the state's front weights into the model "
                                                               "(for front-warmup.pt)")
@@ -96,14 +113,18 @@ def main(argv=None) -> int:
     p.add_argument("--no-llm", action="store_true", help="front read-out only (skip the LLM's transcripts)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    if a.limit < 1:
-        print("error: --limit must be >= 1", file=sys.stderr)
+    problem = ("--limit must be >= 1" if a.limit < 1 else
+               "give --model or --set, not both" if a.model and a.set else
+               "give --model (an artifact) or --set (training settings)" if not (a.model or a.set) else
+               "--set builds an untrained front: add --load-front" if a.set and not a.load_front else None)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     from compress.data.annotations import read_annotations
     from compress.loaders import load_model
 
     try:
-        model = load_model(a.model).eval()
+        model = (settings_model(a.set, a.preset) if a.set else load_model(a.model)).eval()
         head = load_head(model, a.state, a.load_front)
         splits = {"held_out": a.data, **({"train": a.train_data} if a.train_data else {})}
         result = {}
@@ -115,7 +136,8 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = {"model": a.model, "state": a.state, "load_front": a.load_front, "data": splits, "limit": a.limit,
+    out = {"model": a.model, "settings": a.set, "state": a.state, "load_front": a.load_front, "data": splits,
+           "limit": a.limit,
            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "command": ["python", "-m", "demo_factory.train.readout"] + list(argv if argv is not None
                                                                               else sys.argv[1:]),
