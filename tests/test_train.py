@@ -203,6 +203,14 @@ def test_two_queries_per_window_give_two_speech_tokens_per_window(tiny_data, tmp
     r = json.loads(out.read_text())
     assert r["held_out"]["clips"] == r["train"]["clips"] == 2
     assert r["held_out"]["front_readout_wer"] >= 0 and r["held_out"]["llm_wer"] >= 0
+    assert [x["reference"] for x in r["held_out"]["samples"]] == [x.text for x in read_annotations(tiny_data)
+                                                                  if x.task == "asr"][:2]
+    again = ["--model", str(tmp_path / "a"), "--state", str(state), "--data", tiny_data, "--no-llm", "--against",
+             str(out)]
+    assert readout(again + ["--limit", "2", "--out", str(tmp_path / "b.json")]) == 0
+    vs = json.loads((tmp_path / "b.json").read_text())["against"]["held_out"]
+    assert vs["delta"] == vs["low"] == vs["high"] == 0.0  # the same front read again: no difference
+    assert readout(again + ["--limit", "1", "--out", str(tmp_path / "x.json")]) == 2  # other clips: refused
     assert readout(["--model", str(tmp_path / "a"), "--state", str(state.parent / "front-warmup.pt"), "--load-front",
                     "--no-llm", "--data", tiny_data, "--limit", "1", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["held_out"]["clips"] == 1 and "llm_wer" not in json.loads(out.read_text())[

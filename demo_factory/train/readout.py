@@ -91,10 +91,36 @@ def evaluate(model, head, samples: list, llm: bool, progress: bool = True) -> di
         if llm:
             answers.append(model.generate([wav], "asr")[0].text)
     out = {"clips": len(refs), "front_readout_wer": round(wer(refs, front), 4),
-           "examples": [{"reference": r, "front": f, **({"llm": a} if llm else {})}
-                        for r, f, a in zip(refs, front, answers or [None] * len(refs))][:10]}
+           "samples": [{"path": s.path, "reference": r, "front": f, **({"llm": a} if llm else {})}
+                       for s, r, f, a in zip(samples, refs, front, answers or [None] * len(refs))]}
     if llm:
         out["llm_wer"] = round(wer(refs, answers), 4)
+    return out
+
+
+def against(result: dict, earlier_path: str) -> dict:
+    """Paired bootstrap of the front read-out WER, this result against an earlier read-out of the same clips
+    (per split: delta = this - earlier; negative = this front reads better)."""
+    from compress.metrics.bootstrap import wer_bootstrap
+
+    try:
+        with open(earlier_path) as f:
+            earlier = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read the earlier read-out {earlier_path}: {e}") from None
+    out = {}
+    for name, r in result.items():
+        old = earlier.get(name, {}).get("samples")
+        if old is None:
+            continue
+        if [s["path"] for s in old] != [s["path"] for s in r["samples"]]:
+            raise UserError(f"{earlier_path} read other clips than this run in split {name!r}")
+        refs = [s["reference"] for s in r["samples"]]
+        out[name] = {k: round(v, 4) if isinstance(v, float) else v
+                     for k, v in wer_bootstrap(refs, [s["front"] for s in old],
+                                               [s["front"] for s in r["samples"]]).items()}
+    if not out:
+        raise UserError(f"{earlier_path} holds no per-clip read-out of the same splits")
     return out
 
 
@@ -111,6 +137,9 @@ def main(argv=None) -> int:
     p.add_argument("--train-data", default=None, help="the run's train.json: the same read-out on training clips")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--no-llm", action="store_true", help="front read-out only (skip the LLM's transcripts)")
+    p.add_argument("--against", default=None, help="an earlier read-out JSON of the same clips: paired bootstrap "
+                                                   "of the difference")
+    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     problem = ("--limit must be >= 1" if a.limit < 1 else
@@ -132,7 +161,8 @@ def main(argv=None) -> int:
             samples = [s for s in read_annotations(path) if s.task == "asr"][: a.limit]
             if not samples:
                 raise UserError(f"{path} has no ASR clips")
-            result[name] = evaluate(model, head, samples, llm=not a.no_llm)
+            result[name] = evaluate(model, head, samples, llm=not a.no_llm, progress=not a.no_progress)
+        versus = against(result, a.against) if a.against else None
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -141,14 +171,18 @@ def main(argv=None) -> int:
            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "command": ["python", "-m", "demo_factory.train.readout"] + list(argv if argv is not None
                                                                               else sys.argv[1:]),
-           **result}
+           **result, **({"against": {"path": a.against, **versus}} if versus else {})}
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
     for name in result:
         r = result[name]
         llm = f", LLM {r['llm_wer']:.3f}" if "llm_wer" in r else ""
-        print(f"{name}: {r['clips']} clips, front read-out WER {r['front_readout_wer']:.3f}{llm}")
+        vs = ""
+        if versus and name in versus:
+            v = versus[name]
+            vs = f"; against the earlier read-out {v['delta']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]"
+        print(f"{name}: {r['clips']} clips, front read-out WER {r['front_readout_wer']:.3f}{llm}{vs}")
     return 0
 
 

@@ -46,6 +46,9 @@ class DemoSettings:
     # ---- window-level Q-Former
     window_seconds: float = 0.2
     window_stride_seconds: Optional[float] = None  # None: = window_seconds
+    # query tokens per window (SALMONN's num_speech_query_token). 2 gives the front's CTC warm-up room to align the
+    # transcript's pieces (median 0.5 pieces per 0.2-s window at 1): warm-up read-out 0.266 test / 0.106 training
+    # clips against 0.312 / 0.129 (benchmarks/README.md, "Two queries per window"); whole training not yet measured
     queries: int = 1
     qformer_hidden: int = 384
     qformer_heads: int = 6
