@@ -222,6 +222,8 @@ def test_two_queries_per_window_give_two_speech_tokens_per_window(tiny_data, tmp
     r = json.loads(out.read_text())
     assert r["settings"] == ["queries=2", "real_length=true"] and r["held_out"]["clips"] == 1
     assert readout(sets + warm + ["--out", str(tmp_path / "x.json")]) == 2  # an untrained front: refused
+    one = ["--preset", "test", "--set", "queries=1", "--set", "real_length=true", "--load-front"]
+    assert readout(one + warm + ["--out", str(tmp_path / "x.json")]) == 2  # the state's 2 queries: refused
     both = ["--model", str(tmp_path / "a"), "--load-front"]
     assert readout(sets + warm + both + ["--out", str(tmp_path / "x.json")]) == 2  # --model and --set
     torch.save({"params": {}}, tmp_path / "empty.pt")

@@ -42,6 +42,11 @@ def load_head(model, state_path: str, load_front: bool):
     head.load_state_dict(mine)
     if load_front:
         own = dict(model.named_parameters())
+        bad = [f"{k} {tuple(v.shape)} in the state, {tuple(own[k].shape)} in the model" for k, v in params.items()
+               if k in own and own[k].shape != v.shape]
+        if bad:
+            raise UserError(f"{state_path} was trained with other settings ({'; '.join(bad[:3])}): read it with the "
+                            "--set options of its training")
         with torch.no_grad():
             for k, v in params.items():
                 if k in own and "lora_" not in k:
