@@ -181,6 +181,23 @@ def test_rebuild_removes_stale_clips_only(tmp_path):
     assert sorted(p.name for p in (tmp_path / "dev").iterdir()) == ["cap_00000.ogg", "cap_00001.ogg", "notes.txt"]
 
 
+
+def test_build_in_worker_processes_writes_the_same_split(tmp_path):
+    one = build.build_split(tmp_path / "one", "dev", 5, 0, 5, voices=[], progress=False, workers=1)
+    two = build.build_split(tmp_path / "two", "dev", 5, 0, 5, voices=[], progress=False, workers=2)
+    assert one.read_bytes() == two.read_bytes()
+    assert _digest(tmp_path / "one") == _digest(tmp_path / "two")
+    assert build._auto_workers(10) == 1 and 1 <= build._auto_workers(10_000) <= 4
+
+
+@needs_tts
+def test_build_in_worker_processes_with_speech(tmp_path):
+    kw = dict(voices=FAST_VOICES, progress=False, n_chain=2)
+    one = build.build_split(tmp_path / "one", "train", 2, 2, 2, workers=1, **kw)
+    two = build.build_split(tmp_path / "two", "train", 2, 2, 2, workers=2, **kw)
+    assert one.read_bytes() == two.read_bytes()
+    assert _digest(tmp_path / "one") == _digest(tmp_path / "two")
+
 @needs_tts
 def test_build_with_tts_deterministic_and_heldout(tmp_path):
     voices = FAST_VOICES

@@ -19,7 +19,11 @@ the test split never uses, so that spelling is learnt from sound rather than fro
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -109,13 +113,66 @@ def _speech_for_caption(rng, split, voices, short_sentences):
     return sounds.Speech(wav[: S.n_samples(9.0)], v.gender, name, normalise(sentence), robotic=v.robotic)
 
 
+
+@dataclass(frozen=True)
+class _Context:
+    """What every clip of one split needs besides its job (sent once to each worker process)."""
+    out: Path
+    split: str
+    seed: int
+    voices: tuple
+    short: tuple  # pool sentences of at most 12 words (speech inside caption clips)
+    fmt: str
+
+
+def _auto_workers(n_jobs: int) -> int:
+    return 1 if n_jobs < 64 else max(1, min(4, os.cpu_count() or 1))
+
+
+def _make_clip(ctx: _Context, job) -> dict:
+    """Write one clip and return its annotation entry. ``job`` = (source, index, rng stream, sentence or kind)."""
+    source, i, stream, what = job
+    rng = _rng(ctx.seed, ctx.split, stream, i)
+    if source == "cap":
+        speech = _speech_for_caption(rng, ctx.split, ctx.voices, ctx.short) if what in sounds.SPEECH_MAKERS else None
+        clip = sounds.make_clip(what, rng, speech)
+        rel = f"{ctx.split}/cap_{i:05d}.{ctx.fmt}"
+        write_audio(ctx.out / rel, clip.wav, ctx.fmt)
+        return {"path": rel, "text": clip.references[0], "task": "audiocaption", "split": ctx.split,
+                "references": clip.references, "kind": clip.kind, "params": clip.params}
+    name = _asr_voice(rng, ctx.split, ctx.voices)
+    wav, extra = make_asr_clip(rng, what, name)
+    pool = source == "asr"
+    rel = f"{ctx.split}/{source}_{i:05d}.{ctx.fmt}"
+    write_audio(ctx.out / rel, wav, ctx.fmt)
+    entry = {"path": rel, "text": normalise(what), "task": "asr", "split": ctx.split,
+             "heldout_voice": pool and name == tts.HELDOUT_VOICE, **extra,
+             "seconds": round(len(wav) / S.SR, 2), "sentence": what}
+    return entry if pool else {**entry, "sentence_source": source}
+
+
+_WORKER_CTX: _Context | None = None
+
+
+def _init_worker(ctx: _Context) -> None:
+    global _WORKER_CTX
+    _WORKER_CTX = ctx
+
+
+def _worker_clip(job) -> dict:
+    return _make_clip(_WORKER_CTX, job)
+
+
 def build_split(out, split: str, seed: int = 0, n_asr: int | None = None, n_caption: int | None = None, *,
-                voices=None, fmt: str = "ogg", progress: bool = True, n_chain: int = 0, n_open: int = 0) -> Path:
+                voices=None, fmt: str = "ogg", progress: bool = True, n_chain: int = 0, n_open: int = 0,
+                workers: int | None = None) -> Path:
     """Generate one split under ``out``; returns the annotation file's path.
 
     ``n_chain`` (train only) adds that many ASR clips of `chain_sentences` (word-bigram sequences over the
     train sentences), marked ``"sentence_source": "chain"``; ``n_open`` (train only) that many of
-    `open_sentences` (open-vocabulary WordNet examples), marked ``"sentence_source": "open"``."""
+    `open_sentences` (open-vocabulary WordNet examples), marked ``"sentence_source": "open"``. ``workers``
+    processes make the clips (None: one per core, at most 4, for splits of 64 clips or more); every clip comes from
+    its own generator, so the files do not depend on it."""
     if split not in SPLIT_IDS:
         raise ConfigError(f"unknown split {split!r}; valid: {choices(SPLIT_IDS)}")
     if fmt not in FORMATS:
@@ -143,45 +200,29 @@ def build_split(out, split: str, seed: int = 0, n_asr: int | None = None, n_capt
 
     from tqdm import tqdm
 
-    entries, written = [], set()
-    bar = tqdm(total=n_asr + n_caption + n_chain + n_open, desc=f"{split}", unit="clip", disable=not progress,
-               file=sys.stderr)
-    for i in range(n_asr):
-        rng = _rng(seed, split, 1, i)
-        sentence = sentences[order[i % len(sentences)]]
-        name = _asr_voice(rng, split, voices)
-        wav, extra = make_asr_clip(rng, sentence, name)
-        rel = f"{split}/asr_{i:05d}.{fmt}"
-        write_audio(out / rel, wav, fmt)
-        written.add(out / rel)
-        entries.append({"path": rel, "text": normalise(sentence), "task": "asr", "split": split,
-                        "heldout_voice": name == tts.HELDOUT_VOICE, **extra,
-                        "seconds": round(len(wav) / S.SR, 2), "sentence": sentence})
-        bar.update()
-    extra_sources = ((CHAIN_SOURCE, 4, chain_sentences(n_chain, seed) if n_chain else []),
-                     (OPEN_SOURCE, 5, open_sentences(n_open, seed) if n_open else []))
-    for source, stream, texts in extra_sources:
-        for i, sentence in enumerate(texts):
-            rng = _rng(seed, split, stream, i)
-            wav, extra = make_asr_clip(rng, sentence, _asr_voice(rng, split, voices))
-            rel = f"{split}/{source}_{i:05d}.{fmt}"
-            write_audio(out / rel, wav, fmt)
-            written.add(out / rel)
-            entries.append({"path": rel, "text": normalise(sentence), "task": "asr", "split": split,
-                            "heldout_voice": False, **extra, "seconds": round(len(wav) / S.SR, 2),
-                            "sentence": sentence, "sentence_source": source})
+    jobs = [("asr", i, 1, sentences[order[i % len(sentences)]]) for i in range(n_asr)]
+    for source, stream, texts in ((CHAIN_SOURCE, 4, chain_sentences(n_chain, seed) if n_chain else []),
+                                  (OPEN_SOURCE, 5, open_sentences(n_open, seed) if n_open else [])):
+        jobs += [(source, i, stream, sentence) for i, sentence in enumerate(texts)]
+    jobs += [("cap", i, 2, kind_order[i % len(kind_order)]) for i in range(n_caption)]
+    ctx = _Context(out, split, int(seed), tuple(voices), tuple(short), fmt)
+    workers = _auto_workers(len(jobs)) if workers is None else max(1, int(workers))
+
+    entries = []
+    bar = tqdm(total=len(jobs), desc=f"{split}", unit="clip", disable=not progress, file=sys.stderr)
+    if workers == 1:
+        for job in jobs:
+            entries.append(_make_clip(ctx, job))
             bar.update()
-    for i in range(n_caption):
-        rng = _rng(seed, split, 2, i)
-        kind = kind_order[i % len(kind_order)]
-        speech = _speech_for_caption(rng, split, voices, short) if kind in sounds.SPEECH_MAKERS else None
-        clip = sounds.make_clip(kind, rng, speech)
-        rel = f"{split}/cap_{i:05d}.{fmt}"
-        write_audio(out / rel, clip.wav, fmt)
-        written.add(out / rel)
-        entries.append({"path": rel, "text": clip.references[0], "task": "audiocaption", "split": split,
-                        "references": clip.references, "kind": clip.kind, "params": clip.params})
-        bar.update()
+    else:
+        # spawn, not fork: the caller may hold torch's thread pools, which a forked child can deadlock on
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(ctx,))
+        with pool:
+            for entry in pool.map(_worker_clip, jobs, chunksize=16):
+                entries.append(entry)
+                bar.update()
+    written = {out / e["path"] for e in entries}
     bar.close()
     for stale in sorted(clip_dir.glob("*")) if clip_dir.is_dir() else []:
         if stale.is_file() and stale.name.startswith(("asr_", "cap_", "chain_", "open_")) and stale not in written:
@@ -209,12 +250,16 @@ def main(argv=None) -> int:
     ap.add_argument("--voices", default="all",
                     help="comma list of voice names or engines, 'all' (default) or 'none' (no TTS: --asr 0)")
     ap.add_argument("--format", default="ogg", choices=list(FORMATS), help="audio format (default ogg vorbis)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="processes making the clips (default: one per core, at most 4; the files do not change)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        ap.error(f"--workers must be >= 1, got {args.workers}")
     try:
         ann = build_split(args.out, args.split, args.seed, args.asr, args.caption,
                           voices=select_voices(args.voices), fmt=args.format, progress=not args.no_progress,
-                          n_chain=args.chain, n_open=args.open)
+                          n_chain=args.chain, n_open=args.open, workers=args.workers)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
