@@ -6,6 +6,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEV = os.path.join(ROOT, "benchmarks", "data", "dev.json")
 
 
+def load_tool(name: str):
+    """A script of benchmarks/tools/ imported as a module (the folder is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", "tools", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def rtn_offset_tiny(out: str) -> str:
     """The tiny preset with RTN 4-bit on the float-offset grid (llama.cpp's Q4_1), groups of 32, on its LLM."""
     from compress.recipe import recipe_from_dict

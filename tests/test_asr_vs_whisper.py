@@ -1,21 +1,15 @@
 """benchmarks/tools/asr_vs_whisper.py: an earlier result's transcripts matched to these clips, and the paired WER
 difference against it (pure functions; the decoding itself runs in the benchmark)."""
 
-import importlib.util
-import os
 from types import SimpleNamespace
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from builders import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("asr_vs_whisper", os.path.join(ROOT, "benchmarks", "tools",
-                                                                                 "asr_vs_whisper.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("asr_vs_whisper")
 
 
 def _clip(name, voice, heldout):

@@ -1,19 +1,14 @@
 """benchmarks/tools/method_table.py end to end on the tiny preset: one of our recipes run in a child process (its
 cost measured), a peer whose environment is missing reported as skipped, bench results reused on a rerun."""
 
-import importlib.util
 import json
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from builders import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("method_table", os.path.join(ROOT, "benchmarks", "tools",
-                                                                               "method_table.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("method_table")
 
 
 def test_method_table_on_tiny(tmp_path, monkeypatch, capsys):
