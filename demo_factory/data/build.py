@@ -113,7 +113,6 @@ def _speech_for_caption(rng, split, voices, short_sentences):
     return sounds.Speech(wav[: S.n_samples(9.0)], v.gender, name, normalise(sentence), robotic=v.robotic)
 
 
-
 @dataclass(frozen=True)
 class _Context:
     """What every clip of one split needs besides its job (sent once to each worker process)."""
