@@ -14,6 +14,7 @@ bootstrap of this model's WER minus the earlier model's, per group.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -63,7 +64,7 @@ def groups(clips: list) -> dict:
 
 def compare(refs: list, salmonn: list, whisper: list, clips: list) -> dict:
     from compress.metrics import wer
-    from compress.metrics.bootstrap import wer_bootstrap
+    from compress.metrics.bootstrap import rounded, wer_bootstrap
 
     rows = {}
     for name, idx in groups(clips).items():
@@ -72,7 +73,7 @@ def compare(refs: list, salmonn: list, whisper: list, clips: list) -> dict:
                "whisper_wer": round(wer(r, [whisper[i] for i in idx]), 4)}
         if name in MAIN_GROUPS:
             bs = wer_bootstrap(r, [whisper[i] for i in idx], [salmonn[i] for i in idx])
-            row["salmonn_minus_whisper"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in bs.items()}
+            row["salmonn_minus_whisper"] = rounded(bs)
         rows[name] = row
     return rows
 
@@ -94,7 +95,7 @@ def earlier_transcripts(clips: list, refs: list, earlier: dict) -> list:
 
 def against_earlier(rows: dict, refs: list, salmonn: list, before: list, clips: list, earlier_groups: dict) -> dict:
     """Paired bootstrap of corpus WER per main group: this model (`salmonn`) minus the earlier one (`before`)."""
-    from compress.metrics.bootstrap import wer_bootstrap
+    from compress.metrics.bootstrap import rounded, wer_bootstrap
 
     out = {}
     for name, idx in groups(clips).items():
@@ -102,7 +103,7 @@ def against_earlier(rows: dict, refs: list, salmonn: list, before: list, clips: 
             bs = wer_bootstrap([refs[i] for i in idx], [before[i] for i in idx], [salmonn[i] for i in idx])
             out[name] = {"earlier_wer": earlier_groups.get(name, {}).get("salmonn_wer"),
                          "wer": rows[name]["salmonn_wer"],
-                         **{k: round(v, 4) if isinstance(v, float) else v for k, v in bs.items()}}
+                         **rounded(bs)}
     return out
 
 
@@ -127,8 +128,6 @@ def main(argv=None) -> int:
     refs = [s.text for s in clips]
     earlier = before = None
     if args.against:
-        import json
-
         try:
             with open(args.against) as f:
                 earlier = json.load(f)

@@ -29,6 +29,11 @@ def paired_bootstrap(metric: Callable[[list, list], float], a: list, b: list, re
             "share_below": float((deltas < 0).mean()), "resamples": resamples, "level": level, "seed": seed}
 
 
+def rounded(result: dict, digits: int = 4) -> dict:
+    """A bootstrap result with its float fields rounded for a report (counts and seeds untouched)."""
+    return {k: round(v, digits) if isinstance(v, float) else v for k, v in result.items()}
+
+
 def wer_bootstrap(references: list, a: list, b: list, **kw) -> dict:
     """`paired_bootstrap` of corpus WER (b - a; positive = b makes more errors). Each clip's edit count and
     reference words are computed once (Whisper normalisation), so a resample only sums them."""

@@ -106,7 +106,7 @@ def evaluate(model, head, samples: list, llm: bool, progress: bool = True) -> di
 def against(result: dict, earlier_path: str) -> dict:
     """Paired bootstrap of the front read-out WER, this result against an earlier read-out of the same clips
     (per split: delta = this - earlier; negative = this front reads better)."""
-    from compress.metrics.bootstrap import wer_bootstrap
+    from compress.metrics.bootstrap import rounded, wer_bootstrap
 
     try:
         with open(earlier_path) as f:
@@ -121,9 +121,7 @@ def against(result: dict, earlier_path: str) -> dict:
         if [s["path"] for s in old] != [s["path"] for s in r["samples"]]:
             raise UserError(f"{earlier_path} read other clips than this run in split {name!r}")
         refs = [s["reference"] for s in r["samples"]]
-        out[name] = {k: round(v, 4) if isinstance(v, float) else v
-                     for k, v in wer_bootstrap(refs, [s["front"] for s in old],
-                                               [s["front"] for s in r["samples"]]).items()}
+        out[name] = rounded(wer_bootstrap(refs, [s["front"] for s in old], [s["front"] for s in r["samples"]]))
     if not out:
         raise UserError(f"{earlier_path} holds no per-clip read-out of the same splits")
     return out
