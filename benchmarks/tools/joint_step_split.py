@@ -1,0 +1,85 @@
+"""Where a joint training step's time goes: the audio front alone, the whole step without and with the CTC term.
+
+    python benchmarks/tools/joint_step_split.py --data-dir DATA_DIR [--queries 1,2] [--first-step 200] [--steps 12]
+
+Reuses a training run's data directory (train.json and its feature cache; nothing is built that is not there
+already except the model) and times forward + backward, without the optimizer, on the batches the joint stage
+draws at those steps, for each query count; prints the median of all but the first two steps. The LLM cache is
+the one the training used (SALMONN_COMPRESS_CACHE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, HERE)
+
+
+def split(data_dir: str, queries: int, first: int, steps: int) -> dict:
+    from demo_factory.train import loop as L
+    from demo_factory.train import pipeline as P
+    from demo_factory.train import settings as S
+
+    ts = S.DemoSettings(queries=queries)
+    _, samples = P.stage_data(ts, data_dir, None, False)
+    tok, folder = P.stage_llm(ts, False)
+    model, _ = P.assemble(ts, S.salmonn_config(ts), tok, folder)
+    cache = P.stage_features(ts, model, samples, data_dir, False, lambda m: None)
+    L.set_trainable(model)
+    model.train()
+    model.speech_encoder.eval()
+    targets = [L.target_ids(tok, s.text) for s in samples]
+    tasks = ["asr" if s.task == "asr" else "caption" for s in samples]
+    ctc_on = L.ctc_clips(samples, ts)
+    pool = L.epoch_pool(samples, ts.caption_repeat)
+    lengths = [L.clip_tokens(model, cache, i) + len(targets[i]) for i in range(len(samples))]
+    head = L.CtcHead(model.llama_model.get_input_embeddings().weight)
+    times = {"front": [], "step without CTC": [], "step with CTC": []}
+    for step in range(first, first + steps):
+        idx = L.batch_at(step, pool, ts.batch, ts.seed, lengths, ts.length_buckets)
+        frames = L.keep_frames(model, cache, idx, np.random.default_rng([ts.seed, 11, step]), ts.full_share)
+        t = time.perf_counter()
+        L.speech_from_features(model, *L.cached_batch(cache, idx, frames)).pow(2).mean().backward()
+        times["front"].append(time.perf_counter() - t)
+        for key, weight in (("step without CTC", 0.0), ("step with CTC", ts.ctc_weight)):
+            t = time.perf_counter()
+            loss, _ = L.batch_loss(model, cache, idx, [tasks[i] for i in idx], [targets[i] for i in idx],
+                                   frames=frames, ctc_head=head, ctc_weight=weight, ctc_on=[ctc_on[i] for i in idx])
+            loss.backward()
+            times[key].append(time.perf_counter() - t)
+        model.zero_grad(set_to_none=True)
+    return {k: float(np.median(v[2:] if len(v) > 2 else v)) for k, v in times.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", required=True, help="a training run's --data-dir (train.json + features/)")
+    ap.add_argument("--queries", default="1,2", help="comma list of query counts per window (default 1,2)")
+    ap.add_argument("--first-step", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.data_dir, "train.json")):
+        print(f"error: {args.data_dir} has no train.json (give a training run's --data-dir)", file=sys.stderr)
+        return 2
+    try:
+        counts = [int(q) for q in args.queries.split(",")]
+    except ValueError:
+        print(f"error: --queries must be a comma list of integers, got {args.queries!r}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    for q in counts:
+        r = split(args.data_dir, q, args.first_step, args.steps)
+        print(f"queries={q}: " + ", ".join(f"{k} {v:.2f} s" for k, v in r.items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
