@@ -147,6 +147,37 @@ def test_ctc_head_pulls_free_tokens_onto_the_target_embeddings():
     assert decoded == [[5, 9, 12], [7, 7]]
 
 
+def test_ctc_over_the_answers_pieces_is_the_full_ctc_renormalised_over_them():
+    """joint_ctc_vocab "answers": the CTC softmax over blank + the pieces the answers use equals the full-vocabulary
+    head's logits with every other piece masked out; targets map to rows of the restricted table."""
+    import torch.nn.functional as F
+
+    from demo_factory.train.loop import CtcHead, answer_vocab, ctc_loss, restrict_targets
+
+    torch.manual_seed(0)
+    weight = F.normalize(torch.randn(40, 8), dim=1)  # rows of one norm: the head's temperature (its mean squared
+    head = CtcHead(weight)  # norm of the table it compares with) is then the same over any subset of them
+    with torch.no_grad():
+        head.log_scale.fill_(0.7)
+        head.blank.copy_(F.normalize(torch.randn(8), dim=0))
+    speech = torch.randn(2, 7, 8)
+    answers = [[31, 4, 17, 2], [17, 17, 9, 2]]  # EOS (2) last, dropped
+    table, index = answer_vocab(weight, answers)
+    assert table.shape == (4, 8) and sorted(index) == [4, 9, 17, 31]
+    assert restrict_targets(answers, index) == [[index[31], index[4], index[17], -1], [index[17]] * 2 + [index[9], -1]]
+    got = ctc_loss(head, table, speech, [7, 6], restrict_targets(answers, index))
+
+    logits = head(speech, weight)
+    keep = torch.zeros(41, dtype=torch.bool)
+    keep[0] = True
+    keep[[v + 1 for v in index]] = True
+    logp = F.log_softmax(logits.masked_fill(~keep, float("-inf")).float(), -1)
+    flat = torch.tensor([t + 1 for a in answers for t in a[:-1]])
+    want = F.ctc_loss(logp.transpose(0, 1), flat, torch.tensor([7, 6]), torch.tensor([3, 3]), blank=0)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, ctc_loss(head, weight, speech, [7, 6], answers), atol=1e-3)
+
+
 def test_batches_are_a_function_of_the_step():
     from demo_factory.train.loop import batch_at
 
@@ -178,7 +209,8 @@ def test_length_buckets_keep_epochs_whole_and_batch_similar_lengths():
 def test_two_queries_per_window_give_two_speech_tokens_per_window(tiny_data, tmp_path):
     from compress.loaders import load_model
 
-    ts = S.preset("test").replace(queries=2, real_length=True, steps=3, front_warmup_steps=2, ctc_weight=0.5)
+    ts = S.preset("test").replace(queries=2, real_length=True, steps=3, front_warmup_steps=2, ctc_weight=0.5,
+                                  joint_ctc_vocab="answers")
     s = train(ts, str(tmp_path / "a"), data_dir=str(tmp_path / "w"), annotations=tiny_data, progress=False,
               log=lambda *a: None)
     assert s["train"]["steps"] == 3 and np.isfinite(s["train"]["final_ctc_loss"])
@@ -316,6 +348,7 @@ def test_real_length_training_ships_a_real_length_model(tiny_data, tmp_path):
 def test_a_killed_run_resumes_to_the_same_weights(tiny_data, tmp_path):
     """Stopped by max_minutes after a few steps (as a kill after a checkpoint), the rerun finishes the schedule
     and its weights equal an uninterrupted run's."""
+    from compress.errors import ConfigError
     from demo_factory.train.loop import CKPT
     from demo_factory.train.pipeline import run_key
 
@@ -327,6 +360,13 @@ def test_a_killed_run_resumes_to_the_same_weights(tiny_data, tmp_path):
                   progress=False, log=lambda *a: None)
     assert first["train"]["steps"] == 0 and first["train"]["stopped"]
     assert run_key(cut) == run_key(ts)  # max_minutes is not part of the run's identity
+    # a setting added later keeps the folders of runs made before it while at its default: the shipped artifact's
+    # settings with 2 queries and 1,400 steps are the "q2t" run of benchmarks/README.md, made in run-852fa3715060
+    with open(os.path.join(DEMO_DIR, "manifest.json")) as f:
+        q2t = S.DemoSettings(**json.load(f)["training"]["config"]).replace(queries=2, steps=1400, max_minutes=80)
+    assert run_key(q2t) == "852fa3715060" != run_key(q2t.replace(joint_ctc_vocab="answers"))
+    with pytest.raises(ConfigError, match="joint_ctc_vocab 'some' is not one of"):
+        ts.replace(joint_ctc_vocab="some")
     again = train(ts, str(tmp_path / "cut"), data_dir=str(tmp_path / "b"), annotations=tiny_data,
                   progress=False, log=lambda *a: None)
     assert again["invocations"] == 2 and again["train"]["steps"] == ts.steps

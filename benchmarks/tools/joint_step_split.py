@@ -1,4 +1,5 @@
-"""Where a joint training step's time goes: the audio front alone, the whole step without and with the CTC term.
+"""Where a joint training step's time goes: the audio front alone, the whole step without and with the CTC term
+(over every LLM piece, and over the answers' pieces only: `joint_ctc_vocab`).
 
     python benchmarks/tools/joint_step_split.py --data-dir DATA_DIR [--queries 1,2] [--first-step 200] [--steps 12]
 
@@ -41,17 +42,22 @@ def split(data_dir: str, queries: int, first: int, steps: int) -> dict:
     pool = L.epoch_pool(samples, ts.caption_repeat)
     lengths = [L.clip_tokens(model, cache, i) + len(targets[i]) for i in range(len(samples))]
     head = L.CtcHead(model.llama_model.get_input_embeddings().weight)
-    times = {"front": [], "step without CTC": [], "step with CTC": []}
+    vocab = L.answer_vocab(model.llama_model.get_input_embeddings().weight,
+                           [targets[i] for i in range(len(samples)) if ctc_on[i]])
+    variants = (("step without CTC", 0.0, None), ("step with CTC", ts.ctc_weight, None),
+                ("step with CTC on the answers' pieces", ts.ctc_weight, vocab))
+    times = {"front": [], **{key: [] for key, _, _ in variants}}
     for step in range(first, first + steps):
         idx = L.batch_at(step, pool, ts.batch, ts.seed, lengths, ts.length_buckets)
         frames = L.keep_frames(model, cache, idx, np.random.default_rng([ts.seed, 11, step]), ts.full_share)
         t = time.perf_counter()
         L.speech_from_features(model, *L.cached_batch(cache, idx, frames)).pow(2).mean().backward()
         times["front"].append(time.perf_counter() - t)
-        for key, weight in (("step without CTC", 0.0), ("step with CTC", ts.ctc_weight)):
+        for key, weight, restrict in variants:
             t = time.perf_counter()
             loss, _ = L.batch_loss(model, cache, idx, [tasks[i] for i in idx], [targets[i] for i in idx],
-                                   frames=frames, ctc_head=head, ctc_weight=weight, ctc_on=[ctc_on[i] for i in idx])
+                                   frames=frames, ctc_head=head, ctc_weight=weight, ctc_on=[ctc_on[i] for i in idx],
+                                   ctc_vocab=restrict)
             loss.backward()
             times[key].append(time.perf_counter() - t)
         model.zero_grad(set_to_none=True)

@@ -169,9 +169,11 @@ def ctc_clips(samples: list, ts) -> list:
 
 def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list, *, frames: int,
                beats_mode: str = "on", whisper_off: Optional[list] = None, ctc_head: Optional[CtcHead] = None,
-               ctc_weight: float = 0.0, ctc_on: Optional[list] = None, masking: tuple = (0.0, 1)) -> tuple:
+               ctc_weight: float = 0.0, ctc_on: Optional[list] = None, masking: tuple = (0.0, 1),
+               ctc_vocab: Optional[tuple] = None) -> tuple:
     """Mean answer-token cross-entropy of a batch (+ ctc_weight x CTC of the speech tokens of the clips flagged in
-    `ctc_on`, default the ASR clips), and {name: (loss sum, count)}. `masking`: (share, span) of time_mask."""
+    `ctc_on`, default the ASR clips), and {name: (loss sum, count)}. `masking`: (share, span) of time_mask.
+    `ctc_vocab`: (embedding rows, {LLM id: row}) of answer_vocab to restrict the CTC softmax to; None = all pieces."""
     feats = cached_batch(cache, idx, frames)
     speech = speech_from_features(model, *feats, beats_mode=beats_mode, whisper_off=whisper_off,
                                   hide=time_mask(len(idx), feats[0].shape[1], *masking))
@@ -188,7 +190,10 @@ def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list
     if ctc_head is not None and ctc_weight > 0 and rows:
         windows = [min(speech.shape[1], clip_tokens(model, cache, idx[j])) for j in rows]
         table = model.llama_model.get_input_embeddings().weight
-        ctc = ctc_loss(ctc_head, table, speech[rows, : max(windows)], windows, [targets[j] for j in rows])
+        tg = [targets[j] for j in rows]
+        if ctc_vocab is not None:
+            table, tg = ctc_vocab[0], restrict_targets(tg, ctc_vocab[1])
+        ctc = ctc_loss(ctc_head, table, speech[rows, : max(windows)], windows, tg)
         per_task["ctc"] = (ctc.item() * len(rows), len(rows))
         loss = loss + ctc_weight * ctc
     return loss, per_task
@@ -272,6 +277,18 @@ def _loop_settings(ts, steps: int, lr: float, warmup: int, checkpoint: str) -> L
                         checkpoint_minutes=ts.checkpoint_minutes or None, max_minutes=ts.max_minutes, log_every=50)
 
 
+def answer_vocab(weight: torch.Tensor, ids: list) -> tuple:
+    """(rows of the input embeddings `weight` for the LLM pieces in the answers `ids` (EOS dropped), {LLM id: row}):
+    the CTC softmax over these + blank instead of the whole vocabulary."""
+    vocab = sorted({t for tg in ids for t in tg[:-1]})
+    return weight.detach()[vocab], {v: k for k, v in enumerate(vocab)}
+
+
+def restrict_targets(targets: list, index: dict) -> list:
+    """Answers' LLM ids as rows of an answer_vocab table (EOS dropped, a placeholder end kept for ctc_loss)."""
+    return [[index[t] for t in tg[:-1]] + [-1] for tg in targets]
+
+
 def front_warmup(model, samples: list, cache: FeatureCache, ts, state_dir: str, *,
                  progress: Optional[Callable] = None, log=print) -> Optional[dict]:
     """CTC alone before SALMONN's loss, on the ASR clips and the caption clips of `ctc_clips`: the audio front
@@ -288,9 +305,7 @@ def front_warmup(model, samples: list, cache: FeatureCache, ts, state_dir: str, 
     tok = model.tokenizer
     clips = [i for i, on in enumerate(ctc_clips(samples, ts)) if on]
     targets = {i: target_ids(tok, samples[i].text) for i in clips}
-    vocab = sorted({t for i in clips for t in targets[i][:-1]})
-    index = {v: k for k, v in enumerate(vocab)}
-    table = model.llama_model.get_input_embeddings().weight.detach()[vocab]  # the answers' pieces only
+    table, index = answer_vocab(model.llama_model.get_input_embeddings().weight, list(targets.values()))
 
     def step_loss(step: int):
         rng = np.random.default_rng([ts.seed, 13, step])
@@ -302,8 +317,7 @@ def front_warmup(model, samples: list, cache: FeatureCache, ts, state_dir: str, 
         speech = speech_from_features(model, *feats, whisper_off=off,
                                       hide=time_mask(len(idx), feats[0].shape[1], ts.time_mask, ts.time_mask_span))
         windows = [min(w * model.cfg.num_speech_query_token, speech.shape[1]) for w in windows]
-        tg = [[index[t] for t in targets[i][:-1]] + [-1] for i in idx]  # ctc_loss drops the last id
-        return ctc_loss(head, table, speech, windows, tg), {}
+        return ctc_loss(head, table, speech, windows, restrict_targets([targets[i] for i in idx], index)), {}
 
     steps = ts.front_warmup_steps
     cfg = _loop_settings(ts, steps, ts.front_warmup_lr, min(100, steps // 10), os.path.join(state_dir, WARMUP))
@@ -317,7 +331,7 @@ def front_warmup(model, samples: list, cache: FeatureCache, ts, state_dir: str, 
         bar.close()
     model.eval()
     ctc = r["curves"].get("loss", [])
-    return {"steps": r["steps"], "batch": ts.front_warmup_batch, "vocabulary": len(vocab),
+    return {"steps": r["steps"], "batch": ts.front_warmup_batch, "vocabulary": len(index),
             "first_ctc": ctc[0] if ctc else None, "final_ctc": _tail(ctc), "seconds": r["seconds"]}
 
 
@@ -336,8 +350,12 @@ def train(model, samples: list, cache: FeatureCache, ts, state_dir: str, *,
     lengths = [clip_tokens(model, cache, i) + len(targets[i]) for i in range(len(samples))]
 
     head = CtcHead(model.llama_model.get_input_embeddings().weight) if ts.ctc_weight > 0 else None
+    vocab = None
+    if head is not None and ts.joint_ctc_vocab == "answers":
+        vocab = answer_vocab(model.llama_model.get_input_embeddings().weight,
+                             [targets[i] for i in range(len(samples)) if ctc_on[i]])
     warm = os.path.join(state_dir, WARMUP)
-    if head is not None:  # the head starts from the warm-up's (its blank and temperature), on the whole vocabulary
+    if head is not None:  # the head starts from the warm-up's (its blank and temperature)
         if os.path.isfile(warm):
             state = torch.load(warm, map_location="cpu", weights_only=True)["params"]
             head.load_state_dict({k[len("ctc_head."):]: v for k, v in state.items() if k.startswith("ctc_head.")})
@@ -356,7 +374,8 @@ def train(model, samples: list, cache: FeatureCache, ts, state_dir: str, *,
         off = [tasks[i] == "caption" and rng.random() < ts.whisper_drop for i in idx]
         loss, per_task = batch_loss(model, cache, idx, [tasks[i] for i in idx], [targets[i] for i in idx],
                                     frames=frames, whisper_off=off, ctc_head=head, ctc_weight=ts.ctc_weight,
-                                    ctc_on=[ctc_on[i] for i in idx], masking=(ts.time_mask, ts.time_mask_span))
+                                    ctc_on=[ctc_on[i] for i in idx], masking=(ts.time_mask, ts.time_mask_span),
+                                    ctc_vocab=vocab)
         return loss, {t: s / max(c, 1) for t, (s, c) in per_task.items()}
 
     n_params = sum(p.numel() for n, p in named.items() if not n.startswith("ctc_head."))

@@ -92,8 +92,10 @@ def run_key(ts: S.DemoSettings) -> str:
     d = ts.to_dict()
     for k in ("max_minutes", "checkpoint_minutes", "num_beams", "max_new_tokens", "repetition_penalty", "extra"):
         d.pop(k, None)
-    if not d.get("n_open"):  # runs from before the option keep their folder
+    if not d.get("n_open"):  # runs from before these options keep their folder
         d.pop("n_open", None)
+    if d.get("joint_ctc_vocab") == "full":
+        d.pop("joint_ctc_vocab")
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

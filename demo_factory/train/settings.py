@@ -8,6 +8,7 @@ from typing import Optional
 from compress.errors import ConfigError, check_flags, choices
 
 QFORMER_INITS = ("random", "whisper-decoder")  # DemoSettings.qformer_init
+JOINT_CTC_VOCABS = ("full", "answers")  # DemoSettings.joint_ctc_vocab
 
 # SmolLM2-Instruct's own chat layout around SALMONN's prompt content. The model's BOS is <|im_start|>, which
 # the prompt builder puts first, so BOS + this template is "<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n".
@@ -88,6 +89,10 @@ class DemoSettings:
     # auxiliary CTC on the ASR clips' speech tokens against the LLM's own input embeddings (loop.CtcHead):
     # SALMONN's answer loss alone moved ASR slowly here (answer loss 4.42 -> 4.24 per token over steps 100-200)
     ctc_weight: float = 0.5
+    # the joint stage's CTC softmax: "full" = every LLM piece (49k); "answers" = only the pieces the training answers
+    # use (+ blank), as in the front warm-up. Over the full vocabulary the CTC term costs 0.5-0.95 s of a 3.3-s
+    # 2-query joint step (benchmarks/tools/joint_step_split.py)
+    joint_ctc_vocab: str = "full"
     # CTC alone on the audio front before the joint stage (loop.front_warmup); 0 = none
     front_warmup_steps: int = 2000
     front_warmup_batch: int = 16
@@ -145,6 +150,8 @@ class DemoSettings:
         check_flags(self, "training option(s)")
         if self.qformer_init not in QFORMER_INITS:
             raise ConfigError(f"qformer_init {self.qformer_init!r} is not one of {choices(QFORMER_INITS)}")
+        if self.joint_ctc_vocab not in JOINT_CTC_VOCABS:
+            raise ConfigError(f"joint_ctc_vocab {self.joint_ctc_vocab!r} is not one of {choices(JOINT_CTC_VOCABS)}")
         if self.qformer_init != "random" and len(self.qformer_init_layers) != self.qformer_layers:
             raise ConfigError(f"qformer_init_layers {self.qformer_init_layers} must name one decoder layer for each "
                               f"of the {self.qformer_layers} Q-Former layers")
