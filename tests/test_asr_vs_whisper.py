@@ -41,3 +41,8 @@ def test_against_an_earlier_result_of_other_clips_is_refused():
     earlier = {"groups": {}, "samples": [{"path": "x/a.ogg", "reference": "another sentence", "salmonn": "x"}]}
     with pytest.raises(ValueError, match="lacks 1 of these clips .first: a.ogg"):
         t.earlier_transcripts(clips, ["red fox"], earlier)
+
+
+def test_a_beam_width_below_one_is_refused_before_any_model_loads(capsys):
+    assert _tool().main(["--beams", "0", "--data", "nowhere.json"]) == 2
+    assert "--beams must be >= 1, got 0" in capsys.readouterr().err

