@@ -29,6 +29,10 @@ def test_method_table_on_tiny(tmp_path, monkeypatch, capsys):
     before = os.path.getmtime(tmp_path / "magnitude-50.json")
     assert mt.main(args) == 0  # resumed: nothing run or benched again
     assert os.path.getmtime(tmp_path / "magnitude-50.json") == before
+    # a call for other methods keeps the rows benched before in the one table
+    assert mt.main(args[:5] + ["llmc-wanda-50"] + args[6:]) == 0
+    assert {r["label"] for r in json.loads((tmp_path / "methods.json").read_text())["rows"]} == {"baseline",
+                                                                                                 "magnitude-50"}
 
 
 def test_method_table_refuses_unknown_methods(capsys):

@@ -15,7 +15,8 @@ benched on the same clips, in one table with paired-bootstrap intervals and each
   included; for the peers, their child only (the export of the plain LLM and the copy back are not counted).
 - Every method and the baseline are benched with the same settings; the table gives WER and CIDEr-D with paired
   bootstrap intervals (over the shared clips) against the baseline and against the method's peer.
-Resumable: a method whose bench JSON exists in --out is not run again (delete the file to rerun it).
+Resumable: a method whose bench JSON exists in --out is not run again (delete the file to rerun it). `--methods`
+picks what to run; the table (methods.md / methods.json) holds every method benched in --out so far, in one order.
 """
 
 from __future__ import annotations
@@ -263,8 +264,12 @@ def main(argv=None) -> int:
             print(f"== {label}: bench", flush=True)
             write_json(run_benchmark(spec, a.data, settings), path)
         results[label] = load_result(path)
+    for label in known:  # methods benched by earlier calls stay in the table
+        path = os.path.join(a.out, f"{label}.json")
+        if label not in results and os.path.isfile(path):
+            results[label] = load_result(path)
     rows = []
-    for label in [k for k in ["baseline"] + wanted if k in results]:
+    for label in [k for k in ["baseline"] + known if k in results]:
         row = summary_row(results[label])
         versus = {v: bootstrap(results, v, label, a.cider_resamples) for v in VERSUS.get(label, []) if v in results}
         rows.append({"label": label, "wer": row["wer"], "cider_d": row["cider_d"], "llm_mib": row["llm_mib"],
