@@ -8,8 +8,8 @@ The reference is Whisper tiny.en as a whole (its own decoder, greedy unless ``--
 project's WER (Whisper's English normaliser, corpus level); per voice, seen voices together, the held-out voice
 apart, and a paired bootstrap over clips of the difference (SALMONN minus Whisper; negative = SALMONN better).
 ``--beams N`` decodes both models with a beam search of N beams (default 1: greedy for both; it overrides the
-artifact's own num_beams). ``--against EARLIER.json`` (an earlier result of this tool on the same clips, another model) adds the paired
-bootstrap of this model's WER minus the earlier model's, per group.
+artifact's own num_beams). ``--against EARLIER.json`` (an earlier result of this tool on the same clips, another
+model) adds the paired bootstrap of this model's WER minus the earlier model's, per group.
 """
 
 from __future__ import annotations

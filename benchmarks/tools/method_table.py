@@ -245,31 +245,30 @@ def main(argv=None) -> int:
                              memory=not a.no_memory)
     runs_path = os.path.join(a.out, "runs.json")
     runs = json.load(open(runs_path)) if os.path.isfile(runs_path) else {}
-    results, plain = {}, {}
+    plain = {}
     for label in ["baseline"] + wanted:
         path = os.path.join(a.out, f"{label}.json")
-        if not os.path.isfile(path):
-            if label == "baseline":
-                spec = a.model
-            else:
-                print(f"== {label}: running", flush=True)
-                runs[label] = run_peer(label, a, plain) if label in PEERS else run_ours(label, a)
-                write_json(runs, runs_path)
-                if "artifact" not in runs[label]:
-                    print(f"   {label}: {runs[label].get('skipped') or runs[label].get('failed')}", flush=True)
-                    continue
-                spec = runs[label]["artifact"]
-                print(f"   run {runs[label]['cost']['seconds']} s, peak {runs[label]['cost']['peak_rss_mib']} MiB",
-                      flush=True)
-            print(f"== {label}: bench", flush=True)
-            write_json(run_benchmark(spec, a.data, settings), path)
-        results[label] = load_result(path)
-    for label in known:  # methods benched by earlier calls stay in the table
-        path = os.path.join(a.out, f"{label}.json")
-        if label not in results and os.path.isfile(path):
-            results[label] = load_result(path)
+        if os.path.isfile(path):
+            continue
+        if label == "baseline":
+            spec = a.model
+        else:
+            print(f"== {label}: running", flush=True)
+            runs[label] = run_peer(label, a, plain) if label in PEERS else run_ours(label, a)
+            write_json(runs, runs_path)
+            if "artifact" not in runs[label]:
+                print(f"   {label}: {runs[label].get('skipped') or runs[label].get('failed')}", flush=True)
+                continue
+            spec = runs[label]["artifact"]
+            print(f"   run {runs[label]['cost']['seconds']} s, peak {runs[label]['cost']['peak_rss_mib']} MiB",
+                  flush=True)
+        print(f"== {label}: bench", flush=True)
+        write_json(run_benchmark(spec, a.data, settings), path)
+    # the table: every method benched in --out, by this call or an earlier one
+    results = {label: load_result(os.path.join(a.out, f"{label}.json")) for label in ["baseline"] + known
+               if os.path.isfile(os.path.join(a.out, f"{label}.json"))}
     rows = []
-    for label in [k for k in ["baseline"] + known if k in results]:
+    for label in results:
         row = summary_row(results[label])
         versus = {v: bootstrap(results, v, label, a.cider_resamples) for v in VERSUS.get(label, []) if v in results}
         rows.append({"label": label, "wer": row["wer"], "cider_d": row["cider_d"], "llm_mib": row["llm_mib"],

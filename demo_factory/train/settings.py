@@ -89,9 +89,10 @@ class DemoSettings:
     # auxiliary CTC on the ASR clips' speech tokens against the LLM's own input embeddings (loop.CtcHead):
     # SALMONN's answer loss alone moved ASR slowly here (answer loss 4.42 -> 4.24 per token over steps 100-200)
     ctc_weight: float = 0.5
-    # the joint stage's CTC softmax: "full" = every LLM piece (49k); "answers" = only the pieces the training answers
-    # use (+ blank), as in the front warm-up. Over the full vocabulary the CTC term costs 0.5-0.95 s of a 3.3-s
-    # 2-query joint step (benchmarks/tools/joint_step_split.py)
+    # the joint stage's CTC softmax: "full" = every LLM piece (49k); "answers" = only the 2,325 pieces the training
+    # answers use (+ blank), as in the front warm-up: a 2-query joint step 2.95 s against 3.40 s
+    # (benchmarks/tools/joint_step_split.py). With queries 2: test WER 0.239 (0.260), CIDEr-D 1.174, but zeroing
+    # BEATs no longer lowers CIDEr-D measurably (benchmarks/README.md, "q2a")
     joint_ctc_vocab: str = "full"
     # CTC alone on the audio front before the joint stage (loop.front_warmup); 0 = none
     front_warmup_steps: int = 2000
