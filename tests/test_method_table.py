@@ -26,6 +26,8 @@ def test_method_table_on_tiny(tmp_path, monkeypatch, capsys):
     assert "bash benchmarks/peers_env.sh llmc" in out["skipped"]["llmc-wanda-50"]
     text = (tmp_path / "methods.md").read_text()
     assert "| magnitude-50 |" in text and "Not in the table: llmc-wanda-50" in text
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| magnitude-50 |" in summary and "llmc-wanda-50" not in summary  # magnitude has no peer
     before = os.path.getmtime(tmp_path / "magnitude-50.json")
     assert mt.main(args) == 0  # resumed: nothing run or benched again
     assert os.path.getmtime(tmp_path / "magnitude-50.json") == before
@@ -38,3 +40,19 @@ def test_method_table_on_tiny(tmp_path, monkeypatch, capsys):
 def test_method_table_refuses_unknown_methods(capsys):
     assert _tool().main(["--methods", "nope"]) == 2
     assert "valid:" in capsys.readouterr().err
+
+
+def test_summary_puts_each_method_beside_its_peer():
+    mt = _tool()
+    ci = {"delta": -0.5, "low": -0.7, "high": -0.3}
+    rows = [{"label": "baseline", "wer": 0.26, "cider_d": 1.1, "llm_mib": 522.5, "cost": None, "versus": {}},
+            {"label": "wanda-50", "wer": 0.37, "cider_d": 0.4, "llm_mib": 522.5, "cost": {"seconds": 24},
+             "versus": {"llmc-wanda-50": {"wer": ci}}},
+            {"label": "sparsegpt-50", "wer": 0.31, "cider_d": 0.6, "llm_mib": 522.5, "cost": {"seconds": 67},
+             "versus": {}},
+            {"label": "llmc-wanda-50", "wer": 0.84, "cider_d": 0.3, "llm_mib": 522.5, "cost": {"seconds": 16},
+             "versus": {}}]
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in mt.summary(rows).splitlines()}
+    assert "| llmc-wanda-50 | 0.840 | 0.300 | -0.500 [-0.700, -0.300] | 1.50x |" in lines["wanda-50"]
+    assert "llmc-sparsegpt-50 (not run)" in lines["sparsegpt-50"]
+    assert "llmc-wanda-50" not in lines  # a peer is a column, not a row

@@ -16,7 +16,8 @@ benched on the same clips, in one table with paired-bootstrap intervals and each
 - Every method and the baseline are benched with the same settings; the table gives WER and CIDEr-D with paired
   bootstrap intervals (over the shared clips) against the baseline and against the method's peer.
 Resumable: a method whose bench JSON exists in --out is not run again (delete the file to rerun it). `--methods`
-picks what to run; the table (methods.md / methods.json) holds every method benched in --out so far, in one order.
+picks what to run; the table (methods.md / methods.json) holds every method benched in --out so far, in one order;
+summary.md is its short form for the README (each of our methods beside its peer).
 """
 
 from __future__ import annotations
@@ -212,6 +213,29 @@ def table(rows: list) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary(rows: list) -> str:
+    """The short table for the README: each of our methods beside its text-calibrated peer (the first peer named in
+    VERSUS), ours minus the peer's WER with its interval, and the calibration time as a ratio of the peer's."""
+    by_label = {r["label"]: r for r in rows}
+    head = ("| method | WER | CIDEr-D | LLM MiB | peer (text calibration) | peer WER | peer CIDEr-D | "
+            "ours - peer ΔWER [95% CI] | calib time vs peer |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        if r["label"] in PEERS:
+            continue
+        peer = next((v for v in VERSUS.get(r["label"], []) if v in PEERS), None)
+        p = by_label.get(peer)
+        cells = [r["label"], _f(r["wer"]), _f(r["cider_d"]), _f(r["llm_mib"], 1)]
+        if p is None:
+            cells += [f"{peer} (not run)" if peer else "", "", "", "", ""]
+        else:
+            ours_s, peer_s = (r.get("cost") or {}).get("seconds"), (p.get("cost") or {}).get("seconds")
+            ratio = f"{ours_s / peer_s:.2f}x" if ours_s and peer_s else "n/a"
+            cells += [peer, _f(p["wer"]), _f(p["cider_d"]), _ci(r["versus"][peer].get("wer")), ratio]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _f(v, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
@@ -289,6 +313,8 @@ def main(argv=None) -> int:
                os.path.join(a.out, "methods.json"))
     with open(os.path.join(a.out, "methods.md"), "w") as f:
         f.write(text)
+    with open(os.path.join(a.out, "summary.md"), "w") as f:
+        f.write(summary(rows))
     print(text)
     return 0
 
