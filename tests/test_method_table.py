@@ -29,8 +29,11 @@ def test_method_table_on_tiny(tmp_path, monkeypatch, capsys):
     summary = (tmp_path / "summary.md").read_text()
     assert "| magnitude-50 |" in summary and "llmc-wanda-50" not in summary  # magnitude has no peer
     before = os.path.getmtime(tmp_path / "magnitude-50.json")
-    assert mt.main(args) == 0  # resumed: nothing run or benched again
-    assert os.path.getmtime(tmp_path / "magnitude-50.json") == before
+    calls = []
+    monkeypatch.setattr(mt, "bootstrap", lambda *x: calls.append(x))
+    assert mt.main(args) == 0  # resumed: nothing run, benched or bootstrapped again
+    assert os.path.getmtime(tmp_path / "magnitude-50.json") == before and calls == []
+    assert json.loads((tmp_path / "methods.json").read_text())["rows"] == out["rows"]
     # a call for other methods keeps the rows benched before in the one table
     assert mt.main(args[:5] + ["llmc-wanda-50"] + args[6:]) == 0
     assert {r["label"] for r in json.loads((tmp_path / "methods.json").read_text())["rows"]} == {"baseline",

@@ -193,6 +193,13 @@ def bootstrap(results: dict, a_label: str, b_label: str, cider_resamples: int) -
     return out
 
 
+def _sha256(path: str) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
 def _ci(b: dict | None, digits: int = 3) -> str:
     if not b:
         return "n/a"
@@ -291,16 +298,28 @@ def main(argv=None) -> int:
     # the table: every method benched in --out, by this call or an earlier one
     results = {label: load_result(os.path.join(a.out, f"{label}.json")) for label in ["baseline"] + known
                if os.path.isfile(os.path.join(a.out, f"{label}.json"))}
+    cache_path = os.path.join(a.out, "bootstraps.json")
+    cache = json.load(open(cache_path)) if os.path.isfile(cache_path) else {}
+    digest = {label: _sha256(os.path.join(a.out, f"{label}.json")) for label in results}
+
+    def paired(a_label: str, b_label: str) -> dict:
+        # a pair's intervals depend only on the two bench files and the resample count: kept in bootstraps.json, so
+        # a call that adds one method computes only the new method's pairs
+        key = f"{a_label}|{b_label}|{digest[a_label]}|{digest[b_label]}|{a.cider_resamples}"
+        if key not in cache:
+            cache[key] = bootstrap(results, a_label, b_label, a.cider_resamples)
+        return cache[key]
+
     rows = []
     for label in results:
         row = summary_row(results[label])
-        versus = {v: bootstrap(results, v, label, a.cider_resamples) for v in VERSUS.get(label, []) if v in results}
+        versus = {v: paired(v, label) for v in VERSUS.get(label, []) if v in results}
         rows.append({"label": label, "wer": row["wer"], "cider_d": row["cider_d"], "llm_mib": row["llm_mib"],
                      "tpot_ms": row["tpot_ms_p50"], "cost": (runs.get(label) or {}).get("cost"),
                      "note": (runs.get(label) or {}).get("note"),
-                     "vs_baseline": {} if label == "baseline" else bootstrap(results, "baseline", label,
-                                                                             a.cider_resamples),
+                     "vs_baseline": {} if label == "baseline" else paired("baseline", label),
                      "versus": versus})
+    write_json({k: v for k, v in cache.items() if k.split("|")[0] in results}, cache_path)
     skipped = {k: v.get("skipped") or v.get("failed") for k, v in runs.items() if "artifact" not in v}
     text = table(rows)
     text += "".join(f"\nNote: {r['note']}." for r in rows if r["note"])
