@@ -109,7 +109,8 @@ class DemoSettings:
     # warm-up (where BEATs first learns to spell the captions of speechless clips). With Whisper nearly always present
     # the LLM reads the sounds from Whisper's features alone and BEATs carries nothing (at 0.25 / 0: test CIDEr-D
     # 1.429 intact, 1.426 with BEATs zeroed); at 0.5 / 0.5 zeroing BEATs costs -0.167 [-0.335, -0.006] of 1.278, and
-    # WER is unchanged (0.287 against 0.290; benchmarks/README.md)
+    # WER is unchanged (0.287 against 0.290; benchmarks/README.md). With queries 2, 0.7 in the joint stage left
+    # zeroing BEATs at -0.112 [-0.257, +0.017] and cost a third of the CIDEr-D (benchmarks/README.md, "q2w7")
     whisper_drop: float = 0.5
     warmup_whisper_drop: float = 0.5
     # SpecAugment-style time masking of the frozen Whisper features while training (front warm-up and joint stage):
