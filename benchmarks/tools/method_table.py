@@ -39,6 +39,8 @@ PEERS = {  # label -> (environment, arguments of its tool)
     "llmc-wanda-50": ("llmc", ["--method", "wanda", "--mask", "0:0"]),
     "llmc-sparsegpt-50": ("llmc", ["--method", "sparsegpt", "--mask", "0:0"]),
     "llmc-owl-wanda-50": ("llmc", ["--method", "wanda", "--mask", "0:0", "--owl", "5,0.08"]),
+    # OWL's control: the same modifier targets (decoder layers) with one sparsity for all
+    "llmc-wanda-50-bylayer": ("llmc", ["--method", "wanda", "--mask", "0:0", "--targets", "LlamaDecoderLayer"]),
     "llmc-wanda-2of4": ("llmc", ["--method", "wanda", "--mask", "2:4"]),
     "llmc-sparsegpt-2of4": ("llmc", ["--method", "sparsegpt", "--mask", "2:4"]),
     # SmolLM2's attention and MLP inputs are 576 wide: GPTQModel's CPU int4pack kernel needs K divisible by the
@@ -52,6 +54,7 @@ PEER_TOOL = {"llmc": "peer_llmc.py", "gptqmodel": "peer_gptqmodel.py"}
 PEER_ENV = {"llmc": ".venv-llmc", "gptqmodel": ".venv-gptqmodel"}
 VERSUS = {  # ours -> the methods it is compared with, beside the baseline
     "wanda-50": ["llmc-wanda-50", "magnitude-50"], "owl-wanda-50": ["llmc-owl-wanda-50", "wanda-50"],
+    "llmc-owl-wanda-50": ["llmc-wanda-50-bylayer"], "llmc-wanda-50-bylayer": ["llmc-wanda-50"],
     "sparsegpt-50": ["llmc-sparsegpt-50", "wanda-50"],
     "wanda-2of4": ["llmc-wanda-2of4"], "sparsegpt-2of4": ["llmc-sparsegpt-2of4", "wanda-2of4"],
     "gptq-4bit-g128": ["gptqmodel-4bit-g128", "rtn-4bit-g128", "gptq-4bit-g128-textcalib"],
