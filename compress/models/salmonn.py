@@ -228,6 +228,15 @@ def prompt_ids(tokenizer, cfg: SalmonnConfig, instruction: str) -> tuple:
             tokenizer(after, add_special_tokens=False)["input_ids"])
 
 
+def answer_ids(tokenizer, text: str) -> list:
+    """Token ids of an answer as SALMONN trains it after the prompt: the text as it is (no leading space added)
+    followed by EOS, tokenized without special tokens. Training and every step that trains or scores answers
+    (fine-tuning, distillation, lottery retraining, calibration with the reference) use this one tokenization."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return ids + ([eos] if eos is not None else [])
+
+
 def prompt_embeds(emb, bos: Optional[int], ids: tuple, speech: torch.Tensor) -> tuple:
     """[BOS, prompt-before, speech, prompt-after] embeddings (B, S, D) and their all-ones mask."""
     ids_b, ids_a = ids

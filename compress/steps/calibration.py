@@ -49,10 +49,10 @@ def load_calibration(cfg: CalibrationConfig, base_dir: Optional[str] = None) -> 
 
 
 def reference_ids(model, text: str) -> list:
-    """Token ids of an answer as the LLM should produce it after the prompt, EOS included."""
-    ids = model.tokenizer(" " + text, add_special_tokens=False)["input_ids"]
-    eos = model.tokenizer.eos_token_id
-    return ids + ([eos] if eos is not None else [])
+    """Token ids of an answer as the LLM should produce it after the prompt, EOS included (as trained)."""
+    from ..models.salmonn import answer_ids
+
+    return answer_ids(model.tokenizer, text)
 
 
 def clip_speech_tokens(model, num_samples: int, margin: int = 2) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from compress.models.salmonn import _pad_to_same_length, window_count, window_tokens
+from compress.models.salmonn import _pad_to_same_length, answer_ids, window_count, window_tokens
 from compress.trainloop import LoopSettings, only_trainable, warmup_cosine
 from compress.trainloop import train as train_loop
 
@@ -41,8 +41,8 @@ def set_trainable(model) -> list:
 
 
 def target_ids(tokenizer, text: str) -> list:
-    """Answer token ids + EOS."""
-    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    """Answer token ids + EOS, as every recompression step scores answers (compress.models.salmonn.answer_ids)."""
+    return answer_ids(tokenizer, text)
 
 
 # ----------------------------------------------------------------------------------------------- forward
