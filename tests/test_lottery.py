@@ -55,3 +55,14 @@ def test_lottery_whisper_tool_on_tiny(tmp_path):
     assert "| one-shot | 0.70 |" in (out / "lottery.md").read_text()
     bad = subprocess.run(cmd[:-5] + ["--modes", "sideways"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "valid: rewind, no-rewind, one-shot" in bad.stderr
+    bad = subprocess.run(cmd + ["--retrain-trainable", "llm"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "lora, qformer, proj, beats" in bad.stderr
+    # a second call for another curve keeps the first in the table; the retraining override reaches the step
+    p = subprocess.run(cmd[:-5] + ["--modes", "no-rewind", "--out", str(out), "--no-progress", "--retrain-lr",
+                                   "0.00002", "--retrain-trainable", "none"], capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    step = json.loads((out / "no-rewind.json").read_text())["step"]
+    assert step["retrain"]["lr"] == 0.00002 and step["retrain"]["trainable"] == []
+    table = (out / "lottery.md").read_text()
+    assert "| one-shot | 0.70 |" in table and "| no-rewind | 0.70 |" in table

@@ -12,7 +12,9 @@ them together with LoRA, Q-Former and projection between rounds. Three curves on
 - `one-shot`: global magnitude pruning of the pretrained encoder to each sparsity, no retraining (the floor).
 
 After each round the model transcribes the first --limit ASR clips of --data; WER and its paired-bootstrap 95%
-interval against the unpruned model go to the table. Resumable: a curve whose JSON exists in --out is not rerun.
+interval against the unpruned model go to the table (lottery.md: every curve in --out, by this call or an earlier
+one). Resumable: a curve whose JSON exists in --out is not rerun. `--retrain-lr` / `--retrain-trainable` change the
+recipe's retraining between rounds (write to another --out): what the retraining itself does to the curve.
 """
 
 from __future__ import annotations
@@ -73,6 +75,13 @@ def run_mode(mode: str, a, samples: list) -> dict:
         raise SystemExit(f"error: {a.recipe} must have one lottery_ticket step, has {cfg.type!r}")
     if mode == "no-rewind":
         cfg = cfg.model_copy(update={"rewind": "none"})
+    retrain = {}
+    if a.retrain_lr is not None:
+        retrain["lr"] = a.retrain_lr
+    if a.retrain_trainable is not None:  # "none": only the encoder's surviving weights (train_base) learn
+        retrain["trainable"] = [] if a.retrain_trainable == "none" else a.retrain_trainable.split(",")
+    if retrain:
+        cfg = cfg.model_copy(update={"retrain": cfg.retrain.model_copy(update=retrain)})
     model = load_model(a.model)
     ctx = RunContext(model, recipe, progress=not a.no_progress)
     step = load_steps()[cfg.type](cfg)
@@ -100,7 +109,7 @@ def table(base: dict, curves: dict) -> str:
     lines = [f"unpruned: WER {base['wer']:.3f} (seen voices {base['by_voice_group'].get('seen_voices', float('nan')):.3f}, "
              f"held-out voice {base['by_voice_group'].get('heldout_voice', float('nan')):.3f}), "
              f"{len(base['references'])} clips", "",
-             "| curve | encoder sparsity | WER | WER - unpruned [95% CI] | retrain loss first -> last |",
+             "| curve | encoder sparsity | WER | WER - unpruned [95% CI] | retrain loss, first 5 -> last 5 steps |",
              "|---|---|---|---|---|"]
     for mode, c in curves.items():
         for r in c["rounds"]:
@@ -121,11 +130,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "lottery-whisper"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--retrain-lr", type=float, default=None, help="the retraining's learning rate (default: recipe's)")
+    p.add_argument("--retrain-trainable", default=None,
+                   help="comma-separated parts retrained beside the encoder (lora, qformer, proj, ...) or 'none'")
     a = p.parse_args(argv)
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         print(f"error: unknown curve(s) {bad}; valid: {', '.join(MODES)}", file=sys.stderr)
+        return 2
+    parts = ("lora", "qformer", "proj", "beats")
+    if a.retrain_trainable not in (None, "none") and not set(a.retrain_trainable.split(",")) <= set(parts):
+        print(f"error: --retrain-trainable {a.retrain_trainable!r}; valid: 'none' or a comma-separated subset of "
+              f"{', '.join(parts)}", file=sys.stderr)
         return 2
     if a.limit < 1:
         print(f"error: --limit must be >= 1, got {a.limit}", file=sys.stderr)
@@ -151,7 +168,8 @@ def main(argv=None) -> int:
             return json.load(f)
 
     base = cached("unpruned", lambda: transcribe(load_model(a.model), samples, a.limit))
-    curves = {m: cached(m, lambda m=m: run_mode(m, a, samples)) for m in modes}
+    curves = {m: cached(m, lambda m=m: run_mode(m, a, samples)) for m in MODES
+              if m in modes or os.path.isfile(os.path.join(a.out, f"{m}.json"))}
     text = table(base, curves)
     with open(os.path.join(a.out, "lottery.md"), "w") as f:
         f.write(f"`python benchmarks/tools/lottery_whisper.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
