@@ -75,13 +75,8 @@ def run_mode(mode: str, a, samples: list) -> dict:
         raise SystemExit(f"error: {a.recipe} must have one lottery_ticket step, has {cfg.type!r}")
     if mode == "no-rewind":
         cfg = cfg.model_copy(update={"rewind": "none"})
-    retrain = {}
-    if a.retrain_lr is not None:
-        retrain["lr"] = a.retrain_lr
-    if a.retrain_trainable is not None:  # "none": only the encoder's surviving weights (train_base) learn
-        retrain["trainable"] = [] if a.retrain_trainable == "none" else a.retrain_trainable.split(",")
-    if retrain:
-        cfg = cfg.model_copy(update={"retrain": cfg.retrain.model_copy(update=retrain)})
+    if a.retrain:  # checked against the step's schema in main()
+        cfg = cfg.model_copy(update={"retrain": cfg.retrain.model_copy(update=a.retrain)})
     model = load_model(a.model)
     ctx = RunContext(model, recipe, progress=not a.no_progress)
     step = load_steps()[cfg.type](cfg)
@@ -139,10 +134,22 @@ def main(argv=None) -> int:
     if bad or not modes:
         print(f"error: unknown curve(s) {bad}; valid: {', '.join(MODES)}", file=sys.stderr)
         return 2
-    parts = ("lora", "qformer", "proj", "beats")
-    if a.retrain_trainable not in (None, "none") and not set(a.retrain_trainable.split(",")) <= set(parts):
-        print(f"error: --retrain-trainable {a.retrain_trainable!r}; valid: 'none' or a comma-separated subset of "
-              f"{', '.join(parts)}", file=sys.stderr)
+    from pydantic import ValidationError
+
+    from compress.steps.finetune import TRAINABLE_GROUPS
+    from compress.steps.schema import TrainConfig
+
+    a.retrain = {}
+    if a.retrain_lr is not None:
+        a.retrain["lr"] = a.retrain_lr
+    if a.retrain_trainable is not None:  # "none": only the encoder's surviving weights (train_base) learn
+        a.retrain["trainable"] = [] if a.retrain_trainable == "none" else a.retrain_trainable.split(",")
+    try:  # the overrides go through the retraining's own schema (its bounds and part names)
+        TrainConfig.model_validate({"data": "-", **a.retrain})
+    except ValidationError as e:
+        print(f"error: --retrain-lr {a.retrain_lr} / --retrain-trainable {a.retrain_trainable!r}: "
+              f"{e.errors()[0]['msg']}; trainable parts: 'none' or a comma-separated subset of "
+              f"{', '.join(TRAINABLE_GROUPS)}", file=sys.stderr)
         return 2
     if a.limit < 1:
         print(f"error: --limit must be >= 1, got {a.limit}", file=sys.stderr)
