@@ -66,9 +66,9 @@ def test_real_length_cache_equals_real_length_inference(tiny_data, tmp_path):
     """With real_length, each clip's cached encoder output and its windows are what the model's real-length
     inference of that clip gives; a batch of clips of different lengths keeps each clip's own windows."""
     from compress.audio import load_audio
+    from compress.models.salmonn import answer_ids
     from demo_factory.train.featcache import build_cache
     from demo_factory.train.loop import cached_batch, clip_windows, keep_frames, llm_inputs, speech_from_features
-    from demo_factory.train.loop import target_ids
 
     ts, model, _ = _tiny_model()
     model.eval()
@@ -87,7 +87,7 @@ def test_real_length_cache_equals_real_length_inference(tiny_data, tmp_path):
             assert ref.shape[1] == clip_windows(model, cache, i)
             assert torch.allclose(got[i, : ref.shape[1]], ref[0], atol=2e-2, rtol=1e-2)
     tok = model.tokenizer
-    targets = [target_ids(tok, "a b") for _ in range(3)]
+    targets = [answer_ids(tok, "a b") for _ in range(3)]
     own = [clip_windows(model, cache, i) for i in range(3)]
     _, mask, _ = llm_inputs(model, got, ["asr"] * 3, targets, own)
     full, _, _ = llm_inputs(model, got, ["asr"] * 3, targets)
@@ -95,13 +95,14 @@ def test_real_length_cache_equals_real_length_inference(tiny_data, tmp_path):
 
 
 def test_answer_logits_equal_the_full_forward_at_answer_positions(tiny_data):
-    from demo_factory.train.loop import answer_logits, llm_inputs, target_ids
+    from compress.models.salmonn import answer_ids
+    from demo_factory.train.loop import answer_logits, llm_inputs
 
     ts, model, _ = _tiny_model()
     model.eval()
     tok = model.tokenizer
     speech = torch.randn(2, 5, model.llm_base().config.hidden_size)
-    targets = [target_ids(tok, "a low rumble"), target_ids(tok, "beeps")]
+    targets = [answer_ids(tok, "a low rumble"), answer_ids(tok, "beeps")]
     embeds, mask, (r, c, labels) = llm_inputs(model, speech, ["asr", "caption"], targets)
     assert labels.tolist() == targets[0] + targets[1]
     with torch.no_grad():

@@ -24,6 +24,7 @@ sys.path.insert(0, HERE)
 
 
 def split(data_dir: str, queries: int, first: int, steps: int) -> dict:
+    from compress.models.salmonn import answer_ids
     from demo_factory.train import loop as L
     from demo_factory.train import pipeline as P
     from demo_factory.train import settings as S
@@ -36,7 +37,7 @@ def split(data_dir: str, queries: int, first: int, steps: int) -> dict:
     L.set_trainable(model)
     model.train()
     model.speech_encoder.eval()
-    targets = [L.target_ids(tok, s.text) for s in samples]
+    targets = [answer_ids(tok, s.text) for s in samples]
     tasks = ["asr" if s.task == "asr" else "caption" for s in samples]
     ctc_on = L.ctc_clips(samples, ts)
     pool = L.epoch_pool(samples, ts.caption_repeat)

@@ -40,11 +40,6 @@ def set_trainable(model) -> list:
     return names
 
 
-def target_ids(tokenizer, text: str) -> list:
-    """Answer token ids + EOS, as every recompression step scores answers (compress.models.salmonn.answer_ids)."""
-    return answer_ids(tokenizer, text)
-
-
 # ----------------------------------------------------------------------------------------------- forward
 def cached_batch(cache: FeatureCache, idx: list, frames: int) -> tuple:
     """Whisper outputs (B, frames, Dw) float32, BEATs fbanks (B, F, 128) and their padding mask (True = pad).
@@ -304,7 +299,7 @@ def front_warmup(model, samples: list, cache: FeatureCache, ts, state_dir: str, 
     named.update({f"ctc_head.{n}": p for n, p in head.named_parameters()})
     tok = model.tokenizer
     clips = [i for i, on in enumerate(ctc_clips(samples, ts)) if on]
-    targets = {i: target_ids(tok, samples[i].text) for i in clips}
+    targets = {i: answer_ids(tok, samples[i].text) for i in clips}
     table, index = answer_vocab(model.llama_model.get_input_embeddings().weight, list(targets.values()))
 
     def step_loss(step: int):
@@ -343,7 +338,7 @@ def train(model, samples: list, cache: FeatureCache, ts, state_dir: str, *,
     params = dict(model.named_parameters())
     named = {n: params[n] for n in names}
     tok = model.tokenizer
-    targets = [target_ids(tok, s.text) for s in samples]
+    targets = [answer_ids(tok, s.text) for s in samples]
     tasks = ["asr" if s.task == "asr" else "caption" for s in samples]
     ctc_on = ctc_clips(samples, ts)
     pool = epoch_pool(samples, ts.caption_repeat)
