@@ -23,9 +23,12 @@ def test_method_table_on_tiny(tmp_path, monkeypatch, capsys):
     cost = rows["magnitude-50"]["cost"]
     assert cost["returncode"] == 0 and cost["seconds"] > 0 and cost["peak_rss_mib"] > 50
     assert "wer" in rows["magnitude-50"]["vs_baseline"]
+    created = json.loads((tmp_path / "magnitude-50.json").read_text())["created"]  # when the bench ran, to the hour
+    assert rows["magnitude-50"]["benched"] == created[:10] + " " + created[11:13] + "h"
     assert "bash benchmarks/peers_env.sh llmc" in out["skipped"]["llmc-wanda-50"]
     text = (tmp_path / "methods.md").read_text()
     assert "| magnitude-50 |" in text and "Not in the table: llmc-wanda-50" in text
+    assert f"| {rows['magnitude-50']['benched']} |" in text
     summary = (tmp_path / "summary.md").read_text()
     assert "| magnitude-50 |" in summary and "llmc-wanda-50" not in summary  # magnitude has no peer
     before = os.path.getmtime(tmp_path / "magnitude-50.json")
@@ -58,4 +61,9 @@ def test_summary_puts_each_method_beside_its_peer():
     lines = {line.split(" | ")[0].lstrip("| "): line for line in mt.summary(rows).splitlines()}
     assert "| llmc-wanda-50 | 0.840 | 0.300 | -0.500 [-0.700, -0.300] | 1.50x |" in lines["wanda-50"]
     assert "llmc-sparsegpt-50 (not run)" in lines["sparsegpt-50"]
+    # wall times from two days are flagged: the machine's speed drifts between them
+    rows[1]["benched"], rows[3]["benched"] = "2026-12-07 00h", "2026-12-06 09h"
+    assert "| 1.50x (other days) |" in mt.summary(rows)
+    rows[3]["benched"] = "2026-12-07 05h"
+    assert "| 1.50x |" in mt.summary(rows)
     assert "llmc-wanda-50" not in lines  # a peer is a column, not a row

@@ -14,7 +14,9 @@ benched on the same clips, in one table with paired-bootstrap intervals and each
 - Cost: wall time and peak RSS (`os.wait4` on the child: that process alone) of the method's run, model load
   included; for the peers, their child only (the export of the plain LLM and the copy back are not counted).
 - Every method and the baseline are benched with the same settings; the table gives WER and CIDEr-D with paired
-  bootstrap intervals (over the shared clips) against the baseline and against the method's peer.
+  bootstrap intervals (over the shared clips) against the baseline and against the method's peer. Rows benched
+  in other calls ran on other days and loads: the "benched" column says when, and TPOT compares only between rows
+  benched together.
 Resumable: a method whose bench JSON exists in --out is not run again (delete the file to rerun it). `--methods`
 picks what to run; the table (methods.md / methods.json) holds every method benched in --out so far, in one order;
 summary.md is its short form for the README (each of our methods beside its peer).
@@ -211,7 +213,7 @@ def _ci(b: dict | None, digits: int = 3) -> str:
 
 def table(rows: list) -> str:
     head = ("| method | WER | ΔWER vs baseline [95% CI] | CIDEr-D | ΔCIDEr-D vs baseline | vs peer / control "
-            "(ΔWER) | LLM MiB | TPOT ms | calib s | calib peak MiB |")
+            "(ΔWER) | LLM MiB | TPOT ms | benched (UTC) | calib s | calib peak MiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         vs = "; ".join(f"{k}: {_ci(v.get('wer'))}" for k, v in r["versus"].items()) or ""
@@ -219,7 +221,7 @@ def table(rows: list) -> str:
         lines.append("| " + " | ".join([
             r["label"], _f(r["wer"]), _ci(r["vs_baseline"].get("wer")), _f(r["cider_d"]),
             _ci(r["vs_baseline"].get("cider_d")), vs, _f(r["llm_mib"], 1), _f(r["tpot_ms"], 1),
-            _f(cost.get("seconds"), 0), _f(cost.get("peak_rss_mib"), 0)]) + " |")
+            (r.get("benched") or "n/a"), _f(cost.get("seconds"), 0), _f(cost.get("peak_rss_mib"), 0)]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -241,9 +243,17 @@ def summary(rows: list) -> str:
         else:
             ours_s, peer_s = (r.get("cost") or {}).get("seconds"), (p.get("cost") or {}).get("seconds")
             ratio = f"{ours_s / peer_s:.2f}x" if ours_s and peer_s else "n/a"
+            if ours_s and peer_s and (r.get("benched") or "")[:10] != (p.get("benched") or "")[:10]:
+                ratio += " (other days)"  # wall times of two days: this machine's speed drifts between days
             cells += [peer, _f(p["wer"]), _f(p["cider_d"]), _ci(r["versus"][peer].get("wer")), ratio]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _benched(result: dict) -> str | None:
+    """When a row was benched, to the hour: timings (TPOT) compare only between rows benched together."""
+    created = result.get("created")
+    return created[:13].replace("T", " ") + "h" if created else None
 
 
 def _f(v, digits: int = 3) -> str:
@@ -318,7 +328,8 @@ def main(argv=None) -> int:
         row = summary_row(results[label])
         versus = {v: paired(v, label) for v in VERSUS.get(label, []) if v in results}
         rows.append({"label": label, "wer": row["wer"], "cider_d": row["cider_d"], "llm_mib": row["llm_mib"],
-                     "tpot_ms": row["tpot_ms_p50"], "cost": (runs.get(label) or {}).get("cost"),
+                     "tpot_ms": row["tpot_ms_p50"], "benched": _benched(results[label]),
+                     "cost": (runs.get(label) or {}).get("cost"),
                      "note": (runs.get(label) or {}).get("note"),
                      "vs_baseline": {} if label == "baseline" else paired("baseline", label),
                      "versus": versus})
