@@ -51,7 +51,8 @@ class DemoSettings:
     # transcript's pieces (median 0.5 pieces per 0.2-s window at 1): warm-up read-out 0.266 test / 0.106 training
     # clips against 0.312 / 0.129 (benchmarks/README.md, "Two queries per window"). Each joint step costs 1.38x, so
     # within 2 hours the joint stage got 1,400 steps: test WER 0.260 (the same), CIDEr-D 0.998 (1.138), BEATs' share
-    # lost; the front still reads test at 0.266 (0.310), the LLM no better than it
+    # lost; the front still reads test at 0.266 (0.310), the LLM no better than it. 3 reads test worse after the
+    # warm-up (0.302 against 2's 0.266) at 1.32x the joint step (benchmarks/README.md, "Three queries")
     queries: int = 1
     qformer_hidden: int = 384
     qformer_heads: int = 6
