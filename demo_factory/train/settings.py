@@ -118,7 +118,8 @@ class DemoSettings:
     # about this share of the frames hidden, in spans of 1..time_mask_span encoder frames (20 ms each). Aimed at the
     # front remembering its training utterances (greedy CTC read-out WER 0.073 on training clips, 0.316 on test).
     # With qformer_dropout 0.1 and instruction_first through the whole training: front read-out 0.285 test (0.310),
-    # but LLM test WER 0.268 (0.260), CIDEr-D 0.994 (1.138) and BEATs' share lost (benchmarks/README.md, "ri")
+    # but LLM test WER 0.268 (0.260), CIDEr-D 0.994 (1.138) and BEATs' share lost (benchmarks/README.md, "ri").
+    # With queries 2 (and qformer_dropout 0.1) the warm-up's front reads test worse: 0.306 against 0.266
     time_mask: float = 0.0
     time_mask_span: int = 6
     full_share: float = 0.1  # share of batches with all 30 s of windows; the rest keep speech + 2-24 padding windows
