@@ -209,7 +209,8 @@ def cmd_export(args) -> int:
 
     options = ExportOptions.build(  # every option checked before the model loads
         "export", format=args.format, int8=args.int8, int8_float=args.int8_float, int8_front=args.int8_front,
-        nbits_accuracy_level=args.nbits_accuracy_level, prefill_accuracy_level=args.prefill_accuracy_level,
+        nbits_accuracy_level=args.nbits_accuracy_level, nbits_float=args.nbits_float,
+        prefill_accuracy_level=args.prefill_accuracy_level,
         llm_graph=args.llm_graph, lm_head_bits=args.lm_head_bits, opset=args.opset)
     if args.format == "tensorrt":  # fail before loading the model when TensorRT cannot run here
         from .export.tensorrt import require_tensorrt
@@ -366,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nbits-accuracy-level", type=int, choices=range(5), default=0, metavar="{0..4}",
                    help="onnx, GPTQ / RTN models (exported as MatMulNBits): ONNX Runtime's compute mode; 0 (default) "
                         "float activations, 4 int8 activations (fastest on CPU, approximate)")
+    s.add_argument("--nbits-float", action="append", default=[], metavar="PROJ",
+                   choices=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                   help="with --nbits-accuracy-level: these LLM projections keep float activations (down_proj: "
+                        "the inputs with the activation outliers); repeatable")
     s.add_argument("--prefill-accuracy-level", type=int, choices=range(5), default=None, metavar="{0..4}",
                    help="onnx, GPTQ / RTN models: also write a prefill graph (same weights, stored once) whose "
                         "MatMulNBits use this compute mode for the prompt (4: int8 activations, the fast prefill); "

@@ -208,3 +208,49 @@ def test_prefill_graph_shares_the_weights_and_runs_the_prompt(tmp_path):
     assert not os.path.exists(tmp_path / "float")
     with pytest.raises(ConfigError, match="not with int8"):
         recipe_from_dict({"name": "x", "steps": [{"type": "export", "int8": True, "prefill_accuracy_level": 4}]})
+
+
+def _levels_by_projection(graph) -> dict:
+    """{projection name in the node name: {accuracy levels}} of a graph's MatMulNBits nodes."""
+    out: dict = {}
+    for node in graph.node:
+        if node.op_type == "MatMulNBits":
+            proj = next((p for p in ("qkv_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+                         if p in node.name), node.name)
+            out.setdefault(proj, set()).add(next((a.i for a in node.attribute if a.name == "accuracy_level"), 0))
+    return out
+
+
+def test_nbits_float_keeps_the_named_projections_at_float_activations(tmp_path):
+    """nbits_float: the named projections' MatMulNBits keep level 0 while the rest take nbits_accuracy_level;
+    q/k/v (one node in the builder's graph) go together; the option needs an accuracy level; the CLI takes it."""
+    import onnx
+
+    from compress.cli import main
+    from compress.errors import ConfigError
+    from compress.export import export_model
+    from compress.export.options import ExportOptions
+    from compress.recipe import recipe_from_dict
+
+    torch.set_num_threads(1)
+    q41 = rtn_offset_tiny(str(tmp_path / "q41"))
+    out = str(tmp_path / "mixed")
+    assert main(["export", "--model", q41, "--format", "onnx", "--llm-graph", "genai", "--nbits-accuracy-level", "4",
+                 "--nbits-float", "down_proj", "--out", out]) == 0
+    levels = _levels_by_projection(onnx.load(os.path.join(out, "llm.onnx"), load_external_data=False).graph)
+    assert levels == {"qkv_proj": {4}, "o_proj": {4}, "gate_proj": {4}, "up_proj": {4}, "down_proj": {0}}
+    ort_model = load_model(out)
+    assert ort_model.conf["llm"]["matmul_nbits"]["float_activations"] == ["mlp/down_proj"]
+    assert 0 < _logits_side_by_side(load_model(q41), ort_model) < 0.1
+
+    model = load_model(q41)
+    with pytest.raises(UserError, match="in one MatMulNBits node"):
+        export_model(model, str(tmp_path / "qonly"), ExportOptions(llm_graph="genai", nbits_accuracy_level=4,
+                                                                   nbits_float=["q_proj"]))
+    assert not os.path.exists(tmp_path / "qonly")
+    # the dynamo graph has one node per projection: q_proj alone is fine there
+    export_model(model, str(tmp_path / "dyn"), ExportOptions(nbits_accuracy_level=4, nbits_float=["q_proj"]))
+    dyn = load_model(str(tmp_path / "dyn"))
+    assert dyn.conf["llm"]["matmul_nbits"]["accuracy_levels"] == [0, 4]
+    with pytest.raises(ConfigError, match="nbits_float .* needs nbits_accuracy_level > 0"):
+        recipe_from_dict({"name": "x", "steps": [{"type": "export", "nbits_float": ["down_proj"]}]})

@@ -346,6 +346,45 @@ def test_real_length_training_ships_a_real_length_model(tiny_data, tmp_path):
     assert model.real_length and model.cfg.extra["runtime"]["real_length"] is True
 
 
+def test_whisper_layer_mix_trains_caches_and_ships(tiny_data, tmp_path):
+    """whisper_layers: the cache keeps the stacked hidden states, training's path equals real-length inference,
+    the mix weights train and ship, and a bad index list is refused with the valid range."""
+    from compress.audio import load_audio
+    from compress.errors import ConfigError
+    from compress.loaders import load_model
+    from demo_factory.train.featcache import build_cache
+    from demo_factory.train.loop import cached_batch, speech_from_features
+
+    ts = S.preset("test").replace(real_length=True, steps=3, front_warmup_steps=2, whisper_layers=[0, 1, 2])
+    tok, folder = stage_llm(ts, progress=False)
+    model, _ = assemble(ts, S.salmonn_config(ts), tok, folder)
+    model.eval()
+    model.real_length = True
+    with torch.no_grad():
+        model.speech_layer_weights.copy_(torch.tensor([0.5, -1.0, 1.5]))
+    samples = read_annotations(tiny_data)[:2]
+    cache = build_cache(model.speech_encoder, samples, str(tmp_path / "c"),
+                        real_length=(model.cfg.window_kernel, model.cfg.window_stride), layers=model.whisper_layers,
+                        log=lambda *a: None)
+    assert "-layers0-1-2" in cache.folder and cache.whisper(0).shape[0] == 3
+    frames = max(cache.whisper_frames(i) for i in range(2))
+    with torch.no_grad():
+        got = speech_from_features(model, *cached_batch(cache, [0, 1], frames))
+        for i, s in enumerate(samples):
+            ref = model.encode_audio(**model.prepare_audio([load_audio(s.path)]))
+            assert torch.allclose(got[i, : ref.shape[1]], ref[0], atol=2e-2, rtol=1e-2)
+
+    s = train(ts, str(tmp_path / "a"), data_dir=str(tmp_path / "w"), annotations=tiny_data, progress=False,
+              log=lambda *a: None)
+    assert s["train"]["steps"] == 3
+    shipped = load_model(str(tmp_path / "a"))
+    assert shipped.whisper_layers == [0, 1, 2]
+    assert not torch.equal(shipped.speech_layer_weights.detach(), torch.zeros(3))  # trained, stored, loaded
+    for bad in ([], [0, 0], [7], ["1"]):
+        with pytest.raises(ConfigError, match="whisper_layers must be distinct hidden-state indices in 0..2"):
+            assemble(ts.replace(whisper_layers=bad), S.salmonn_config(ts.replace(whisper_layers=bad)), tok, folder)
+
+
 def test_a_killed_run_resumes_to_the_same_weights(tiny_data, tmp_path):
     """Stopped by max_minutes after a few steps (as a kill after a checkpoint), the rerun finishes the schedule
     and its weights equal an uninterrupted run's."""

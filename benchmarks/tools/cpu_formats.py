@@ -28,6 +28,11 @@ not benched again):
   ort-genai-q41-h8-f8  ort-genai-q41-h8 with --int8-front (the audio front graph's MatMuls dynamic int8)
   ort-genai-q41-h8-f8-pf4  the same with --prefill-accuracy-level 4: a prefill graph on the same weights whose
                     MatMulNBits take int8 activations (the fast prefill), the decode steps as ort-genai-q41-h8-f8
+  ort-genai-q41-h8-f8-acc4  ort-genai-q41-h8-f8 with --nbits-accuracy-level 4 (int8 activations everywhere)
+  ort-genai-q41-h8-f8-acc4-fd  the same with --nbits-float down_proj (the MLP down projections, whose inputs hold
+                    the activation outliers, at float activations)
+  ort-genai-q41-h8-f8-acc4-fmlp  the same with the whole MLP (gate, up, down) at float activations
+  ort-genai-q41-h8-f8-acc4-fattn  the same with attention's projections (q, k, v, o) at float activations
   best-cpu          recipes/best-cpu.yaml (its output is an ONNX export)
 A format is "best" when it is the fastest per token among those that keep accuracy: WER at most torch-fp32's + 0.01
 and CIDEr-D at least 95% of torch-fp32's.
@@ -58,7 +63,8 @@ SC = [sys.executable, "-m", "compress.cli"]  # this checkout's code (PYTHONPATH 
 FORMATS = ("torch-fp32", "torch-int8-wo", "torch-gptq4", "torch-q41", "ort-fp32", "ort-int8", "ort-int8-fd",
            "ort-nbits4", "ort-nbits4-acc4", "ort-genai-fp32", "ort-genai-nbits4", "ort-genai-nbits4-h8",
            "ort-genai-q41", "ort-genai-q41-h8", "ort-genai-q41-h8-acc4", "ort-genai-q41-h8-f8", "ort-genai-q41-h8-f8-pf4",
-           "best-cpu")
+           "ort-genai-q41-h8-f8-acc4", "ort-genai-q41-h8-f8-acc4-fd", "ort-genai-q41-h8-f8-acc4-fmlp",
+           "ort-genai-q41-h8-f8-acc4-fattn", "best-cpu")
 RECIPE_OF = {"torch-int8-wo": "torchao-int8-weight-only", "torch-gptq4": "gptq-4bit-g128",
              "torch-q41": "rtn-4bit-g32-offset", "best-cpu": "best-cpu"}
 GENAI = ["--llm-graph", "genai"]
@@ -72,6 +78,14 @@ EXPORT_OF = {"ort-fp32": ("torch-fp32", []), "ort-int8": ("torch-fp32", ["--int8
              "ort-genai-q41-h8-f8": ("torch-q41", GENAI + ["--lm-head-bits", "8", "--int8-front"]),
              "ort-genai-q41-h8-f8-pf4": ("torch-q41", GENAI + ["--lm-head-bits", "8", "--int8-front",
                                                                "--prefill-accuracy-level", "4"])}
+ACC4 = GENAI + ["--lm-head-bits", "8", "--int8-front", "--nbits-accuracy-level", "4"]
+EXPORT_OF.update({"ort-genai-q41-h8-f8-acc4": ("torch-q41", ACC4),
+                  "ort-genai-q41-h8-f8-acc4-fd": ("torch-q41", ACC4 + ["--nbits-float", "down_proj"]),
+                  "ort-genai-q41-h8-f8-acc4-fmlp": ("torch-q41", ACC4 + [a for p in ("gate_proj", "up_proj", "down_proj")
+                                                                         for a in ("--nbits-float", p)]),
+                  "ort-genai-q41-h8-f8-acc4-fattn": ("torch-q41", ACC4 + [a for p in ("q_proj", "k_proj", "v_proj",
+                                                                                      "o_proj")
+                                                                          for a in ("--nbits-float", p)])})
 WER_SLACK, CIDER_SHARE = 0.01, 0.95  # the accuracy a fast format must keep to count as "best"
 
 

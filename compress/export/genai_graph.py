@@ -198,9 +198,10 @@ def _side_nodes(prefix: str, x: str, base: str, y: str, a_cat: np.ndarray, b_cat
     return nodes, [_init(f"{prefix}.lora_A", a_cat), _init(f"{prefix}.lora_B", b_cat)]
 
 
-def swap_in_codes(path: str, nbits: dict, num_layers: int, accuracy_level: int = 0) -> dict:
+def swap_in_codes(path: str, nbits: dict, num_layers: int, accuracy_level: int = 0, keep_float: tuple = ()) -> dict:
     """Replace the builder's float projections that the model holds as GPTQ / RTN codes by MatMulNBits nodes (and
-    their LoRA branches); rewrites `path` (one file); returns a summary for the export's config."""
+    their LoRA branches); rewrites `path` (one file); returns a summary for the export's config. `keep_float`:
+    projection names whose nodes keep accuracy level 0 (q, k and v share one node here: all three or none)."""
     import onnx
 
     model = onnx.load(path)
@@ -209,6 +210,13 @@ def swap_in_codes(path: str, nbits: dict, num_layers: int, accuracy_level: int =
     replace: dict = {}  # node index -> the nodes standing in for it
     drop, new_inits = set(), []
     nodes_n = side_n = 0
+    levels = {}
+    for proj, members in PROJECTIONS:
+        floats = [m.rpartition(".")[2] in keep_float for m in members]
+        if any(floats) and not all(floats):
+            raise UserError(f"export: the 'genai' graph computes {', '.join(m.rpartition('.')[2] for m in members)} "
+                            "in one MatMulNBits node: keep all of them float or none (or use --llm-graph dynamo)")
+        levels[proj] = 0 if all(floats) else accuracy_level
     for i in range(num_layers):
         for proj, members in PROJECTIONS:
             keys = [f"model.layers.{i}.{m}" for m in members]
@@ -235,7 +243,7 @@ def swap_in_codes(path: str, nbits: dict, num_layers: int, accuracy_level: int =
             except ValueError:  # different column orders: one node each, outputs concatenated
                 stacked = ws
             if len(stacked) == 1:
-                n, ini = _nbits_nodes(prefix, x, out, stacked[0], accuracy_level)
+                n, ini = _nbits_nodes(prefix, x, out, stacked[0], levels[proj])
                 new += n
                 new_inits += ini
             else:
@@ -243,7 +251,7 @@ def swap_in_codes(path: str, nbits: dict, num_layers: int, accuracy_level: int =
 
                 outs = []
                 for j, w in enumerate(stacked):
-                    n, ini = _nbits_nodes(f"{prefix}/{j}", x, f"{prefix}/{j}/output_0", w, accuracy_level)
+                    n, ini = _nbits_nodes(f"{prefix}/{j}", x, f"{prefix}/{j}/output_0", w, levels[proj])
                     new += n
                     new_inits += ini
                     outs.append(f"{prefix}/{j}/output_0")
@@ -275,6 +283,7 @@ def swap_in_codes(path: str, nbits: dict, num_layers: int, accuracy_level: int =
     return {"method": "MatMulNBits nodes with the model's own GPTQ / RTN codes swapped into the builder's graph",
             "matmul_nbits_nodes": nodes_n, "side_branches": side_n, "bits": any_w.bits,
             "block_size": any_w.block_size, "accuracy_level": accuracy_level,
+            "float_activations": sorted(p for p, lv in levels.items() if lv == 0 and accuracy_level),
             "float_offsets": any(w.offsets is not None for w, _ in nbits.values())}
 
 
@@ -300,7 +309,7 @@ def quantize_head(proto, bits: int, accuracy_level: int = 0):
 
 # ------------------------------------------------------------------------------------ the whole graph
 def export_llm_genai(model, path: str, *, accuracy_level: int = 0, head_bits: Optional[int] = None,
-                     log=None) -> tuple:
+                     keep_float: tuple = (), log=None) -> tuple:
     """Write the LLM decoder at `path` (llm.onnx) through the builder; returns (graph spec, embedding table).
     head_bits: 4 or 8 quantizes the output layer with ONNX Runtime's quantizer (see quantize_head)."""
     from .nbits_op import has_gptq, nbits_llm
@@ -313,7 +322,7 @@ def export_llm_genai(model, path: str, *, accuracy_level: int = 0, head_bits: Op
         raise UserError(f"the 'genai' LLM graph is written for Llama-family LLMs, not {cfg.get('model_type')!r}; "
                         "use --llm-graph dynamo")
     quantized = has_gptq(model)
-    lm = nbits_llm(model, accuracy_level) if quantized else merged_llm(model)
+    lm = nbits_llm(model, accuracy_level, keep_float) if quantized else merged_llm(model)
     state, nbits = split_llm(lm)
     emb = state["model.embed_tokens.weight"].numpy()
     out_dir = os.path.dirname(os.path.abspath(path))
@@ -327,7 +336,7 @@ def export_llm_genai(model, path: str, *, accuracy_level: int = 0, head_bits: Op
             summary = None
             if nbits:
                 say(f"swapping in the model's own codes ({len(nbits)} quantized projections) ...")
-                summary = swap_in_codes(built, nbits, int(cfg["num_hidden_layers"]), accuracy_level)
+                summary = swap_in_codes(built, nbits, int(cfg["num_hidden_layers"]), accuracy_level, keep_float)
             import onnx
 
             proto = onnx.load(built)  # the builder writes external data; the export keeps one file

@@ -148,8 +148,9 @@ def check_nbits_exportable(model) -> None:
                         "2, 4 or 8 bits and a power-of-two group_size (not -1)")
 
 
-def nbits_llm(model, accuracy_level: int = 0) -> nn.Module:
-    """A float32 copy of the LLM with its GPTQLinears as NBitsLinears; LoRA left unmerged. The model is untouched."""
+def nbits_llm(model, accuracy_level: int = 0, keep_float: tuple = ()) -> nn.Module:
+    """A float32 copy of the LLM with its GPTQLinears as NBitsLinears; LoRA left unmerged. The model is untouched.
+    `keep_float`: projection names (down_proj, ...) whose nodes keep accuracy level 0 (float activations)."""
     from ..quant.qlinear import GPTQLinear
 
     lm = copy.deepcopy(model.llama_model)
@@ -158,5 +159,6 @@ def nbits_llm(model, accuracy_level: int = 0) -> nn.Module:
     for name, m in list(lm.named_modules()):
         if isinstance(m, GPTQLinear):
             parent, _, child = name.rpartition(".")
-            setattr(lm.get_submodule(parent) if parent else lm, child, NBitsLinear.from_gptq(m, accuracy_level))
+            level = 0 if keep_float and set(name.split(".")) & set(keep_float) else accuracy_level  # LoRA: .base_layer
+            setattr(lm.get_submodule(parent) if parent else lm, child, NBitsLinear.from_gptq(m, level))
     return lm.float().eval()

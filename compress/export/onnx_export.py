@@ -123,7 +123,7 @@ def export_front(model, path: str, opset: int) -> dict:
                             if model.beats is not None else "no BEATs in this model")}
 
 
-def export_llm(model, path: str, opset: int, *, accuracy_level: int = 0) -> dict:
+def export_llm(model, path: str, opset: int, *, accuracy_level: int = 0, keep_float: tuple = ()) -> dict:
     """The KV-cache decoder graph. GPTQ / RTN Linears become MatMulNBits nodes holding the model's own codes
     (nbits_op); LoRA is then left unmerged on them (merging would change the codes), else merged everywhere."""
     from torch.export import Dim
@@ -131,7 +131,7 @@ def export_llm(model, path: str, opset: int, *, accuracy_level: int = 0) -> dict
     from .nbits_op import has_gptq, nbits_llm, onnx_translation
 
     quantized = has_gptq(model)
-    lm = nbits_llm(model, accuracy_level) if quantized else merged_llm(model)
+    lm = nbits_llm(model, accuracy_level, keep_float) if quantized else merged_llm(model)
     dec = DecoderWithCache(lm).eval()
     hidden = lm.get_input_embeddings().embedding_dim
     b, s = 2, 5
@@ -171,7 +171,7 @@ def _nbits_summary(lm) -> dict:
             "layers": len(mods), "bits": sorted({m.bits for m in mods}),
             "block_sizes": sorted({m.block_size for m in mods}),
             "act_order_gathers": sum(m.perm.numel() > 0 for m in mods),
-            "accuracy_level": mods[0].accuracy_level if mods else None}
+            "accuracy_levels": sorted({m.accuracy_level for m in mods})}
 
 
 def _float_nodes(path: str, keep_float, llm_cfg) -> list:
@@ -339,9 +339,11 @@ def export_onnx(model, out_dir: str, options: ExportOptions, *, overwrite: bool 
             from .genai_graph import export_llm_genai
 
             llm, emb = export_llm_genai(model, os.path.join(tmp, LLM), accuracy_level=options.nbits_accuracy_level,
-                                        head_bits=options.lm_head_bits, log=say)
+                                        head_bits=options.lm_head_bits, keep_float=tuple(options.nbits_float),
+                                        log=say)
         else:
-            llm, emb = export_llm(model, os.path.join(tmp, LLM), opset, accuracy_level=options.nbits_accuracy_level)
+            llm, emb = export_llm(model, os.path.join(tmp, LLM), opset, accuracy_level=options.nbits_accuracy_level,
+                                  keep_float=tuple(options.nbits_float))
         quant = None
         if options.int8:
             say("quantizing the LLM graph to int8 ...")

@@ -29,6 +29,9 @@ class ExportOptions(BaseModel):
     # onnx, GPTQ / RTN models (MatMulNBits): ONNX Runtime's compute mode, 0 = unset (float activations; what the
     # model computes), 4 = activations quantized to int8 per block (ORT's fastest CPU path, approximate)
     nbits_accuracy_level: int = Field(0, ge=0, le=4)
+    # with nbits_accuracy_level > 0: the LLM projections whose MatMulNBits keep float activations (level 0), e.g.
+    # down_proj, whose inputs hold the activation outliers that int8 per block rounds away
+    nbits_float: list[Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]] = []
     # onnx, GPTQ / RTN models: a second LLM graph for the prompt's prefill (every call of more than one position),
     # the same weights with this MatMulNBits compute mode (4: int8 activations, the fast prefill), while the decode
     # steps keep nbits_accuracy_level; None = one graph for both
@@ -46,6 +49,7 @@ class ExportOptions(BaseModel):
             onnx_only = [name for name, on in (("int8", self.int8), ("int8_float", self.int8_float),
                                                ("int8_front", self.int8_front),
                                                ("nbits_accuracy_level", self.nbits_accuracy_level),
+                                               ("nbits_float", self.nbits_float),
                                                ("prefill_accuracy_level", self.prefill_accuracy_level is not None),
                                                ("llm_graph", self.llm_graph != "dynamo"),
                                                ("lm_head_bits", self.lm_head_bits)) if on]
@@ -56,6 +60,10 @@ class ExportOptions(BaseModel):
             raise ValueError("lm_head_bits needs llm_graph: genai")
         if self.int8 and self.prefill_accuracy_level is not None:
             raise ValueError("prefill_accuracy_level applies to GPTQ / RTN LLM graphs (MatMulNBits), not with int8")
+        if self.nbits_float and not self.nbits_accuracy_level:
+            raise ValueError("nbits_float keeps some projections at float activations while the others use "
+                             "nbits_accuracy_level: it needs nbits_accuracy_level > 0 (command line: --nbits-float "
+                             "needs --nbits-accuracy-level)")
         if self.int8_float and not self.int8:
             raise ValueError("int8_float applies with int8 only: it leaves parts of an int8 LLM graph float "
                              "(command line: --int8-float needs --int8)")

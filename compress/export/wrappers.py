@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..models.salmonn import _full_mel_frames, whisper_encode, whisper_encode_frames, window_tokens
+from ..models.salmonn import _full_mel_frames, whisper_encode, whisper_encode_frames, whisper_hidden, window_tokens
 
 
 class AudioFront(nn.Module):
@@ -37,12 +37,20 @@ class AudioFront(nn.Module):
         self.speech_Qformer = model.speech_Qformer
         self.speech_query_tokens = model.speech_query_tokens
         self.speech_llama_proj = model.speech_llama_proj
+        self.whisper_layers = model.whisper_layers
+        if self.whisper_layers is not None:
+            self.speech_layer_weights = model.speech_layer_weights
         self.kernel, self.stride = model.cfg.window_kernel, model.cfg.window_stride
         self.dynamic_mel = dynamic_mel
 
     def forward(self, spectrogram: torch.Tensor, wav=None, padding_mask=None) -> torch.Tensor:
         enc = whisper_encode_frames if self.dynamic_mel else whisper_encode
-        speech = self.ln_speech(enc(self.speech_encoder, spectrogram))  # (B, Tw, Dw)
+        if self.whisper_layers is None:
+            speech = self.ln_speech(enc(self.speech_encoder, spectrogram))  # (B, Tw, Dw)
+        else:
+            stack = whisper_hidden(self.speech_encoder, spectrogram, self.whisper_layers)
+            w = torch.softmax(self.speech_layer_weights.float(), 0).to(stack.dtype)
+            speech = self.ln_speech((stack * w[None, :, None, None]).sum(1))
         if self.beats is not None:
             feats, _ = self.beats.extract_features(wav, padding_mask=padding_mask)
             feats = self.ln_audio(feats)  # (B, N, Db)

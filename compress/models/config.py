@@ -85,6 +85,11 @@ class SalmonnConfig:
     # "{instruction} <Speech><SpeechHere></Speech>", so each task's text before the speech is fixed and its KV can be
     # computed once (compress.export.lite.LlmSession.keep_prefixes) instead of at every prefill
     instruction_first: bool = False
+    # None: the Whisper encoder's last hidden state, as SALMONN reads it. A list of hidden-state indices (0 = the
+    # embeddings after the convolutions, n = the last layer, with the encoder's final layer norm): each is
+    # layer-normalised and they are summed with learned softmax weights (`Salmonn.speech_layer_weights`, SUPERB's
+    # weighted sum), so the front can read the earlier, less contextual layers too
+    whisper_layers: Optional[list] = None
     instructions: dict = field(default_factory=lambda: dict(TASKS))
     generate: GenerateSettings = field(default_factory=GenerateSettings)
     extra: dict = field(default_factory=dict)  # free-form provenance (preset name, seed, ...)

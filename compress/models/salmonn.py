@@ -16,7 +16,7 @@ from .windows import real_mel_frames, window_count  # noqa: F401  (re-exported: 
 
 # Parameter-name prefixes of each part; the first match wins.
 PART_PREFIXES = {
-    "speech_encoder": ("speech_encoder.", "ln_speech."),
+    "speech_encoder": ("speech_encoder.", "ln_speech.", "speech_layer_weights"),
     "beats": ("beats.", "ln_audio."),
     "qformer": ("speech_Qformer.", "speech_query_tokens"),
     "proj": ("speech_llama_proj.",),
@@ -126,6 +126,9 @@ class Salmonn(PromptMixin, nn.Module):
                 f"qformer.encoder_width is {cfg.qformer.encoder_width} but the Whisper encoder ({d_whisper}) "
                 f"+ BEATs ({beats_dim}) give {d_whisper + beats_dim}"
             )
+        self.whisper_layers = whisper_layer_list(cfg.whisper_layers, speech_encoder.config.encoder_layers)
+        if self.whisper_layers is not None:
+            self.speech_layer_weights = nn.Parameter(torch.zeros(len(self.whisper_layers)))
         self.speech_Qformer = SpeechQFormer(cfg.qformer)
         self.speech_query_tokens = nn.Parameter(torch.zeros(1, cfg.num_speech_query_token, cfg.qformer.hidden_size))
         llm_hidden = llama_model.get_input_embeddings().embedding_dim
@@ -162,7 +165,11 @@ class Salmonn(PromptMixin, nn.Module):
                      padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, n_mels, 3000) log-mel [+ (B, T) 16 kHz wav] -> (B, L, llm_hidden) speech embeddings."""
         enc_dtype = self.ln_speech.weight.dtype
-        speech = whisper_encode(self.speech_encoder, spectrogram.to(self.device, enc_dtype))  # (B, 1500, Dw)
+        spectrogram = spectrogram.to(self.device, enc_dtype)
+        if self.whisper_layers is None:
+            speech = whisper_encode(self.speech_encoder, spectrogram)  # (B, 1500, Dw)
+        else:
+            speech = self.mix_layers(whisper_hidden(self.speech_encoder, spectrogram, self.whisper_layers))
         speech = self.ln_speech(speech)
         if self.beats is not None and wav is not None:
             pm = padding_mask.to(self.device) if padding_mask is not None else None
@@ -173,6 +180,11 @@ class Salmonn(PromptMixin, nn.Module):
             speech, audio = _pad_to_same_length(speech, audio.to(speech.dtype))
             speech = torch.cat([speech, audio], dim=-1)  # (B, T, Dw + 768)
         return window_tokens(self, speech, self.cfg.window_kernel, self.cfg.window_stride)
+
+    def mix_layers(self, stack: torch.Tensor) -> torch.Tensor:
+        """(B, L, T, Dw) normalised hidden states of `whisper_layers` -> (B, T, Dw), their learned weighted sum."""
+        w = torch.softmax(self.speech_layer_weights.float(), 0).to(stack.dtype)
+        return torch.einsum("bltd,l->btd", stack, w)
 
     @property
     def has_beats(self) -> bool:
@@ -272,6 +284,36 @@ def whisper_encode_frames(encoder, features: torch.Tensor) -> torch.Tensor:
     for layer in encoder.layers:
         x = layer(x, None)
     return encoder.layer_norm(x)
+
+
+def whisper_layer_list(layers: Optional[list], n_layers: int) -> Optional[list]:
+    """`SalmonnConfig.whisper_layers` checked against an encoder of `n_layers` layers (None stays None)."""
+    if layers is None:
+        return None
+    ok = isinstance(layers, (list, tuple)) and len(layers) > 0 and all(
+        isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= n_layers for i in layers)
+    if not ok or len(set(layers)) != len(layers):
+        raise ConfigError(f"whisper_layers must be distinct hidden-state indices in 0..{n_layers} (0 = the "
+                          f"embeddings, {n_layers} = the last layer), got {layers!r}")
+    return list(layers)
+
+
+def whisper_hidden(encoder, features: torch.Tensor, layers: list) -> torch.Tensor:
+    """(B, n_mels, F) log-mel -> (B, len(layers), F // 2, D): the encoder's hidden states `layers` (0 = the
+    embeddings, n = the last layer after the encoder's final layer norm), each layer-normalised (no affine), on
+    any F <= 3000 as `whisper_encode_frames`."""
+    x = F.gelu(encoder.conv1(features))
+    x = F.gelu(encoder.conv2(x)).permute(0, 2, 1)
+    x = x + encoder.embed_positions.weight[: x.shape[1]]
+    x = F.dropout(x, p=encoder.dropout, training=encoder.training)
+    n = len(encoder.layers)
+    states = {0: x}
+    for k, layer in enumerate(encoder.layers, 1):
+        if k > max(layers):
+            break
+        x = layer(x, None)
+        states[k] = encoder.layer_norm(x) if k == n else x
+    return torch.stack([F.layer_norm(states[i], states[i].shape[-1:]) for i in layers], 1)
 
 
 def _pad_to_same_length(a: torch.Tensor, b: torch.Tensor) -> tuple:

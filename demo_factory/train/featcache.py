@@ -5,7 +5,8 @@ float16: (1500, d_model) for audio padded to 30 s (SALMONN's inference), or, wit
 run on the clip's own mel frames rounded up to whole Q-Former windows (the model's `real_length` inference,
 `compress.models.windows.real_mel_frames`, about a tenth of the cost for a 3-second clip). BEATs is trained
 here, so only its input (the Kaldi fbank, a fixed transform of the waveform) is kept, cut to whole 16-frame
-patches. One file per clip,
+patches. With `layers` (SalmonnConfig.whisper_layers) the cache keeps those normalised hidden states, stacked
+(len(layers), frames, d_model), and the trained weighted sum runs in training. One file per clip,
 named by the clip's content hash, in a folder named by the encoder's weights: each file is written atomically,
 so a killed run keeps every clip it finished and a rerun encodes only the rest.
 """
@@ -51,8 +52,8 @@ def clip_fbank(wav: np.ndarray) -> np.ndarray:
 class FeatureCache:
     """Per-clip cached inputs of a list of samples (index i = samples[i])."""
 
-    def __init__(self, folder: str, digests: list, real_length: bool = False):
-        self.folder, self.digests, self.real_length = folder, digests, real_length
+    def __init__(self, folder: str, digests: list, real_length: bool = False, stacked: bool = False):
+        self.folder, self.digests, self.real_length, self.stacked = folder, digests, real_length, stacked
         self._frames: dict = {}
         self._whisper_frames: dict = {}
 
@@ -63,14 +64,15 @@ class FeatureCache:
         return os.path.join(self.folder, f"{self.digests[i]}.{kind}.npy")
 
     def whisper(self, i: int, frames: Optional[int] = None) -> np.ndarray:
-        """(frames or 1500, d_model) float16 Whisper output of clip i (a memory-mapped slice)."""
+        """(frames or 1500, d_model) float16 Whisper output of clip i (a memory-mapped slice); stacked:
+        (layers, frames or 1500, d_model)."""
         a = np.load(self._path(i, "whisper"), mmap_mode="r")
-        return a if frames is None else a[:frames]
+        return a if frames is None else a[..., :frames, :]
 
     def whisper_frames(self, i: int) -> int:
         """Encoder frames cached for clip i (1500, or its real-length count)."""
         if i not in self._whisper_frames:
-            self._whisper_frames[i] = int(np.load(self._path(i, "whisper"), mmap_mode="r").shape[0])
+            self._whisper_frames[i] = int(np.load(self._path(i, "whisper"), mmap_mode="r").shape[-2])
         return self._whisper_frames[i]
 
     def fbank(self, i: int) -> np.ndarray:
@@ -90,20 +92,23 @@ def _save(path: str, arr: np.ndarray) -> None:
 
 @torch.inference_mode()
 def build_cache(speech_encoder: torch.nn.Module, samples: list, cache_dir: str, *, batch: int = 8,
-                real_length: Optional[tuple] = None, progress: Optional[Callable] = None,
-                log=print) -> FeatureCache:
+                real_length: Optional[tuple] = None, layers: Optional[list] = None,
+                progress: Optional[Callable] = None, log=print) -> FeatureCache:
     """The cache of `samples` under `cache_dir`, encoding only the clips it lacks. `real_length` = the
-    Q-Former's (kernel, stride) in encoder frames: each clip encoded on its own real-length mel frames."""
+    Q-Former's (kernel, stride) in encoder frames: each clip encoded on its own real-length mel frames.
+    `layers`: keep those hidden states (whisper_hidden) instead of the last one."""
     from compress.audio import load_audio, whisper_features
-    from compress.models.salmonn import real_mel_frames, whisper_encode
+    from compress.models.salmonn import real_mel_frames, whisper_encode, whisper_hidden
 
     name = f"whisper-{state_digest(speech_encoder)}"
     if real_length is not None:
         name += f"-real{real_length[0]}x{real_length[1]}"
+    if layers is not None:
+        name += "-layers" + "-".join(str(i) for i in layers)
     folder = os.path.join(cache_dir, name)
     os.makedirs(folder, exist_ok=True)
     digests = [clip_digest(s.path) for s in samples]
-    cache = FeatureCache(folder, digests, real_length=real_length is not None)
+    cache = FeatureCache(folder, digests, real_length=real_length is not None, stacked=layers is not None)
     todo = [i for i in range(len(samples))
             if not (os.path.isfile(cache._path(i, "whisper")) and os.path.isfile(cache._path(i, "fbank")))]
     seen: set = set()
@@ -123,7 +128,8 @@ def build_cache(speech_encoder: torch.nn.Module, samples: list, cache_dir: str, 
         spec = whisper_features(waves, n_mels).to(dtype)
         if real_length is not None:
             spec = spec[..., : real_mel_frames(len(waves[0]), real_length[0], real_length[1], spec.shape[-1])]
-        out = whisper_encode(speech_encoder, spec).float().numpy().astype(np.float16)
+        out = whisper_encode(speech_encoder, spec) if layers is None else whisper_hidden(speech_encoder, spec, layers)
+        out = out.float().numpy().astype(np.float16)
         for j, i in enumerate(ids):
             _save(cache._path(i, "fbank"), clip_fbank(waves[j]))
             _save(cache._path(i, "whisper"), out[j])

@@ -27,8 +27,8 @@ from compress.trainloop import train as train_loop
 
 from .featcache import FeatureCache
 
-TRAINABLE_PREFIXES = ("ln_speech.", "beats.", "ln_audio.", "speech_Qformer.", "speech_query_tokens",
-                      "speech_llama_proj.")
+TRAINABLE_PREFIXES = ("ln_speech.", "speech_layer_weights", "beats.", "ln_audio.", "speech_Qformer.",
+                      "speech_query_tokens", "speech_llama_proj.")
 def set_trainable(model) -> list:
     """SALMONN's trainable set: everything but the Whisper encoder and the LLM's base weights (LoRA trains)."""
     names = []
@@ -42,12 +42,13 @@ def set_trainable(model) -> list:
 
 # ----------------------------------------------------------------------------------------------- forward
 def cached_batch(cache: FeatureCache, idx: list, frames: int) -> tuple:
-    """Whisper outputs (B, frames, Dw) float32, BEATs fbanks (B, F, 128) and their padding mask (True = pad).
-    Real-length outputs shorter than `frames` are zero-filled (their windows are dropped by `llm_inputs`)."""
+    """Whisper outputs (B, frames, Dw) float32 (stacked caches: (B, layers, frames, Dw)), BEATs fbanks (B, F, 128)
+    and their padding mask (True = pad). Real-length outputs shorter than `frames` are zero-filled (their windows
+    are dropped by `llm_inputs`)."""
     whs = [np.asarray(cache.whisper(i, frames), dtype=np.float32) for i in idx]
-    wh = torch.zeros(len(idx), frames, whs[0].shape[1])
+    wh = torch.zeros((len(idx),) + whs[0].shape[:-2] + (frames, whs[0].shape[-1]))
     for j, a in enumerate(whs):
-        wh[j, : a.shape[0]] = torch.from_numpy(a)
+        wh[j, ..., : a.shape[-2], :] = torch.from_numpy(a)
     fbs = [cache.fbank(i) for i in idx]
     n = max(f.shape[0] for f in fbs)
     fb = torch.zeros(len(idx), n, fbs[0].shape[1])
@@ -78,8 +79,9 @@ def speech_from_features(model, wh: torch.Tensor, fbank: Optional[torch.Tensor],
 
     Padded BEATs tokens are zeroed (what a batch of one clip gives at inference). `beats_mode='zero'` replaces
     BEATs' features by zeros; `whisper_off` zeroes the Whisper features of the flagged clips (BEATs alone); `hide`
-    (B, T) zeroes those Whisper frames (training's time masking)."""
-    speech = model.ln_speech(wh)
+    (B, T) zeroes those Whisper frames (training's time masking). `wh` (B, layers, T, Dw): the hidden states of
+    `model.whisper_layers`, mixed by the model's learned weights first."""
+    speech = model.ln_speech(model.mix_layers(wh) if wh.dim() == 4 else wh)
     if whisper_off is not None and any(whisper_off):
         speech = speech.masked_fill(torch.tensor(whisper_off)[:, None, None], 0.0)
     if hide is not None:
@@ -171,7 +173,7 @@ def batch_loss(model, cache: FeatureCache, idx: list, tasks: list, targets: list
     `ctc_vocab`: (embedding rows, {LLM id: row}) of answer_vocab to restrict the CTC softmax to; None = all pieces."""
     feats = cached_batch(cache, idx, frames)
     speech = speech_from_features(model, *feats, beats_mode=beats_mode, whisper_off=whisper_off,
-                                  hide=time_mask(len(idx), feats[0].shape[1], *masking))
+                                  hide=time_mask(len(idx), feats[0].shape[-2], *masking))
     own = [clip_tokens(model, cache, i) for i in idx] if cache.real_length else None
     embeds, mask, (r, c, labels) = llm_inputs(model, speech, tasks, targets, own)
     tok = F.cross_entropy(answer_logits(model, embeds, mask, r, c).float(), labels, reduction="none")
@@ -310,7 +312,7 @@ def front_warmup(model, samples: list, cache: FeatureCache, ts, state_dir: str, 
         windows = [clip_windows(model, cache, i) for i in idx]
         feats = cached_batch(cache, idx, window_frames_needed(model, max(windows)))
         speech = speech_from_features(model, *feats, whisper_off=off,
-                                      hide=time_mask(len(idx), feats[0].shape[1], ts.time_mask, ts.time_mask_span))
+                                      hide=time_mask(len(idx), feats[0].shape[-2], ts.time_mask, ts.time_mask_span))
         windows = [min(w * model.cfg.num_speech_query_token, speech.shape[1]) for w in windows]
         return ctc_loss(head, table, speech, windows, restrict_targets([targets[i] for i in idx], index)), {}
 

@@ -96,6 +96,8 @@ def run_key(ts: S.DemoSettings) -> str:
         d.pop("n_open", None)
     if d.get("joint_ctc_vocab") == "full":
         d.pop("joint_ctc_vocab")
+    if d.get("whisper_layers") is None:
+        d.pop("whisper_layers", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -178,7 +180,8 @@ def stage_features(ts, model, samples, data_dir, progress, log):
 
     real = (model.cfg.window_kernel, model.cfg.window_stride) if ts.real_length else None
     return build_cache(model.speech_encoder, samples, os.path.join(data_dir, "features"), batch=ts.cache_batch,
-                       real_length=real, progress=_bar_factory("whisper", progress), log=log)
+                       real_length=real, layers=model.whisper_layers, progress=_bar_factory("whisper", progress),
+                       log=log)
 
 
 def stage_train(ts, model, samples, cache, run_dir, progress, log):

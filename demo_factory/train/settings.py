@@ -44,6 +44,10 @@ class DemoSettings:
     beats_buckets: int = 64
     beats_max_distance: int = 256
     beats_dropout: float = 0.1
+    # Whisper hidden states the front reads (SalmonnConfig.whisper_layers): None = the last, as SALMONN; a list of
+    # indices (0 = embeddings .. 4 = tiny.en's last layer) = their learned weighted sum. All five at 2 queries: front
+    # read-out after the warm-up 0.316 test / 0.134 training clips against 0.266 / 0.106 (benchmarks/README.md)
+    whisper_layers: Optional[list] = None
     # ---- window-level Q-Former
     window_seconds: float = 0.2
     window_stride_seconds: Optional[float] = None  # None: = window_seconds
@@ -257,7 +261,7 @@ def salmonn_config(ts: DemoSettings, extra: Optional[dict] = None):
                           target_modules=list(ts.lora_targets)),
         num_speech_query_token=ts.queries,
         second_per_window=ts.window_seconds, second_stride=ts.window_stride_seconds or ts.window_seconds,
-        prompt_template=ts.prompt_template, instruction_first=ts.instruction_first,
+        prompt_template=ts.prompt_template, instruction_first=ts.instruction_first, whisper_layers=ts.whisper_layers,
         generate=GenerateSettings(num_beams=ts.num_beams, max_new_tokens=ts.max_new_tokens,
                                   repetition_penalty=ts.repetition_penalty),
         extra=dict(extra or {}),
