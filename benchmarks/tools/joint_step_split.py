@@ -5,7 +5,7 @@
 
 Reuses a training run's data directory (train.json and its feature cache; nothing is built that is not there
 already except the model) and times forward + backward, without the optimizer, on the batches the joint stage
-draws at those steps, for each query count; prints the median of all but the first two steps. The LLM cache is
+draws at those steps, for each query count; prints the median of all but the first --skip steps. The LLM cache is
 the one the training used (SALMONN_COMPRESS_CACHE).
 
 With --flops it also prints how close the step without CTC runs to this CPU's matrix throughput: the LLM's
@@ -29,7 +29,8 @@ HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, HERE)
 
 
-def split(data_dir: str, queries: int, first: int, steps: int, flops: bool = False) -> dict:
+def split(data_dir: str, queries: int, first: int, steps: int, flops: bool = False, compile_llm: bool = False,
+          skip: int = 2) -> dict:
     from compress.models.salmonn import answer_ids
     from demo_factory.train import loop as L
     from demo_factory.train import pipeline as P
@@ -41,6 +42,8 @@ def split(data_dir: str, queries: int, first: int, steps: int, flops: bool = Fal
     model, _ = P.assemble(ts, S.salmonn_config(ts), tok, folder)
     cache = P.stage_features(ts, model, samples, data_dir, False, lambda m: None)
     L.set_trainable(model)
+    if compile_llm:  # the LLM's decoder stack through torch.compile (inductor on CPU), shapes dynamic
+        model.llm_base().model.compile(dynamic=True)
     model.train()
     model.speech_encoder.eval()
     targets = [answer_ids(tok, s.text) for s in samples]
@@ -73,7 +76,7 @@ def split(data_dir: str, queries: int, first: int, steps: int, flops: bool = Fal
             loss.backward()
             times[key].append(time.perf_counter() - t)
         model.zero_grad(set_to_none=True)
-    out = {k: float(np.median(v[2:] if len(v) > 2 else v)) for k, v in times.items()}
+    out = {k: float(np.median(v[skip:] if len(v) > skip else v)) for k, v in times.items()}
     if flops:
         base = model.llm_base()
         weights = sum(m.weight.numel() for n, m in base.model.layers.named_modules()
@@ -82,7 +85,7 @@ def split(data_dir: str, queries: int, first: int, steps: int, flops: bool = Fal
         llm_s = [s - f for s, f in zip(times["step without CTC"], times["front"])]
         rates = [p / s / 1e9 for p, s in zip(per_step, llm_s)]
         out["padded tokens"] = float(np.median(padded))
-        out["LLM GFLOP/s"] = float(np.median(rates[2:] if len(rates) > 2 else rates))
+        out["LLM GFLOP/s"] = float(np.median(rates[skip:] if len(rates) > skip else rates))
         out["matmul GFLOP/s"] = matmul_rate(int(np.median(padded)), base.config.hidden_size,
                                             base.config.intermediate_size)
     return out
@@ -109,6 +112,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--flops", action="store_true", help="also the LLM's achieved GFLOP/s beside a matmul probe")
+    ap.add_argument("--skip", type=int, default=2, help="first steps left out of the medians (default 2)")
+    ap.add_argument("--compile", action="store_true",
+                    help="run the LLM's decoder stack through torch.compile (dynamic shapes); the first --skip steps, "
+                         "which compile, are left out of the medians")
     args = ap.parse_args(argv)
     if not os.path.isfile(os.path.join(args.data_dir, "train.json")):
         print(f"error: {args.data_dir} has no train.json (give a training run's --data-dir)", file=sys.stderr)
@@ -120,7 +127,7 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(args.threads)
     for q in counts:
-        r = split(args.data_dir, q, args.first_step, args.steps, args.flops)
+        r = split(args.data_dir, q, args.first_step, args.steps, args.flops, args.compile, args.skip)
         print(f"queries={q}: " + ", ".join(f"{k} {v:.2f}" + ("" if "GFLOP" in k or "tokens" in k else " s")
                                           for k, v in r.items()), flush=True)
     return 0
