@@ -351,6 +351,7 @@ def test_whisper_layer_mix_trains_caches_and_ships(tiny_data, tmp_path):
     the mix weights train and ship, and a bad index list is refused with the valid range."""
     from compress.audio import load_audio
     from compress.errors import ConfigError
+    from compress.export import export_model
     from compress.loaders import load_model
     from demo_factory.train.featcache import build_cache
     from demo_factory.train.loop import cached_batch, speech_from_features
@@ -380,6 +381,13 @@ def test_whisper_layer_mix_trains_caches_and_ships(tiny_data, tmp_path):
     shipped = load_model(str(tmp_path / "a"))
     assert shipped.whisper_layers == [0, 1, 2]
     assert not torch.equal(shipped.speech_layer_weights.detach(), torch.zeros(3))  # trained, stored, loaded
+    export_model(shipped, str(tmp_path / "onnx"))  # the exported front mixes the layers as the model does
+    ort_model = load_model(str(tmp_path / "onnx"))
+    wav = [load_audio(samples[0].path)]
+    with torch.no_grad():
+        ref = shipped.encode_audio(**shipped.prepare_audio(wav))
+    got = ort_model.encode_audio(**ort_model.prepare_audio(wav))
+    assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-3, rtol=1e-3)
     for bad in ([], [0, 0], [7], ["1"]):
         with pytest.raises(ConfigError, match="whisper_layers must be distinct hidden-state indices in 0..2"):
             assemble(ts.replace(whisper_layers=bad), S.salmonn_config(ts.replace(whisper_layers=bad)), tok, folder)

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..models.salmonn import _full_mel_frames, whisper_encode, whisper_encode_frames, whisper_hidden, window_tokens
+from ..models.salmonn import (_full_mel_frames, mix_layers, whisper_encode, whisper_encode_frames, whisper_hidden,
+                              window_tokens)
 
 
 class AudioFront(nn.Module):
@@ -49,8 +50,7 @@ class AudioFront(nn.Module):
             speech = self.ln_speech(enc(self.speech_encoder, spectrogram))  # (B, Tw, Dw)
         else:
             stack = whisper_hidden(self.speech_encoder, spectrogram, self.whisper_layers)
-            w = torch.softmax(self.speech_layer_weights.float(), 0).to(stack.dtype)
-            speech = self.ln_speech((stack * w[None, :, None, None]).sum(1))
+            speech = self.ln_speech(mix_layers(stack, self.speech_layer_weights))
         if self.beats is not None:
             feats, _ = self.beats.extract_features(wav, padding_mask=padding_mask)
             feats = self.ln_audio(feats)  # (B, N, Db)

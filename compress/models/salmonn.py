@@ -183,8 +183,7 @@ class Salmonn(PromptMixin, nn.Module):
 
     def mix_layers(self, stack: torch.Tensor) -> torch.Tensor:
         """(B, L, T, Dw) normalised hidden states of `whisper_layers` -> (B, T, Dw), their learned weighted sum."""
-        w = torch.softmax(self.speech_layer_weights.float(), 0).to(stack.dtype)
-        return torch.einsum("bltd,l->btd", stack, w)
+        return mix_layers(stack, self.speech_layer_weights)
 
     @property
     def has_beats(self) -> bool:
@@ -314,6 +313,12 @@ def whisper_hidden(encoder, features: torch.Tensor, layers: list) -> torch.Tenso
         x = layer(x, None)
         states[k] = encoder.layer_norm(x) if k == n else x
     return torch.stack([F.layer_norm(states[i], states[i].shape[-1:]) for i in layers], 1)
+
+
+def mix_layers(stack: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B, L, T, D) hidden states, (L,) weight logits -> (B, T, D): the softmax-weighted sum over L."""
+    w = torch.softmax(weights.float(), 0).to(stack.dtype)
+    return (stack * w[None, :, None, None]).sum(1)
 
 
 def _pad_to_same_length(a: torch.Tensor, b: torch.Tensor) -> tuple:

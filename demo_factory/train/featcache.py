@@ -52,8 +52,8 @@ def clip_fbank(wav: np.ndarray) -> np.ndarray:
 class FeatureCache:
     """Per-clip cached inputs of a list of samples (index i = samples[i])."""
 
-    def __init__(self, folder: str, digests: list, real_length: bool = False, stacked: bool = False):
-        self.folder, self.digests, self.real_length, self.stacked = folder, digests, real_length, stacked
+    def __init__(self, folder: str, digests: list, real_length: bool = False):
+        self.folder, self.digests, self.real_length = folder, digests, real_length
         self._frames: dict = {}
         self._whisper_frames: dict = {}
 
@@ -108,7 +108,7 @@ def build_cache(speech_encoder: torch.nn.Module, samples: list, cache_dir: str, 
     folder = os.path.join(cache_dir, name)
     os.makedirs(folder, exist_ok=True)
     digests = [clip_digest(s.path) for s in samples]
-    cache = FeatureCache(folder, digests, real_length=real_length is not None, stacked=layers is not None)
+    cache = FeatureCache(folder, digests, real_length=real_length is not None)
     todo = [i for i in range(len(samples))
             if not (os.path.isfile(cache._path(i, "whisper")) and os.path.isfile(cache._path(i, "fbank")))]
     seen: set = set()
