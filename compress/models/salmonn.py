@@ -276,13 +276,24 @@ def whisper_encode(encoder, features: torch.Tensor) -> torch.Tensor:
 
 def whisper_encode_frames(encoder, features: torch.Tensor) -> torch.Tensor:
     """The Whisper encoder's modules on any number of mel frames F <= 3000 (no length check), -> (B, F // 2, D)."""
+    n = len(encoder.layers)
+    return _whisper_states(encoder, features, [n])[n]
+
+
+def _whisper_states(encoder, features: torch.Tensor, keep: list) -> dict:
+    """{k: hidden state k} for k in `keep` (0 = the embeddings after the convolutions, n = the last layer, after the
+    encoder's final layer norm), running the layers only as far as the deepest kept; any F <= 3000 mel frames."""
     x = F.gelu(encoder.conv1(features))
     x = F.gelu(encoder.conv2(x)).permute(0, 2, 1)  # (B, D, T) -> (B, T, D)
     x = x + encoder.embed_positions.weight[: x.shape[1]]
     x = F.dropout(x, p=encoder.dropout, training=encoder.training)
-    for layer in encoder.layers:
+    n = len(encoder.layers)
+    states = {0: x} if 0 in keep else {}
+    for k, layer in enumerate(encoder.layers[: max(keep)], 1):
         x = layer(x, None)
-    return encoder.layer_norm(x)
+        if k in keep:
+            states[k] = encoder.layer_norm(x) if k == n else x
+    return states
 
 
 def whisper_layer_list(layers: Optional[list], n_layers: int) -> Optional[list]:
@@ -301,17 +312,7 @@ def whisper_hidden(encoder, features: torch.Tensor, layers: list) -> torch.Tenso
     """(B, n_mels, F) log-mel -> (B, len(layers), F // 2, D): the encoder's hidden states `layers` (0 = the
     embeddings, n = the last layer after the encoder's final layer norm), each layer-normalised (no affine), on
     any F <= 3000 as `whisper_encode_frames`."""
-    x = F.gelu(encoder.conv1(features))
-    x = F.gelu(encoder.conv2(x)).permute(0, 2, 1)
-    x = x + encoder.embed_positions.weight[: x.shape[1]]
-    x = F.dropout(x, p=encoder.dropout, training=encoder.training)
-    n = len(encoder.layers)
-    states = {0: x}
-    for k, layer in enumerate(encoder.layers, 1):
-        if k > max(layers):
-            break
-        x = layer(x, None)
-        states[k] = encoder.layer_norm(x) if k == n else x
+    states = _whisper_states(encoder, features, layers)
     return torch.stack([F.layer_norm(states[i], states[i].shape[-1:]) for i in layers], 1)
 
 
