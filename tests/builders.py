@@ -16,6 +16,20 @@ def load_tool(name: str):
     return mod
 
 
+def random_lora(model, seed: int = 0) -> int:
+    """Non-zero LoRA B matrices (a fresh LoRA's are zero, which would make its branch invisible); how many."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    n = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+                n += 1
+    return n
+
+
 def rtn_offset_tiny(out: str) -> str:
     """The tiny preset with RTN 4-bit on the float-offset grid (llama.cpp's Q4_1), groups of 32, on its LLM."""
     from compress.recipe import recipe_from_dict

@@ -67,7 +67,9 @@ def test_result_schema(result):
     assert list(phases) == ["load", "audio_read", "speech_front", "prefill", "decode"]
     assert all(p["seconds"] >= 0 and p["peak_rss_mib"] > 0 for p in phases.values())
     assert eff["memory"]["workload_peak_rss_mib"] >= max(p["peak_rss_mib"] for p in phases.values())
-    assert eff["decode_bound"]["tpot_over_bound"] > 0
+    bound = eff["decode_bound"]
+    assert len(eff["bandwidth"]["readings_gbs"]) == 2  # probed just before and just after the timing
+    assert bound["tpot_over_bound_range"][0] <= bound["tpot_over_bound"] <= bound["tpot_over_bound_range"][1]
     assert result["environment"]["torch_threads"] >= 1 and result["environment"]["packages"]["torch"]
     assert set(result["model"]["parts"]) == {"speech_encoder", "beats", "qformer", "proj", "llm"}
     assert result["model"]["artifact_bytes"] is None  # a preset has no artifact on disk

@@ -8,25 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from builders import DEV, SessionRecorder, gptq_tiny, rtn_offset_tiny
+from builders import DEV, SessionRecorder, gptq_tiny, random_lora, rtn_offset_tiny
 from compress.errors import UserError
 from compress.loaders import load_model
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxruntime_genai")
-
-
-
-def _random_lora(model, seed: int = 0) -> int:
-    """Non-zero LoRA B matrices (a fresh LoRA's are zero, which would make its branch invisible)."""
-    g = torch.Generator().manual_seed(seed)
-    n = 0
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-                n += 1
-    return n
 
 
 def _logits_side_by_side(model, ort_model, steps: int = 3) -> float:
@@ -61,7 +48,7 @@ def test_float_model_with_lora_matches_pytorch(tmp_path):
 
     torch.set_num_threads(1)
     model = load_model("tiny")
-    assert _random_lora(model) > 0
+    assert random_lora(model) > 0
     out = str(tmp_path / "genai")
     export_model(model, out, ExportOptions(llm_graph="genai"), check={"data": DEV, "limit": 1, "max_new_tokens": 5})
     ops = _ops(out)
@@ -90,7 +77,7 @@ def test_gptq_codes_are_swapped_in_with_lora_beside_them(tmp_path):
 
     torch.set_num_threads(1)
     model = load_model(gptq_tiny(str(tmp_path / "gptq")))
-    n_lora = _random_lora(model)
+    n_lora = random_lora(model)
     out = str(tmp_path / "genai")
     export_model(model, out, ExportOptions(llm_graph="genai"))
     ops = _ops(out)
@@ -116,7 +103,7 @@ def test_float_offset_grid_runs_as_matmulnbits_plus_a_side_branch(tmp_path):
 
     torch.set_num_threads(1)
     model = load_model(rtn_offset_tiny(str(tmp_path / "q41")))
-    _random_lora(model)
+    random_lora(model)
     out = str(tmp_path / "genai")
     export_model(model, out, ExportOptions(llm_graph="genai"))
     layers = model.cfg.llm["num_hidden_layers"]
@@ -125,6 +112,33 @@ def test_float_offset_grid_runs_as_matmulnbits_plus_a_side_branch(tmp_path):
     spec = load_model(out).conf["llm"]["matmul_nbits"]
     assert spec["float_offsets"] is True and spec["side_branches"] == 5 * layers  # every projection has offsets
     assert _logits_side_by_side(model, load_model(out)) < 2e-3
+
+
+def test_merged_adapter_leaves_one_matmulnbits_per_projection(tmp_path):
+    """merge_lora then RTN 4-bit (integer zero points): no branch beside any projection, only the MatMulNBits
+    nodes and the float head's MatMul; logits equal the PyTorch model's."""
+    from compress.export import export_model
+    from compress.export.options import ExportOptions
+    from compress.recipe import recipe_from_dict
+    from compress.runner import RunContext
+
+    torch.set_num_threads(1)
+    model = load_model("tiny")
+    random_lora(model)
+    rtn = {"type": "rtn", "bits": 4, "group_size": 32, "sym": False,
+           "targets": {"parts": ["llm"], "ignore": ["lm_head"]}}
+    r = recipe_from_dict({"name": "m", "steps": [{"type": "merge_lora"}, rtn]})
+    ctx = RunContext(model, r, progress=False)
+    for step in r.build_steps():
+        step(model, ctx)
+    out = str(tmp_path / "genai")
+    export_model(model, out, ExportOptions(llm_graph="genai"))
+    layers = model.cfg.llm["num_hidden_layers"]
+    ops = _ops(out)
+    assert ops.count("MatMulNBits") == 5 * layers and ops.count("MatMul") == 1  # the output layer
+    ort_model = load_model(out)
+    assert ort_model.conf["llm"]["matmul_nbits"]["side_branches"] == 0
+    assert _logits_side_by_side(model, ort_model) < 2e-3
 
 
 def test_missing_builder_names_the_install_command(monkeypatch):
@@ -174,7 +188,7 @@ def test_prefill_graph_shares_the_weights_and_runs_the_prompt(tmp_path):
 
     torch.set_num_threads(1)
     model = load_model(rtn_offset_tiny(str(tmp_path / "q41")))
-    _random_lora(model)
+    random_lora(model)
     out = str(tmp_path / "pf4")
     export_model(model, out, ExportOptions(llm_graph="genai", prefill_accuracy_level=4))
     assert {"llm.onnx", "llm_prefill.onnx", "llm.onnx.data"} <= set(os.listdir(out))

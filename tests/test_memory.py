@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress.bench.bandwidth import decode_bound, measure_bandwidth
+from compress.bench.bandwidth import combine_probes, decode_bound, measure_bandwidth
 from compress.bench.memory import (
     cuda_peak_memory, hackathon_memory, model_bytes, peak_memory_cpu, run_in_clean_process,
 )
@@ -171,3 +171,19 @@ def test_decode_bound_arithmetic():
         decode_bound(1e9, 0)
     with pytest.raises(ConfigError, match="tpot_ms"):
         decode_bound(1e9, 1.0, tpot_ms=float("nan"))
+
+
+def test_several_probes_give_a_median_bound_and_its_range():
+    """Probes just before and after a timing: the bound from their median, TPOT / bound over each reading."""
+    probes = [{"bandwidth_gbs": g, "method": "best of repeats"} for g in (40.0, 80.0, 50.0)]
+    bw = combine_probes(probes)
+    assert bw["bandwidth_gbs"] == 50.0 and bw["readings_gbs"] == [40.0, 80.0, 50.0]
+    assert "median of 3 probes" in bw["method"]
+    assert combine_probes(probes[:2])["bandwidth_gbs"] == 60.0
+    b = decode_bound(1e9, bw["bandwidth_gbs"], tpot_ms=30.0, readings_gbs=bw["readings_gbs"])
+    assert b["tpot_over_bound"] == pytest.approx(30.0 / 20.0)  # bound 1e9 B / 50 GB/s = 20 ms
+    assert b["tpot_over_bound_range"] == pytest.approx([30.0 / 25.0, 30.0 / 12.5])  # 40 and 80 GB/s
+    with pytest.raises(ConfigError, match="at least one"):
+        combine_probes([])
+    with pytest.raises(ConfigError, match="readings_gbs"):
+        decode_bound(1e9, 50.0, tpot_ms=30.0, readings_gbs=[0.0])

@@ -33,12 +33,21 @@ not benched again):
                     the activation outliers, at float activations)
   ort-genai-q41-h8-f8-acc4-fmlp  the same with the whole MLP (gate, up, down) at float activations
   ort-genai-q41-h8-f8-acc4-fattn  the same with attention's projections (q, k, v, o) at float activations
+  torch-mq4         benchmarks/recipes/merge-rtn-4bit-g32.yaml (LoRA merged into the base weights, then RTN 4-bit,
+                    groups of 32, integer zero points: no adapter or offset branch beside the projections)
+  torch-mq8         benchmarks/recipes/merge-rtn-8bit-g32.yaml (the same at 8 bits, symmetric)
+  torch-mgq4        benchmarks/recipes/merge-gptq-4bit-g32.yaml (LoRA merged, then GPTQ 4-bit, groups of 32,
+                    asymmetric)
+  torch-mq8g64      benchmarks/recipes/merge-rtn-8bit-g64.yaml (torch-mq8 with groups of 64: half the scales)
+  ort-genai-mq4-h8-f8-acc4, ort-genai-mq8-h8-f8-acc4, ort-genai-mgq4-h8-f8-acc4, ort-genai-mq8g64-h8-f8-acc4
+                    those four exported as ort-genai-q41-h8-f8-acc4 is: one MatMulNBits per projection
   best-cpu          recipes/best-cpu.yaml (its output is an ONNX export)
 A format is "best" when it is the fastest per token among those that keep accuracy: WER at most torch-fp32's + 0.01
 and CIDEr-D at least 95% of torch-fp32's.
 Every format is benched by the same harness (`salmonn-compress bench` settings below): WER and CIDEr-D on the
 first --limit clips per task, TTFT (speech front + prefill) and TPOT over repeats, peak RSS of a clean process,
-and the decode bound = bytes of LLM weights the format stores / memory bandwidth measured in the same run.
+and the decode bound = bytes of LLM weights the format stores / memory bandwidth measured in the same run (the
+median of two probes, just before and just after the timing; TPOT / bound against each in brackets).
 Deploy memory: each ONNX Runtime format is also run by the torch-free runtime (`python -m compress.export.lite`:
 onnxruntime, numpy and tokenizers only) on the first ASR clip for --latency-tokens tokens in a fresh process, whose
 peak RSS (its own VmHWM, reported by --json) is what a deployment of that export needs; its transcript must equal the harness's.
@@ -64,9 +73,15 @@ FORMATS = ("torch-fp32", "torch-int8-wo", "torch-gptq4", "torch-q41", "ort-fp32"
            "ort-nbits4", "ort-nbits4-acc4", "ort-genai-fp32", "ort-genai-nbits4", "ort-genai-nbits4-h8",
            "ort-genai-q41", "ort-genai-q41-h8", "ort-genai-q41-h8-acc4", "ort-genai-q41-h8-f8", "ort-genai-q41-h8-f8-pf4",
            "ort-genai-q41-h8-f8-acc4", "ort-genai-q41-h8-f8-acc4-fd", "ort-genai-q41-h8-f8-acc4-fmlp",
-           "ort-genai-q41-h8-f8-acc4-fattn", "best-cpu")
+           "ort-genai-q41-h8-f8-acc4-fattn", "torch-mq4", "torch-mq8", "torch-mgq4",
+           "torch-mq8g64", "ort-genai-mq4-h8-f8-acc4", "ort-genai-mq8-h8-f8-acc4", "ort-genai-mgq4-h8-f8-acc4",
+           "ort-genai-mq8g64-h8-f8-acc4", "best-cpu")
 RECIPE_OF = {"torch-int8-wo": "torchao-int8-weight-only", "torch-gptq4": "gptq-4bit-g128",
-             "torch-q41": "rtn-4bit-g32-offset", "best-cpu": "best-cpu"}
+             "torch-q41": "rtn-4bit-g32-offset", "torch-mq8": "benchmarks/recipes/merge-rtn-8bit-g32",
+             "torch-mq4": "benchmarks/recipes/merge-rtn-4bit-g32",
+             "torch-mgq4": "benchmarks/recipes/merge-gptq-4bit-g32",
+             "torch-mq8g64": "benchmarks/recipes/merge-rtn-8bit-g64",
+             "best-cpu": "best-cpu"}
 GENAI = ["--llm-graph", "genai"]
 EXPORT_OF = {"ort-fp32": ("torch-fp32", []), "ort-int8": ("torch-fp32", ["--int8"]),
              "ort-int8-fd": ("torch-fp32", ["--int8", "--int8-float", "down_proj"]),
@@ -85,7 +100,10 @@ EXPORT_OF.update({"ort-genai-q41-h8-f8-acc4": ("torch-q41", ACC4),
                                                                          for a in ("--nbits-float", p)]),
                   "ort-genai-q41-h8-f8-acc4-fattn": ("torch-q41", ACC4 + [a for p in ("q_proj", "k_proj", "v_proj",
                                                                                       "o_proj")
-                                                                          for a in ("--nbits-float", p)])})
+                                                                          for a in ("--nbits-float", p)]),
+                  "ort-genai-mq4-h8-f8-acc4": ("torch-mq4", ACC4), "ort-genai-mq8-h8-f8-acc4": ("torch-mq8", ACC4),
+                  "ort-genai-mgq4-h8-f8-acc4": ("torch-mgq4", ACC4),
+                  "ort-genai-mq8g64-h8-f8-acc4": ("torch-mq8g64", ACC4)})
 WER_SLACK, CIDER_SHARE = 0.01, 0.95  # the accuracy a fast format must keep to count as "best"
 
 
@@ -107,7 +125,8 @@ def build(fmt: str, a, built: dict) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     t = time.perf_counter()
     if fmt in RECIPE_OF:
-        _run(SC + ["run", os.path.join(ROOT, "recipes", f"{RECIPE_OF[fmt]}.yaml"), "--model", a.model, "--out", path,
+        recipe = RECIPE_OF[fmt] if "/" in RECIPE_OF[fmt] else f"recipes/{RECIPE_OF[fmt]}"
+        _run(SC + ["run", os.path.join(ROOT, f"{recipe}.yaml"), "--model", a.model, "--out", path,
               "--overwrite", "--no-bench"], os.path.join(a.out, f"{fmt}.build.log"))
     else:
         source, extra = EXPORT_OF[fmt]
@@ -253,6 +272,7 @@ def row(fmt: str, r: dict, base, lite=None) -> dict:
     return {"format": fmt, "wer": s["wer"], "cider_d": s["cider_d"], "ttft_ms": s["ttft_ms_p50"],
             "front_ms": s["front_ms_p50"], "prefill_ms": s["prefill_ms_p50"], "tpot_ms": s["tpot_ms_p50"],
             "bound_ms": bound.get("bound_tpot_ms"), "tpot_over_bound": bound.get("tpot_over_bound"),
+            "tpot_over_bound_range": bound.get("tpot_over_bound_range"),
             "tpot_vs_fp32": ratio, "llm_mib": s["llm_mib"], "peak_rss_mib": s["peak_rss_mib"],
             "deploy_peak_rss_mib": ((lite or {}).get("timed") or {}).get("peak_rss_mib"),
             "deploy_same_text": (lite or {}).get("same_text")}
@@ -262,12 +282,16 @@ def table(rows: list, peer: dict, summary: dict) -> str:
     def f(v, d=1):
         return "n/a" if v is None else f"{v:.{d}f}"
 
+    def spread(r):  # TPOT / bound against the lowest and highest bandwidth probe around the timing
+        return f" ({r[0]:.2f}-{r[1]:.2f})" if r else ""
+
     lines = ["| format | WER | CIDEr-D | TTFT ms (front + prefill) | TPOT ms | bound ms | TPOT / bound | "
              "TPOT / fp32 | LLM MiB | peak RSS MiB | deploy RSS MiB |", "|" + "---|" * 11]
     for r in rows:
         lines.append(f"| {r['format']} | {f(r['wer'], 3)} | {f(r['cider_d'], 3)} | {f(r['ttft_ms'], 0)} "
                      f"({f(r['front_ms'], 0)} + {f(r['prefill_ms'], 0)}) | {f(r['tpot_ms'])} | {f(r['bound_ms'])} | "
-                     f"{f(r['tpot_over_bound'], 2)} | {f(r['tpot_vs_fp32'], 2)} | {f(r['llm_mib'])} | "
+                     f"{f(r['tpot_over_bound'], 2)}{spread(r.get('tpot_over_bound_range'))} | "
+                     f"{f(r['tpot_vs_fp32'], 2)} | {f(r['llm_mib'])} | "
                      f"{f(r['peak_rss_mib'], 0)} | {f(r.get('deploy_peak_rss_mib'), 0)}"
                      f"{'' if r.get('deploy_same_text') in (None, True) else ' (text differs)'} |")
     best = (f"best format here ({summary['best']}) / llama.cpp = {summary['best_over_llama_cpp']:.2f}"

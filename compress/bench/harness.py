@@ -185,7 +185,7 @@ def run_efficiency(model, spec: str, records: list, settings: BenchSettings, mod
     """TTFT/TPOT on one real clip, peak memory in a clean process, bandwidth and the decode bound."""
     from ..audio import load_audio
     from ..inspect_model import part_stats
-    from .bandwidth import decode_bound, measure_bandwidth
+    from .bandwidth import combine_probes, decode_bound, measure_bandwidth
     from .latency import hackathon_latency, measure_latency
 
     clip = _first_clip(records)
@@ -194,18 +194,24 @@ def run_efficiency(model, spec: str, records: list, settings: BenchSettings, mod
         out["unavailable"]["latency"] = "no readable clip"
         return out
     audio = load_audio(clip["path"])
+    dev = str(model.device)
+
+    def probe() -> dict:
+        return measure_bandwidth(settings.bandwidth_mib, device="cuda" if dev.startswith("cuda") else "cpu")
+
+    before = probe()  # the bandwidth probed just before and just after the timing that TPOT comes from
     lat = measure_latency(model, audio, clip["task"], n_tokens=settings.latency_tokens,
                           warmup=settings.latency_warmup, repeats=settings.latency_repeats)
+    bw = combine_probes([before, probe()])
     out["latency"] = lat.to_dict()
     out["latency"]["config"]["clip"] = clip["id"]
     if settings.hackathon:
         out["hackathon_latency"] = hackathon_latency(model, audio, clip["task"],
                                                      n_tokens=settings.latency_tokens).to_dict()
-    dev = str(model.device)
-    bw = measure_bandwidth(settings.bandwidth_mib, device="cuda" if dev.startswith("cuda") else "cpu")
     out["bandwidth"] = bw
     llm_bytes = part_stats(model)["llm"]["bytes"]
-    out["decode_bound"] = decode_bound(llm_bytes, bw["bandwidth_gbs"], out["latency"]["tpot_ms"]["p50"])
+    out["decode_bound"] = decode_bound(llm_bytes, bw["bandwidth_gbs"], out["latency"]["tpot_ms"]["p50"],
+                                       readings_gbs=bw["readings_gbs"])
     if settings.memory:
         from .memory import run_in_clean_process
 

@@ -10,7 +10,7 @@ from .registry import Step, StepConfig, register
 
 def load_steps() -> dict:
     """Import every step module (registering its step type) and return the registry, type -> step class."""
-    from . import distill, export, layer_drop, lottery, prune, quantize, runtime  # noqa: F401  (registration)
+    from . import distill, export, layer_drop, lora, lottery, prune, quantize, runtime  # noqa: F401  (registration)
     from .registry import STEPS
     from .schema import CONFIGS
 

@@ -350,6 +350,15 @@ class TorchaoConfig(QuantConfig):
         return self
 
 
+# ------------------------------------------------------------------------------------ adapters
+@step_config("merge_lora")
+class MergeLoraConfig(StepConfig):
+    """Fold the LLM's LoRA adapters into its base weights (W + B A * scaling), so a quantizer that follows codes the
+    merged weight and the exported graph runs one MatMul per projection instead of three."""
+
+    type: Literal["merge_lora"] = "merge_lora"
+
+
 # ------------------------------------------------------------------------------------ runtime
 @step_config("sdpa")
 class SdpaConfig(StepConfig):
