@@ -54,6 +54,8 @@ def test_float_model_with_lora_matches_pytorch(tmp_path):
     ops = _ops(out)
     layers = model.cfg.llm["num_hidden_layers"]
     assert ops.count("GroupQueryAttention") == layers and "SkipSimplifiedLayerNormalization" in ops
+    assert load_model(out).conf["llm"]["weights_file"] == "llm.onnx.data"  # weights beside the graph, mapped
+    assert os.path.getsize(os.path.join(out, "llm.onnx.data")) > 10 * os.path.getsize(os.path.join(out, "llm.onnx"))
     assert "Pow" not in ops and "Softmax" not in ops  # the norms and attention are fused operators
     ort_model = load_model(out)
     assert _logits_side_by_side(model, ort_model) < 1e-3
@@ -198,6 +200,9 @@ def test_prefill_graph_shares_the_weights_and_runs_the_prompt(tmp_path):
         big = [t for t in g.initializer if t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) > 1024]
         assert big and all(t.data_location == onnx.TensorProto.EXTERNAL and
                            {e.key: e.value for e in t.external_data}["location"] == "llm.onnx.data" for t in big)
+    stored = sum(int({e.key: e.value for e in t.external_data}["length"]) for t in graphs["llm.onnx"].initializer
+                 if t.data_location == onnx.TensorProto.EXTERNAL)
+    assert os.path.getsize(os.path.join(out, "llm.onnx.data")) < 1.5 * stored  # written once, not appended twice
     levels = {n: {next((a.i for a in node.attribute if a.name == "accuracy_level"), 0)  # absent: 0
                   for node in g.node if node.op_type == "MatMulNBits"} for n, g in graphs.items()}
     assert levels == {"llm.onnx": {0}, "llm_prefill.onnx": {4}}

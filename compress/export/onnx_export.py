@@ -10,7 +10,8 @@ Directory written (atomically, manifest last):
   mel_filters.npy    Whisper's mel filter bank (n_fft // 2 + 1, n_mels), for the torch-free runtime (lite.py)
   tokenizer/ (with tokenizer.json), config.json (model config, graph interface, prompt ids per task, tokenizer
   size), manifest.json (kind "onnx", sha256 of every file)
-Large graphs (> 2 GB) keep their weights in a `<graph>.onnx.data` file beside them (ONNX external data).
+Large graphs (> 2 GB) and the onnxruntime-genai LLM graph keep their weights in a `<graph>.onnx.data` file beside
+them (ONNX external data).
 """
 
 from __future__ import annotations
@@ -277,20 +278,21 @@ PREFILL = "llm_prefill.onnx"
 def write_prefill_graph(folder: str, spec: dict, level: int) -> dict:
     """Beside the LLM graph spec["file"], a prefill graph: the same graph reading the same weights, with every
     MatMulNBits node's compute mode set to `level` (ONNX Runtime's accuracy_level: 4 = activations quantized to int8
-    per block, its fastest CPU GEMM). The weights move to one external data file both graphs point at, so they are
-    stored once. Returns the spec's new entries."""
+    per block, its fastest CPU GEMM). Both graphs point at one external data file (the LLM graph's own, or a new
+    one when its weights were inside it), so the weights are stored once. Returns the spec's new entries."""
     import onnx
     from onnx import helper
 
     path = os.path.join(folder, spec["file"])
-    proto = onnx.load(path)
-    if not any(n.op_type == "MatMulNBits" for n in proto.graph.node):
+    graph = onnx.load(path, load_external_data=False)
+    if not any(n.op_type == "MatMulNBits" for n in graph.graph.node):
         raise UserError("prefill_accuracy_level sets the compute mode of MatMulNBits nodes; this LLM graph has none "
                         "(quantize the LLM with gptq or rtn before the export)")
     weights = spec["file"] + ".data"
-    onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True, location=weights,
-                    size_threshold=1024)
-    graph = onnx.load(path, load_external_data=False)
+    if not os.path.exists(os.path.join(folder, weights)):  # onnx appends to an existing data file: write it once
+        onnx.save_model(onnx.load(path), path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=weights, size_threshold=1024)
+        graph = onnx.load(path, load_external_data=False)
     for node in graph.graph.node:
         if node.op_type == "MatMulNBits":
             kept = [a for a in node.attribute if a.name != "accuracy_level"]
