@@ -60,8 +60,8 @@ class SessionRecorder:
     def __init__(self, sess):
         self.sess, self.lengths = sess, []
 
-    def get_inputs(self):
-        return self.sess.get_inputs()
+    def __getattr__(self, name):  # everything else (providers, IO binding) is the session's
+        return getattr(self.sess, name)
 
     def run(self, outputs, feeds):
         self.lengths.append(feeds["inputs_embeds"].shape[1])

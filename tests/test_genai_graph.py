@@ -215,7 +215,9 @@ def test_prefill_graph_shares_the_weights_and_runs_the_prompt(tmp_path):
     decode_only = LlmSession(llm.session, spec)
     llm.prefill, llm.session = SessionRecorder(llm.prefill), SessionRecorder(llm.session)
     assert 0 < _logits_side_by_side(model, ort_model) < 0.1
-    assert llm.prefill.lengths == [5] and llm.session.lengths == [1, 1, 1]
+    # the prompt through the prefill graph; the three one-position steps in place on the decode graph's session
+    assert llm.prefill.lengths == [5] and llm.session.lengths == []
+    assert llm.in_place.sess is decode_only.session and llm.in_place.length == 8
     rng = np.random.default_rng(0)
     prompt = (0.5 * rng.standard_normal((1, 7, model.cfg.llm["hidden_size"]))).astype(np.float32)
     args = (prompt, np.ones((1, 7), np.int64), np.arange(7)[None])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from builders import DEV, ROOT, SessionRecorder
+from builders import DEV, ROOT, SessionRecorder, load_tool
 from compress.audio import load_audio, whisper_features
 from compress.data.annotations import read_annotations
 from compress.export import lite
@@ -170,6 +170,41 @@ def test_prompt_prefixes_are_prefilled_once_with_the_same_numbers(exports, graph
     reuse.keep_prefixes([])
     reuse.run(prompt, ones, pos)
     assert rec.lengths == [s, s, s]
+
+
+def test_decode_steps_extend_the_kv_in_place_with_the_same_numbers(exports, monkeypatch):
+    """The genai graph's one-position steps append to preallocated KV buffers (IO binding): the same logits and
+    caches as the copying path, across growths of the buffers, and from an older cache (copied in first)."""
+    monkeypatch.setattr(lite.KvInPlace, "MIN_CAPACITY", 4)  # grows at 12 positions within this test
+    engine = lite.LiteEngine(exports("genai", True), threads=1)
+    spec = engine.conf["llm"]
+    fast, slow = lite.LlmSession(engine.llm.session, spec), lite.LlmSession(engine.llm.session, spec)
+    slow.in_place = None
+    assert fast.in_place is not None
+    rng = np.random.default_rng(5)
+    d = engine.embed.shape[1]
+    prompt = (0.5 * rng.standard_normal((1, 5, d))).astype(np.float32)
+    args = (prompt, np.ones((1, 5), np.int64), np.arange(5)[None])
+    (_, pf), (_, ps) = fast.run(*args), slow.run(*args)
+    kept = {}
+    for t in range(5, 15):
+        x = (0.5 * rng.standard_normal((1, 1, d))).astype(np.float32)
+        step = (x, np.ones((1, t + 1), np.int64), np.array([[t]]))
+        (lf, pf), (ls, ps) = fast.run(*step, pf), slow.run(*step, ps)
+        np.testing.assert_allclose(lf, ls, atol=1e-5, rtol=1e-5)
+        assert all(a.shape == b.shape == (1, spec["kv_heads"], t + 1, spec["head_dim"]) for a, b in zip(pf, ps))
+        np.testing.assert_allclose(pf[0], ps[0], atol=1e-5, rtol=1e-5)
+        kept[t + 1] = (pf, ps)
+    assert fast.in_place.length == 15 and fast.in_place.bufs[0].shape[2] == 26  # 12, then doubled
+    (pf, ps), x = kept[8], (0.5 * rng.standard_normal((1, 1, d))).astype(np.float32)  # branch from an older cache
+    step = (x, np.ones((1, 9), np.int64), np.array([[8]]))
+    np.testing.assert_allclose(fast.run(*step, pf)[0], slow.run(*step, ps)[0], atol=1e-5, rtol=1e-5)
+    assert fast.in_place.length == 9
+    out = os.path.join(os.path.dirname(exports("genai", True)), "kv.json")  # the A/B tool on the same export
+    assert load_tool("kv_in_place").main([exports("genai", True), "--out", out, "--data", DEV, "--tokens", "4",
+                                          "--rounds", "2", "--threads", "1"]) == 0
+    (row,) = json.load(open(out))["by_tokens"]
+    assert row["tokens"] == 4 and len(row["rounds"]) == 2 and row["in_place_ms_median"] > 0
 
 
 def test_instruction_first_export_keeps_one_start_per_task_and_decodes_as_torch(tiny, tmp_path):

@@ -144,6 +144,57 @@ def session(path: str, providers: Optional[list] = None, threads: Optional[int] 
     return ort.InferenceSession(path, so, providers=providers or default_providers())
 
 
+class KvInPlace:
+    """Each layer's KV cache in one preallocated (1, KV, capacity, hd) buffer, for the onnxruntime-genai graph's
+    decode steps: its GroupQueryAttention appends the new position in place when a step's past and present are bound
+    (ONNX Runtime IO binding) to the same buffer, instead of copying the whole cache into new outputs every step
+    (best-cpu, one session, 64 steps after a 40-position prompt: 5.37-5.45 -> 4.89-5.15 ms a step, identical
+    logits). A step hands back views of the buffers; only a call that continues from the newest views runs in place,
+    any other (a batch, a beam's reordered copy, an older cache) is copied in first."""
+
+    MIN_CAPACITY = 256  # positions; the buffers double when a step would not fit
+
+    def __init__(self, sess, past_names: list, present_names: list, kv_heads: int, head_dim: int, vocab: int):
+        self.sess, self.past_names, self.present_names = sess, past_names, present_names
+        self.kv_heads, self.head_dim = kv_heads, head_dim
+        self.logits = np.zeros((1, 1, vocab), np.float32)  # the graph's last-position logits land here
+        self.bufs: list = []
+        self.length = 0  # positions the buffers hold for the newest views handed out
+
+    def owns(self, past: list) -> bool:
+        """Whether `past` are the newest views of these buffers (the only cache a step may extend in place)."""
+        return bool(self.bufs) and len(past) == len(self.bufs) and all(
+            a.base is b and a.shape[2] == self.length for a, b in zip(past, self.bufs))
+
+    def adopt(self, past: list) -> None:
+        """Copy a cache (arrays (1, KV, P, hd)) into the buffers, growing them when it does not fit one more step."""
+        import onnxruntime as ort
+
+        p = int(past[0].shape[2])
+        if not self.bufs or self.bufs[0].shape[2] < p + 1:
+            cap = max(self.MIN_CAPACITY, 2 * (p + 1))
+            self.bufs = [np.zeros((1, self.kv_heads, cap, self.head_dim), np.float32) for _ in past]
+            self.io = self.sess.io_binding()  # the buffers and the logits stay bound; a step binds its two inputs
+            for name, present, buf in zip(self.past_names, self.present_names, self.bufs):
+                value = ort.OrtValue.ortvalue_from_numpy(buf)  # shares buf's memory
+                self.io.bind_ortvalue_input(name, value)
+                self.io.bind_ortvalue_output(present, value)
+            self.io.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self.logits))
+        for b, a in zip(self.bufs, past):
+            b[:, :, :p] = a
+        self.length = p
+
+    def step(self, feeds: dict) -> tuple:
+        """One position: feeds without the past -> (logits, views of the buffers one position longer)."""
+        if self.length + 1 > self.bufs[0].shape[2]:
+            self.adopt([b[:, :, :self.length] for b in self.bufs])  # grow: copies into larger buffers
+        for name, value in feeds.items():
+            self.io.bind_cpu_input(name, value)
+        self.sess.run_with_iobinding(self.io)
+        self.length += 1
+        return self.logits.copy(), [b[:, :, :self.length] for b in self.bufs]
+
+
 class LlmSession:
     """The llm.onnx session on host arrays: one call = one forward over new embeddings with the KV cache.
 
@@ -162,6 +213,9 @@ class LlmSession:
         self.kv_heads, self.head_dim = int(spec["kv_heads"]), int(spec["head_dim"])
         self.takes_positions = "position_ids" in {i.name for i in sess.get_inputs()}
         self.prefixes: list = []  # (rows (P, D), their KV) per prompt start kept by keep_prefixes
+        on_cpu = sess.get_providers()[0] == "CPUExecutionProvider"
+        self.in_place = KvInPlace(sess, self.past_names, self.outputs[1:], self.kv_heads, self.head_dim,
+                                  int(spec.get("vocab", 0))) if spec.get("graph") == "genai" and on_cpu else None
 
     def feeds(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
               past: Optional[list] = None) -> dict:
@@ -215,6 +269,11 @@ class LlmSession:
         if kept is not None:
             p = kept[0].shape[0]
             embeds, positions, past = embeds[:, p:], np.asarray(positions)[:, p:], kept[1]
+        if self.in_place is not None and past is not None and embeds.shape[:2] == (1, 1):
+            if not self.in_place.owns(past):
+                self.in_place.adopt(past)
+            feeds = self.feeds(embeds, mask, positions, past)
+            return self.in_place.step({k: v for k, v in feeds.items() if k not in self.past_names})
         sess = self.prefill if self.prefill is not None and embeds.shape[1] > 1 else self.session
         logits, *present = sess.run(self.outputs, self.feeds(embeds, mask, positions, past))
         return logits, present
