@@ -150,7 +150,8 @@ class KvInPlace:
     (ONNX Runtime IO binding) to the same buffer, instead of copying the whole cache into new outputs every step
     (best-cpu, one session, 64 steps after a 40-position prompt: 5.37-5.45 -> 4.89-5.15 ms a step, identical
     logits). A step hands back views of the buffers; only a call that continues from the newest views runs in place,
-    any other (a batch, a beam's reordered copy, an older cache) is copied in first."""
+    any other (a batch, a beam's reordered copy, an older cache) is copied in first, after which views handed out
+    before it no longer hold their cache (a greedy loop keeps only the newest; beam search runs batched, apart)."""
 
     MIN_CAPACITY = 256  # positions; the buffers double when a step would not fit
 
@@ -159,6 +160,7 @@ class KvInPlace:
         self.kv_heads, self.head_dim = kv_heads, head_dim
         self.logits = np.zeros((1, 1, vocab), np.float32)  # the graph's last-position logits land here
         self.bufs: list = []
+        self.io = None  # the IO binding of the buffers (adopt)
         self.length = 0  # positions the buffers hold for the newest views handed out
 
     def owns(self, past: list) -> bool:
