@@ -76,12 +76,12 @@ FORMATS = ("torch-fp32", "torch-int8-wo", "torch-gptq4", "torch-q41", "ort-fp32"
            "ort-genai-q41-h8-f8-acc4-fattn", "torch-mq4", "torch-mq8", "torch-mgq4",
            "torch-mq8g64", "ort-genai-mq4-h8-f8-acc4", "ort-genai-mq8-h8-f8-acc4", "ort-genai-mgq4-h8-f8-acc4",
            "ort-genai-mq8g64-h8-f8-acc4", "best-cpu")
-RECIPE_OF = {"torch-int8-wo": "torchao-int8-weight-only", "torch-gptq4": "gptq-4bit-g128",
-             "torch-q41": "rtn-4bit-g32-offset", "torch-mq8": "benchmarks/recipes/merge-rtn-8bit-g32",
+RECIPE_OF = {"torch-int8-wo": "recipes/torchao-int8-weight-only", "torch-gptq4": "recipes/gptq-4bit-g128",
+             "torch-q41": "recipes/rtn-4bit-g32-offset", "torch-mq8": "benchmarks/recipes/merge-rtn-8bit-g32",
              "torch-mq4": "benchmarks/recipes/merge-rtn-4bit-g32",
              "torch-mgq4": "benchmarks/recipes/merge-gptq-4bit-g32",
              "torch-mq8g64": "benchmarks/recipes/merge-rtn-8bit-g64",
-             "best-cpu": "best-cpu"}
+             "best-cpu": "recipes/best-cpu"}  # recipe files under the checkout, without .yaml
 GENAI = ["--llm-graph", "genai"]
 EXPORT_OF = {"ort-fp32": ("torch-fp32", []), "ort-int8": ("torch-fp32", ["--int8"]),
              "ort-int8-fd": ("torch-fp32", ["--int8", "--int8-float", "down_proj"]),
@@ -94,13 +94,19 @@ EXPORT_OF = {"ort-fp32": ("torch-fp32", []), "ort-int8": ("torch-fp32", ["--int8
              "ort-genai-q41-h8-f8-pf4": ("torch-q41", GENAI + ["--lm-head-bits", "8", "--int8-front",
                                                                "--prefill-accuracy-level", "4"])}
 ACC4 = GENAI + ["--lm-head-bits", "8", "--int8-front", "--nbits-accuracy-level", "4"]
+
+
+def keep_float(*projections: str) -> list:
+    """--nbits-float flags: these projections keep float activations beside ACC4's int8 ones."""
+    return [a for p in projections for a in ("--nbits-float", p)]
+
+
 EXPORT_OF.update({"ort-genai-q41-h8-f8-acc4": ("torch-q41", ACC4),
-                  "ort-genai-q41-h8-f8-acc4-fd": ("torch-q41", ACC4 + ["--nbits-float", "down_proj"]),
-                  "ort-genai-q41-h8-f8-acc4-fmlp": ("torch-q41", ACC4 + [a for p in ("gate_proj", "up_proj", "down_proj")
-                                                                         for a in ("--nbits-float", p)]),
-                  "ort-genai-q41-h8-f8-acc4-fattn": ("torch-q41", ACC4 + [a for p in ("q_proj", "k_proj", "v_proj",
-                                                                                      "o_proj")
-                                                                          for a in ("--nbits-float", p)]),
+                  "ort-genai-q41-h8-f8-acc4-fd": ("torch-q41", ACC4 + keep_float("down_proj")),
+                  "ort-genai-q41-h8-f8-acc4-fmlp": ("torch-q41", ACC4 + keep_float("gate_proj", "up_proj",
+                                                                                   "down_proj")),
+                  "ort-genai-q41-h8-f8-acc4-fattn": ("torch-q41", ACC4 + keep_float("q_proj", "k_proj", "v_proj",
+                                                                                    "o_proj")),
                   "ort-genai-mq4-h8-f8-acc4": ("torch-mq4", ACC4), "ort-genai-mq8-h8-f8-acc4": ("torch-mq8", ACC4),
                   "ort-genai-mgq4-h8-f8-acc4": ("torch-mgq4", ACC4),
                   "ort-genai-mq8g64-h8-f8-acc4": ("torch-mq8g64", ACC4)})
@@ -125,8 +131,7 @@ def build(fmt: str, a, built: dict) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     t = time.perf_counter()
     if fmt in RECIPE_OF:
-        recipe = RECIPE_OF[fmt] if "/" in RECIPE_OF[fmt] else f"recipes/{RECIPE_OF[fmt]}"
-        _run(SC + ["run", os.path.join(ROOT, f"{recipe}.yaml"), "--model", a.model, "--out", path,
+        _run(SC + ["run", os.path.join(ROOT, f"{RECIPE_OF[fmt]}.yaml"), "--model", a.model, "--out", path,
               "--overwrite", "--no-bench"], os.path.join(a.out, f"{fmt}.build.log"))
     else:
         source, extra = EXPORT_OF[fmt]

@@ -8,6 +8,7 @@ with this bound says how far an implementation is from the physical limit. GB me
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from typing import Any
 
@@ -96,10 +97,7 @@ def combine_probes(probes: list[dict[str, Any]]) -> dict[str, Any]:
     if not probes:
         raise ConfigError("combine_probes needs at least one bandwidth probe")
     readings = [p["bandwidth_gbs"] for p in probes]
-    ordered = sorted(readings)
-    mid = len(ordered) // 2
-    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    return {**probes[-1], "bandwidth_gbs": median, "readings_gbs": readings,
+    return {**probes[-1], "bandwidth_gbs": statistics.median(readings), "readings_gbs": readings,
             "method": probes[-1]["method"] + f"; bandwidth_gbs = the median of {len(readings)} probes"}
 
 

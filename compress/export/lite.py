@@ -186,8 +186,10 @@ class KvInPlace:
             b[:, :, :p] = a
         self.length = p
 
-    def step(self, feeds: dict) -> tuple:
-        """One position: feeds without the past -> (logits, views of the buffers one position longer)."""
+    def step(self, past: list, feeds: dict) -> tuple:
+        """One position on top of `past`: feeds without the past -> (logits, views of the buffers one longer)."""
+        if not self.owns(past):
+            self.adopt(past)
         if self.length + 1 > self.bufs[0].shape[2]:
             self.adopt([b[:, :, :self.length] for b in self.bufs])  # grow: copies into larger buffers
         for name, value in feeds.items():
@@ -217,7 +219,7 @@ class LlmSession:
         self.prefixes: list = []  # (rows (P, D), their KV) per prompt start kept by keep_prefixes
         on_cpu = sess.get_providers()[0] == "CPUExecutionProvider"
         self.in_place = KvInPlace(sess, self.past_names, self.outputs[1:], self.kv_heads, self.head_dim,
-                                  int(spec.get("vocab", 0))) if spec.get("graph") == "genai" and on_cpu else None
+                                  int(spec["vocab"])) if spec.get("graph") == "genai" and on_cpu else None
 
     def feeds(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
               past: Optional[list] = None) -> dict:
@@ -272,10 +274,8 @@ class LlmSession:
             p = kept[0].shape[0]
             embeds, positions, past = embeds[:, p:], np.asarray(positions)[:, p:], kept[1]
         if self.in_place is not None and past is not None and embeds.shape[:2] == (1, 1):
-            if not self.in_place.owns(past):
-                self.in_place.adopt(past)
             feeds = self.feeds(embeds, mask, positions, past)
-            return self.in_place.step({k: v for k, v in feeds.items() if k not in self.past_names})
+            return self.in_place.step(past, {k: v for k, v in feeds.items() if k not in self.past_names})
         sess = self.prefill if self.prefill is not None and embeds.shape[1] > 1 else self.session
         logits, *present = sess.run(self.outputs, self.feeds(embeds, mask, positions, past))
         return logits, present
