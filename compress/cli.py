@@ -211,7 +211,8 @@ def cmd_export(args) -> int:
         "export", format=args.format, int8=args.int8, int8_float=args.int8_float, int8_front=args.int8_front,
         nbits_accuracy_level=args.nbits_accuracy_level, nbits_float=args.nbits_float,
         prefill_accuracy_level=args.prefill_accuracy_level,
-        llm_graph=args.llm_graph, lm_head_bits=args.lm_head_bits, opset=args.opset)
+        llm_graph=args.llm_graph, lm_head_bits=args.lm_head_bits,
+        lm_head_block=args.lm_head_block, opset=args.opset)
     if args.format == "tensorrt":  # fail before loading the model when TensorRT cannot run here
         from .export.tensorrt import require_tensorrt
 
@@ -381,7 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "unpadded batches only)")
     s.add_argument("--lm-head-bits", type=int, choices=(4, 8), default=None,
                    help="onnx, --llm-graph genai: the output layer as MatMulNBits at 4 or 8 bits (ONNX Runtime's "
-                        "round-to-nearest quantizer, blocks of 32; default: float32)")
+                        "round-to-nearest quantizer; default: float32)")
+    s.add_argument("--lm-head-block", type=int, choices=(32, 64, 128), default=None,
+                   help="with --lm-head-bits: input columns per scale of the output layer (default 32)")
     s.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing directory at --out")
     s.add_argument("--check", default=None, metavar="DATA",

@@ -229,6 +229,8 @@ def test_bad_format_lists_choices(capsys, tmp_path):
     (["--format", "tensorrt", "--int8-front"], "int8_front applies to format 'onnx' only"),
     (["--format", "tensorrt", "--int8", "--llm-graph", "genai"], "int8, llm_graph apply to format 'onnx' only"),
     (["--format", "onnx", "--lm-head-bits", "8"], "lm_head_bits needs llm_graph: genai"),
+    (["--format", "onnx", "--llm-graph", "genai", "--lm-head-block", "128"],
+     "lm_head_block applies with lm_head_bits only"),
     (["--format", "onnx", "--opset", "9"], "opset: Input should be greater than or equal to 14"),
 ])
 def test_export_options_refused_before_the_model_loads(capsys, tmp_path, argv, message):

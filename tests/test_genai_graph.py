@@ -154,9 +154,13 @@ def test_missing_builder_names_the_install_command(monkeypatch):
         genai_graph.require_builder()
 
 
-def test_output_layer_at_8_bits(tmp_path):
-    """--lm-head-bits 8: the output layer becomes a MatMulNBits node (ONNX Runtime's quantizer); logits stay close;
-    the option is refused without the genai graph, before anything loads."""
+@pytest.mark.parametrize("block", [32, 128])
+def test_output_layer_at_8_bits(tmp_path, block):
+    """--lm-head-bits 8: the output layer becomes a MatMulNBits node (ONNX Runtime's quantizer) in blocks of
+    --lm-head-block input columns; logits stay close; the option is refused without the genai graph, before
+    anything loads."""
+    import onnx
+
     from compress.errors import ConfigError
     from compress.export import export_model
     from compress.export.options import ExportOptions
@@ -165,11 +169,14 @@ def test_output_layer_at_8_bits(tmp_path):
     torch.set_num_threads(1)
     model = load_model("tiny")
     out = str(tmp_path / "genai8")
-    export_model(model, out, ExportOptions(llm_graph="genai", lm_head_bits=8))
+    export_model(model, out, ExportOptions(llm_graph="genai", lm_head_bits=8, lm_head_block=block))
     ops = _ops(out)
     assert ops.count("MatMulNBits") == 1 and "MatMul" in ops  # the head only; the projections stay float
+    head = next(n for n in onnx.load(os.path.join(out, "llm.onnx"), load_external_data=False).graph.node
+                if n.op_type == "MatMulNBits")
+    assert {a.name: a.i for a in head.attribute}["block_size"] == block
     ort_model = load_model(out)
-    assert "8-bit" in ort_model.conf["llm"]["lm_head"]
+    assert "8-bit" in ort_model.conf["llm"]["lm_head"] and f"blocks of {block}," in ort_model.conf["llm"]["lm_head"]
     assert 0 < _logits_side_by_side(model, ort_model) < 0.05
     with pytest.raises(ConfigError, match="lm_head_bits needs llm_graph: genai"):
         recipe_from_dict({"name": "x", "steps": [{"type": "export", "format": "onnx", "lm_head_bits": 8}]})

@@ -102,6 +102,13 @@ def test_log_mel_equals_whisper_features(exports):
             np.testing.assert_array_equal(lite.log_mel(wav, filters, frames), got[:, :frames])
 
 
+def test_mel_power_is_the_matrix_product(exports):
+    """The banded mel projection (no BLAS threads) equals power @ filters, for every band of the real filters."""
+    filters = np.load(os.path.join(exports("dynamo", False), lite.MEL_FILTERS))
+    power = np.random.default_rng(1).random((37, filters.shape[0])) ** 4
+    np.testing.assert_allclose(lite.mel_power(power, filters), power @ filters.astype(np.float64), rtol=1e-12, atol=0)
+
+
 def test_next_token_chooses_as_the_greedy_loop():
     """Repetition penalty, EOS masked before min_length, argmax with ties to the lowest id."""
     rng = np.random.default_rng(1)

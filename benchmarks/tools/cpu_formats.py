@@ -39,8 +39,11 @@ not benched again):
   torch-mgq4        benchmarks/recipes/merge-gptq-4bit-g32.yaml (LoRA merged, then GPTQ 4-bit, groups of 32,
                     asymmetric)
   torch-mq8g64      benchmarks/recipes/merge-rtn-8bit-g64.yaml (torch-mq8 with groups of 64: half the scales)
-  ort-genai-mq4-h8-f8-acc4, ort-genai-mq8-h8-f8-acc4, ort-genai-mgq4-h8-f8-acc4, ort-genai-mq8g64-h8-f8-acc4
-                    those four exported as ort-genai-q41-h8-f8-acc4 is: one MatMulNBits per projection
+  torch-mq8g128     benchmarks/recipes/merge-rtn-8bit-g128.yaml (groups of 128: the 576-wide inputs padded to 640)
+  ort-genai-mq4-h8-f8-acc4, ort-genai-mq8-h8-f8-acc4, ort-genai-mgq4-h8-f8-acc4, ort-genai-mq8g64-h8-f8-acc4,
+  ort-genai-mq8g128-h8-f8-acc4
+                    those five exported as ort-genai-q41-h8-f8-acc4 is: one MatMulNBits per projection
+  ort-genai-mq8g128-h8b128-f8-acc4  the last with --lm-head-block 128 (the output layer in blocks of 128 too)
   best-cpu          recipes/best-cpu.yaml (its output is an ONNX export)
 A format is "best" when it is the fastest per token among those that keep accuracy: WER at most torch-fp32's + 0.01
 and CIDEr-D at least 95% of torch-fp32's.
@@ -64,6 +67,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -75,12 +79,14 @@ FORMATS = ("torch-fp32", "torch-int8-wo", "torch-gptq4", "torch-q41", "ort-fp32"
            "ort-genai-q41-h8-f8-acc4", "ort-genai-q41-h8-f8-acc4-fd", "ort-genai-q41-h8-f8-acc4-fmlp",
            "ort-genai-q41-h8-f8-acc4-fattn", "torch-mq4", "torch-mq8", "torch-mgq4",
            "torch-mq8g64", "ort-genai-mq4-h8-f8-acc4", "ort-genai-mq8-h8-f8-acc4", "ort-genai-mgq4-h8-f8-acc4",
-           "ort-genai-mq8g64-h8-f8-acc4", "best-cpu")
+           "ort-genai-mq8g64-h8-f8-acc4", "torch-mq8g128", "ort-genai-mq8g128-h8-f8-acc4",
+           "ort-genai-mq8g128-h8b128-f8-acc4", "best-cpu")
 RECIPE_OF = {"torch-int8-wo": "recipes/torchao-int8-weight-only", "torch-gptq4": "recipes/gptq-4bit-g128",
              "torch-q41": "recipes/rtn-4bit-g32-offset", "torch-mq8": "benchmarks/recipes/merge-rtn-8bit-g32",
              "torch-mq4": "benchmarks/recipes/merge-rtn-4bit-g32",
              "torch-mgq4": "benchmarks/recipes/merge-gptq-4bit-g32",
              "torch-mq8g64": "benchmarks/recipes/merge-rtn-8bit-g64",
+             "torch-mq8g128": "benchmarks/recipes/merge-rtn-8bit-g128",
              "best-cpu": "recipes/best-cpu"}  # recipe files under the checkout, without .yaml
 GENAI = ["--llm-graph", "genai"]
 EXPORT_OF = {"ort-fp32": ("torch-fp32", []), "ort-int8": ("torch-fp32", ["--int8"]),
@@ -109,7 +115,9 @@ EXPORT_OF.update({"ort-genai-q41-h8-f8-acc4": ("torch-q41", ACC4),
                                                                                     "o_proj")),
                   "ort-genai-mq4-h8-f8-acc4": ("torch-mq4", ACC4), "ort-genai-mq8-h8-f8-acc4": ("torch-mq8", ACC4),
                   "ort-genai-mgq4-h8-f8-acc4": ("torch-mgq4", ACC4),
-                  "ort-genai-mq8g64-h8-f8-acc4": ("torch-mq8g64", ACC4)})
+                  "ort-genai-mq8g64-h8-f8-acc4": ("torch-mq8g64", ACC4),
+                  "ort-genai-mq8g128-h8-f8-acc4": ("torch-mq8g128", ACC4),
+                  "ort-genai-mq8g128-h8b128-f8-acc4": ("torch-mq8g128", ACC4 + ["--lm-head-block", "128"])})
 WER_SLACK, CIDER_SHARE = 0.01, 0.95  # the accuracy a fast format must keep to count as "best"
 
 
@@ -156,8 +164,9 @@ def lite_run(path: str, clip: str, a, *, ignore_eos: bool) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def llama_cpp_peer(n_tokens: int, threads: int, repeats: int) -> dict:
-    """TPOT of llama.cpp on SmolLM2's own GGUF, text only, greedy; {"skipped": why} when it cannot run here."""
+def llama_cpp_peer(n_tokens: int, threads: int, repeats: int, gguf: Optional[str] = None) -> dict:
+    """TPOT of llama.cpp on SmolLM2's own GGUF (or the GGUF at `gguf`), text only, greedy; {"skipped": why} when it
+    cannot run here."""
     try:
         from llama_cpp import Llama
     except ImportError:
@@ -167,7 +176,8 @@ def llama_cpp_peer(n_tokens: int, threads: int, repeats: int) -> dict:
 
     from compress.models.sources import SMOLLM2, get_source, installed_file
 
-    gguf, version = installed_file(get_source(SMOLLM2))
+    wheel, version = installed_file(get_source(SMOLLM2))
+    gguf = gguf or wheel
     llm = Llama(model_path=gguf, n_threads=threads, n_threads_batch=threads, n_ctx=512, verbose=False)
     prompt = llm.tokenize(b"<|im_start|>user\nDescribe a busy street in one long sentence.<|im_end|>\n"
                           b"<|im_start|>assistant\n", add_bos=False, special=True)

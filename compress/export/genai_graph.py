@@ -35,7 +35,7 @@ from ..errors import UserError
 from ..quant.nbits import NBitsWeight, concat_outputs, dequantize
 
 GRAPH = "genai"
-HEAD_NODE, HEAD_BLOCK = "/lm_head/MatMul", 32
+HEAD_NODE = "/lm_head/MatMul"
 INSTALL = "pip install -c constraints.txt onnxruntime-genai==0.18.0"
 # the builder's fused projection -> the Llama modules it stacks along N, in its order
 PROJECTIONS = (("attn/qkv_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
@@ -287,9 +287,10 @@ def swap_in_codes(path: str, nbits: dict, num_layers: int, accuracy_level: int =
             "float_offsets": any(w.offsets is not None for w, _ in nbits.values())}
 
 
-def quantize_head(proto, bits: int, accuracy_level: int = 0):
+def quantize_head(proto, bits: int, accuracy_level: int = 0, block: int = 32):
     """The output layer (49k x 576 for SmolLM2: the largest single read per token) as MatMulNBits through ONNX
-    Runtime's own round-to-nearest quantizer (symmetric, blocks of 32); not calibrated, unlike the model's GPTQ.
+    Runtime's own round-to-nearest quantizer (symmetric, `block` input columns per scale); not calibrated, unlike
+    the model's GPTQ.
     8 bits run with int8 activations (accuracy level 4): ONNX Runtime's 8-bit kernel at float activations is not
     optimised on x86 (SmolLM2's head measured 106 ms per token against 11.8 with level 4, whole decode step)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -297,7 +298,7 @@ def quantize_head(proto, bits: int, accuracy_level: int = 0):
     accuracy_level = 4 if bits == 8 else accuracy_level
 
     others = [n.name for n in proto.graph.node if n.op_type == "MatMul" and n.name != HEAD_NODE]
-    q = MatMulNBitsQuantizer(proto, bits=bits, block_size=HEAD_BLOCK, is_symmetric=True,
+    q = MatMulNBitsQuantizer(proto, bits=bits, block_size=block, is_symmetric=True,
                              accuracy_level=accuracy_level or None, nodes_to_exclude=others)  # it takes every
     # MatMul that is not excluded, whatever nodes_to_include says
     q.process()
@@ -309,9 +310,10 @@ def quantize_head(proto, bits: int, accuracy_level: int = 0):
 
 # ------------------------------------------------------------------------------------ the whole graph
 def export_llm_genai(model, path: str, *, accuracy_level: int = 0, head_bits: Optional[int] = None,
-                     keep_float: tuple = (), log=None) -> tuple:
+                     head_block: int = 32, keep_float: tuple = (), log=None) -> tuple:
     """Write the LLM decoder at `path` (llm.onnx) through the builder; returns (graph spec, embedding table).
-    head_bits: 4 or 8 quantizes the output layer with ONNX Runtime's quantizer (see quantize_head)."""
+    head_bits: 4 or 8 quantizes the output layer with ONNX Runtime's quantizer in blocks of `head_block` input
+    columns (see quantize_head)."""
     from .nbits_op import has_gptq, nbits_llm
     from .wrappers import merged_llm
 
@@ -342,7 +344,7 @@ def export_llm_genai(model, path: str, *, accuracy_level: int = 0, head_bits: Op
             proto = onnx.load(built)
             if head_bits:
                 say(f"quantizing the output layer to {head_bits} bits (ONNX Runtime's quantizer) ...")
-                proto = quantize_head(proto, head_bits, accuracy_level)
+                proto = quantize_head(proto, head_bits, accuracy_level, head_block)
             # weights in a file beside the graph: ONNX Runtime maps it and, once a kernel has prepacked a weight,
             # holds the packed copy only; weights inside the graph stay resident twice (best-cpu's 147-MB graph:
             # 254 MiB resident after loading, 175 MiB from external data, measured in a bare process)
@@ -362,7 +364,7 @@ def export_llm_genai(model, path: str, *, accuracy_level: int = 0, head_bits: Op
             "lora": ("beside each quantized projection as two MatMuls (codes unchanged)" if quantized
                      else "merged into the base weights"),
             "matmul_nbits": summary,
-            "lm_head": (f"MatMulNBits {head_bits}-bit, blocks of {HEAD_BLOCK}, ONNX Runtime's round-to-nearest "
+            "lm_head": (f"MatMulNBits {head_bits}-bit, blocks of {head_block}, ONNX Runtime's round-to-nearest "
                         "quantizer (not calibrated)" + (", int8 activations" if head_bits == 8 else "")
                         if head_bits else "float32")}
     return spec, emb

@@ -341,7 +341,8 @@ def export_onnx(model, out_dir: str, options: ExportOptions, *, overwrite: bool 
             from .genai_graph import export_llm_genai
 
             llm, emb = export_llm_genai(model, os.path.join(tmp, LLM), accuracy_level=options.nbits_accuracy_level,
-                                        head_bits=options.lm_head_bits, keep_float=tuple(options.nbits_float),
+                                        head_bits=options.lm_head_bits,
+                                        head_block=options.lm_head_block, keep_float=tuple(options.nbits_float),
                                         log=say)
         else:
             llm, emb = export_llm(model, os.path.join(tmp, LLM), opset, accuracy_level=options.nbits_accuracy_level,

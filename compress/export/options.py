@@ -41,6 +41,9 @@ class ExportOptions(BaseModel):
     llm_graph: Literal["dynamo", "genai"] = "dynamo"
     # onnx, llm_graph genai: the output layer as MatMulNBits (ONNX Runtime's round-to-nearest quantizer)
     lm_head_bits: Optional[Literal[4, 8]] = None
+    # with lm_head_bits: input columns per scale; larger blocks read fewer scales and ran faster at 8 bits
+    # (benchmarks/README.md, the output layer's block size)
+    lm_head_block: Literal[32, 64, 128] = 32
     opset: int = Field(DEFAULT_OPSET, ge=14, le=23)
 
     @model_validator(mode="after")
@@ -58,6 +61,9 @@ class ExportOptions(BaseModel):
                 raise ValueError(f"{', '.join(onnx_only)} {verb} to format 'onnx' only")
         if self.lm_head_bits and self.llm_graph != "genai":
             raise ValueError("lm_head_bits needs llm_graph: genai")
+        if self.lm_head_block != 32 and not self.lm_head_bits:
+            raise ValueError("lm_head_block applies with lm_head_bits only (command line: --lm-head-block needs "
+                             "--lm-head-bits)")
         if self.int8 and self.prefill_accuracy_level is not None:
             raise ValueError("prefill_accuracy_level applies to GPTQ / RTN LLM graphs (MatMulNBits), not with int8")
         if self.nbits_float and not self.nbits_accuracy_level:
