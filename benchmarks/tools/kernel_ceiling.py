@@ -115,6 +115,8 @@ def gguf_files(cache: str) -> dict:
             params.ftype, params.allow_requantize = ftype, True
             tmp = dst + ".part"
             if llama_cpp.llama_model_quantize(src.encode(), tmp.encode(), ctypes.byref(params)) != 0:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
                 raise RuntimeError(f"llama.cpp's quantizer failed writing {name}")
             os.replace(tmp, dst)
         files[name] = dst
