@@ -42,7 +42,7 @@ class ExportOptions(BaseModel):
     # onnx, llm_graph genai: the output layer as MatMulNBits (ONNX Runtime's round-to-nearest quantizer)
     lm_head_bits: Optional[Literal[4, 8]] = None
     # with lm_head_bits: input columns per scale; larger blocks read fewer scales and ran faster at 8 bits
-    # (benchmarks/README.md, the output layer's block size)
+    # (benchmarks/README.md, "Groups of 128 in the product")
     lm_head_block: Literal[32, 64, 128] = 32
     opset: int = Field(DEFAULT_OPSET, ge=14, le=23)
 
