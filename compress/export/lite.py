@@ -99,12 +99,13 @@ def mel_power(power: np.ndarray, mel_filters: np.ndarray) -> np.ndarray:
     the log-mel)."""
     rows = np.ascontiguousarray(power.T)  # (bins, count)
     weights = mel_filters.astype(np.float64)
+    nonzero = weights != 0
+    first = nonzero.argmax(axis=0)  # each band's first and one-past-last nonzero bin
+    stop = len(weights) - nonzero[::-1].argmax(axis=0)
     out = np.zeros((mel_filters.shape[1], power.shape[0]))
-    for m in range(mel_filters.shape[1]):
-        bins = np.flatnonzero(weights[:, m])
-        if bins.size:
-            lo, hi = bins[0], bins[-1] + 1
-            np.sum(weights[lo:hi, m, None] * rows[lo:hi], axis=0, out=out[m])
+    for m in np.flatnonzero(nonzero.any(axis=0)):
+        lo, hi = first[m], stop[m]
+        np.sum(weights[lo:hi, m, None] * rows[lo:hi], axis=0, out=out[m])
     return out.T
 
 
